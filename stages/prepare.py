@@ -1,0 +1,29 @@
+"""DVC stage `prepare`: read the configured image data set into one prepared file."""
+
+from __future__ import annotations
+
+import argparse
+
+from xai import cli, tracking
+from xai.config import flatten, load_config
+from xai.data import save_dataset
+from xai.paths import resolve_input
+from xai.sources import load_images
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="prepared data set file (.pt)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    with tracking.stage_run(cfg, "prepare", flatten(cfg.data, "data")) as run:
+        ds = load_images(cfg.data, resolve_input(cfg.data.root))
+        save_dataset(ds, args.out)
+        sizes = {f"{s}_size": len(getattr(ds, s)) for s in ("train", "val", "test")}
+        run.log_metrics({**sizes, "num_classes": ds.num_classes})
+    print(f"prepare: {ds.name} {ds.input_shape}, {sizes}, classes {', '.join(ds.classes)}")
+
+
+if __name__ == "__main__":
+    cli.run(main, "prepare")

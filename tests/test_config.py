@@ -1,0 +1,55 @@
+"""params.yaml validation: every bad value is rejected with a message naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xai.config import flatten, load_config
+from xai.devices import select_device
+from xai.errors import ConfigError
+
+
+def test_project_params_are_valid(params):
+    cfg = load_config(params())
+    assert cfg.data.dataset in ("mnist", "fashion_mnist", "cifar10", "folder")
+    assert flatten(cfg.toy, "toy")["toy.dataset"] == cfg.toy.dataset
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"data.dataset": "imagenet"}, r"data\.dataset = 'imagenet'.*mnist, fashion_mnist, cifar10, folder"),
+    ({"toy.dataset": "spirals"}, r"toy\.dataset = 'spirals'.*moons, circles, blobs"),
+    ({"data.val_fraction": 1.5}, r"data\.val_fraction = 1\.5 is out of range.*< 1"),
+    ({"data.val_fraction": "a lot"}, r"data\.val_fraction = 'a lot' has the wrong type"),
+    ({"toy.n_samples": 2.5}, r"toy\.n_samples = 2\.5 has the wrong type; expected an integer"),
+    ({"toy.n_samples": 0}, r"toy\.n_samples = 0 is out of range"),
+    ({"data.download": "yes"}, r"data\.download = 'yes'.*true or false"),
+    ({"data.colour": True}, r"unknown key 'data\.colour'"),
+    ({"extra": 1}, r"unknown key 'extra'"),
+    ({"device": "tpu"}, r"device = 'tpu'"),
+    ({"tracking.timeout_s": 0}, r"tracking\.timeout_s = 0"),
+    ({"data.dataset": "folder", "data.folder": None}, r"data\.folder is required"),
+])
+def test_bad_params_are_rejected_naming_the_key(params, overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(params(overrides))
+
+
+def test_missing_key_is_named(params, tmp_path):
+    path = params()
+    path.write_text(path.read_text().replace("  split_seed: 0\n", "", 1))
+    with pytest.raises(ConfigError, match=r"missing key 'data\.split_seed'"):
+        load_config(path)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_device_choice():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            select_device("cuda")

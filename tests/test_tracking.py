@@ -1,0 +1,75 @@
+"""MLflow tracking round trip through a temporary sqlite store."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from xai import tracking
+from xai.config import load_config
+from xai.errors import TrackingError
+
+
+@pytest.fixture
+def tracked(params, tmp_path, monkeypatch):
+    monkeypatch.setenv("XAI_PIPELINE_ID", "pipe-1")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc1234")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return load_config(params({"tracking.enabled": True, "tracking.uri": uri})), uri
+
+
+def test_stage_run_round_trip(tracked, tmp_path):
+    cfg, uri = tracked
+    figure = tmp_path / "fig.png"
+    figure.write_bytes(b"\x89PNG fake")
+    with tracking.stage_run(cfg, "train", {"vibi.k": 4}) as run:
+        run.log_metrics({"loss": 2.0}, step=0)
+        run.log_metrics({"loss": 1.0}, step=1)
+        run.log_artifact(figure, "figures")
+    with tracking.stage_run(cfg, "evaluate", {}):
+        pass
+
+    client = MlflowClient(uri)
+    runs = tracking.find_runs(cfg.tracking, "tags.`xai.pipeline` = 'pipe-1'")
+    stages = {r.data.tags.get("xai.stage"): r for r in runs}
+    assert set(stages) == {"train", "evaluate", None}  # None: the pipeline's parent run
+    train = stages["train"]
+    assert train.data.params == {"vibi.k": "4"}
+    assert [m.value for m in client.get_metric_history(train.info.run_id, "loss")] == [2.0, 1.0]
+    assert train.data.tags["dvc.exp_name"] == "exp-a"
+    assert train.data.tags["dvc.baseline_rev"] == "abc1234"
+    assert train.data.tags["mlflow.parentRunId"] == stages[None].info.run_id
+    assert stages["evaluate"].data.tags["mlflow.parentRunId"] == stages[None].info.run_id
+    assert train.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(train.info.run_id, "figures")] == ["figures/fig.png"]
+
+
+def test_failed_stage_marks_the_run_failed(tracked):
+    cfg, _ = tracked
+    with pytest.raises(ValueError):
+        with tracking.stage_run(cfg, "broken", {}):
+            raise ValueError("boom")
+    (run,) = tracking.find_runs(cfg.tracking, "tags.`xai.stage` = 'broken'")
+    assert run.info.status == "FAILED"
+
+
+def test_default_store_is_absolute_sqlite_at_the_project_root(params, monkeypatch, tmp_path):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    uri = tracking.tracking_uri(load_config(params()).tracking)
+    assert uri == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_unreachable_server_fails_fast_naming_the_uri(params):
+    cfg = load_config(params({"tracking.enabled": True, "tracking.uri": "http://127.0.0.1:9",
+                              "tracking.timeout_s": 2}))
+    with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9 is unreachable"):
+        with tracking.stage_run(cfg, "x", {}):
+            pass
+
+
+def test_tracking_off_needs_no_store(params):
+    cfg = load_config(params({"tracking.uri": "http://127.0.0.1:9"}))
+    with tracking.stage_run(cfg, "x", {"a": 1}) as run:
+        run.log_metrics({"m": 1.0})
+        assert isinstance(run, tracking.NullRun)

@@ -1,0 +1,1 @@
+"""xai: train models and explain their decisions (invertible boundaries, VIBI), reproducibly."""

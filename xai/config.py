@@ -1,0 +1,222 @@
+"""Typed configuration built from params.yaml; every parameter check happens here, before any work.
+
+Each top-level section of params.yaml is a frozen dataclass. `load_config` rejects unknown keys,
+missing keys, wrong types, values outside a `Literal` choice and values outside the numeric bounds
+declared with `bounded(...)`, always naming the key, the value and what is allowed. params.yaml is
+the single source of the defaults: the dataclasses declare types and limits, not values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from xai.errors import ConfigError
+
+
+def bounded(*, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with numeric bounds, checked when the config is built."""
+    return field(metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_OK = {
+    "ge": lambda v, b: v >= b,
+    "gt": lambda v, b: v > b,
+    "le": lambda v, b: v <= b,
+    "lt": lambda v, b: v < b,
+}
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where MLflow records runs; `uri: null` means sqlite `mlflow.db` at the project root."""
+
+    enabled: bool
+    uri: str | None
+    experiment: str
+    timeout_s: float = bounded(gt=0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The image data set and its train/validation split."""
+
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "folder"]
+    root: str
+    folder: str | None
+    download: bool
+    val_fraction: float = bounded(gt=0, lt=1)
+    split_seed: int = bounded(ge=0)
+
+    def __post_init__(self) -> None:
+        if self.dataset == "folder" and not self.folder:
+            raise ConfigError(
+                "data.folder is required when data.dataset = 'folder': name a class-per-folder "
+                "tree with train/ and test/ inside, or a .tar.gz/.tgz/.tar/.zip of one "
+                "(relative to data.root, or absolute)"
+            )
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """The 2-D toy set; `noise: null` takes the reference value of the chosen set."""
+
+    dataset: Literal["moons", "circles", "blobs"]
+    n_samples: int = bounded(ge=10)
+    noise: float | None = bounded(ge=0)
+    seed: int = bounded(ge=0)
+    test_fraction: float = bounded(gt=0, lt=1)
+    split_seed: int = bounded(ge=0)
+    circles_factor: float = bounded(gt=0, lt=1)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """All of params.yaml."""
+
+    seed: int = bounded(ge=0)
+    device: str
+    tracking: TrackingConfig
+    data: DataConfig
+    toy: ToyConfig
+
+    def __post_init__(self) -> None:
+        if not _DEVICE.match(self.device):
+            raise ConfigError(
+                f"device = {self.device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
+            )
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read, merge `overrides` (dotted keys, e.g. {"vibi.k": 8}) and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file {path} not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return build(Config, raw)
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree[a][b][c] = value` for `dotted = "a.b.c"`, creating mappings on the way."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a mapping")
+    node[leaf] = value
+
+
+def build(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking keys, types and bounds recursively."""
+    where = prefix or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {_join(prefix, str(unknown[0]))!r} in {where}; "
+            f"allowed keys: {', '.join(fields)}"
+        )
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        raise ConfigError(f"missing key {_join(prefix, missing[0])!r} in {where}")
+    hints = get_type_hints(cls)
+    values = {
+        name: _coerce(raw[name], hints[name], _join(prefix, name), f.metadata)
+        for name, f in fields.items()
+    }
+    return cls(**values)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _coerce(value: Any, hint: Any, key: str, bounds: Any) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _coerce(value, inner, key, bounds)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{key} = {value!r} is not allowed; choose one of: "
+                + ", ".join(str(c) for c in choices)
+            )
+        return value
+    if origin in (tuple, list):
+        (inner, *_rest) = get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a list")
+        return tuple(_coerce(v, inner, f"{key}[{i}]", bounds) for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected an integer")
+        return _check_bounds(value, key, bounds)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a finite number")
+        return _check_bounds(float(value), key, bounds)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a string")
+        return value
+    raise TypeError(f"config field {key}: unsupported type {hint!r}")  # a bug in this module
+
+
+def _check_bounds(value: float, key: str, bounds: Any) -> float:
+    for name, bound in (bounds or {}).items():
+        if bound is not None and not _BOUND_OK[name](value, bound):
+            limits = " and ".join(
+                f"{_BOUND_TEXT[n]} {b:g}" for n, b in bounds.items() if b is not None
+            )
+            raise ConfigError(f"{key} = {value!r} is out of range; allowed: {limits}")
+    return value
+
+
+def flatten(section: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a config dataclass (or mapping) into dotted keys, e.g. for logging params."""
+    items = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    out: dict[str, Any] = {}
+    for name, value in items.items():
+        key = _join(prefix, name)
+        if isinstance(value, dict):
+            out.update(flatten(value, key))
+        else:
+            out[key] = value
+    return out
