@@ -1,0 +1,196 @@
+"""Building blocks shared by the training stages.
+
+Data sets live on the device as tensors; an epoch is a list of index batches drawn from a seeded
+generator, so training order is reproducible and no DataLoader or worker process is involved.
+Under `torchrun` every rank draws the same global batches and keeps its own slice, so gradients
+averaged by DistributedDataParallel equal those of one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from xai.errors import TrainingError
+from xai.io import save_csv
+from xai.tracking import Run
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    """Seed torch and make CPU kernels deterministic; returns a generator for batch order."""
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float inputs pass through."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def index_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu", drop_last: bool = False
+                  ) -> list[torch.Tensor]:
+    """Index tensors covering `range(n)` in batches: shuffled by `generator`, else in order."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    batches = list(order.to(device).split(batch_size))
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int) -> None:
+    """Stop training with a clear error when the loss is NaN or infinite."""
+    if not torch.isfinite(loss.detach()).all():
+        raise TrainingError(
+            f"{stage}: non-finite loss ({loss.detach().float().mean().item()}) at epoch {epoch}, "
+            f"step {step}; nothing was saved. Lower the learning rate or check the inputs."
+        )
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on the device when enabled (CPU and CUDA), else a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.inference_mode()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+            batch_size: int = 2048, amp: bool = False) -> torch.Tensor:
+    """Outputs of `model` on all of `x` in large batches (float32, on x's device)."""
+    device = x.device
+    outs = []
+    for i in range(0, len(x), batch_size):
+        with autocast(device, amp):
+            outs.append(model(to_unit(x[i:i + batch_size])).float())
+    return torch.cat(outs) if outs else torch.empty(0, device=device)
+
+
+class Progress:
+    """A tqdm bar over one epoch's steps showing the running loss and throughput."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
+        self._bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled,
+                         mininterval=1.0, leave=False, dynamic_ncols=True)
+        self._start = time.perf_counter()
+        self._items = 0
+
+    def step(self, items: int, **values: float) -> None:
+        self._items += items
+        rate = self._items / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.set_postfix({**{k: f"{v:.4g}" for k, v in values.items()},
+                               "img/s": f"{rate:.0f}"}, refresh=False)
+        self._bar.update(1)
+
+    @property
+    def items_per_second(self) -> float:
+        return self._items / max(time.perf_counter() - self._start, 1e-9)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@dataclass
+class History:
+    """Per-epoch metrics: logged to MLflow as they come, written as a DVC plots CSV at the end.
+
+    Also tracks wall time since creation and the first time a validation metric reached its
+    target (time-to-quality).
+    """
+
+    run: Run
+    target_key: str | None = None
+    target: float | None = None
+    rows: list[dict[str, float]] = field(default_factory=list)
+    seconds_to_target: float | None = None
+    _start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def log(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        row = {"epoch": epoch, **{k: float(v) for k, v in metrics.items()},
+               "wall_seconds": round(self.elapsed, 3)}
+        self.rows.append(row)
+        if (self.target_key is not None and self.seconds_to_target is None
+                and row.get(self.target_key, -math.inf) >= self.target):
+            self.seconds_to_target = row["wall_seconds"]
+        self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    def save(self, path: str | Path) -> None:
+        save_csv(self.rows, path)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place under `torchrun` (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global batch of indices."""
+        return batch[self.rank::self.world_size] if self.enabled else batch
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """DistributedDataParallel around `model` when distributed, else `model` itself."""
+        if not self.enabled:
+            return model
+        ids = [device.index or 0] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the process group `torchrun` describes (NCCL on GPUs, gloo on CPU), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def distributed_device(device: torch.device) -> torch.device:
+    """Under torchrun on CUDA, each rank takes the GPU of its local rank."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A model's parameters and buffers, detached on the CPU, ready to save."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
