@@ -19,11 +19,21 @@ TINY = {"blackbox.width": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
         "blackbox.lr": 0.003, "blackbox.schedule": "constant", "device": "cpu"}
 
 
+def stage_files(out):
+    """The stage's output paths under `out`, by argument name."""
+    return {k: out / f"{k}.{ext}" for k, ext in
+            (("model", "pt"), ("probs", "pt"), ("metrics", "json"), ("timings", "json"),
+             ("plots", "csv"))}
+
+
+def stage_args(params_path, data, files):
+    return ["--params", str(params_path), "--data", str(data),
+            *[a for k, p in files.items() for a in (f"--{k}", str(p))]]
+
+
 def run_stage(params_path, data, out):
-    files = {k: out / f"{k}.{ext}" for k, ext in
-             (("model", "pt"), ("probs", "pt"), ("metrics", "json"), ("plots", "csv"))}
-    train_blackbox.main(["--params", str(params_path), "--data", str(data),
-                         *[a for k, p in files.items() for a in (f"--{k}", str(p))]])
+    files = stage_files(out)
+    train_blackbox.main(stage_args(params_path, data, files))
     return files
 
 
