@@ -14,7 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
+import torch
+
 from xai.config import set_dotted
+from xai.data import Dataset, Split, save_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +90,23 @@ def write_tar(path: Path, files: dict[str, bytes], order: list[str] | None = Non
 def folder_archive(tmp_path: Path) -> Path:
     """A .tar.gz of a tiny colour class-per-folder tree (like cifar10-jpeg.tar.gz)."""
     return write_tar(tmp_path / "tiny.tar.gz", image_tree())
+
+
+def separable(n: int, channels: int = 1, side: int = 8, seed: int = 0) -> Split:
+    """Class 0: bright left half; class 1: bright right half (plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randint(0, 60, (n, channels, side, side), generator=g)
+    half = torch.arange(side) < side // 2
+    mask = torch.where(y[:, None].bool(), ~half[None, :], half[None, :])  # n x side
+    x = x + 180 * mask[:, None, None, :]
+    return Split(x.to(torch.uint8), y)
+
+
+@pytest.fixture
+def tiny_images(tmp_path: Path) -> Path:
+    """A prepared two-class 8x8 image set (left vs right half bright)."""
+    path = tmp_path / "images.pt"
+    save_dataset(Dataset("tiny", ("left", "right"), separable(256), separable(32, seed=1),
+                         separable(32, seed=2)), path)
+    return path

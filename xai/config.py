@@ -83,6 +83,26 @@ class ToyConfig:
 
 
 @dataclass(frozen=True)
+class BlackboxConfig:
+    """The black-box classifier and how it is trained."""
+
+    arch: Literal["auto", "small_cnn", "resnet"]
+    width: int = bounded(ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"]
+    lr: float = bounded(gt=0)
+    weight_decay: float = bounded(ge=0)
+    momentum: float = bounded(ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "constant"]
+    epochs: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+    augment: Literal["auto", "none", "crop", "crop_flip"]
+    crop_padding: int = bounded(ge=0)
+    label_smoothing: float = bounded(ge=0, lt=1)
+    amp: bool
+    eval_batch_size: int = bounded(ge=1)
+
+
+@dataclass(frozen=True)
 class VibiConfig:
     """VIBI (and L2X, its beta = 0 entry): explainer, approximator, sampler and training."""
 
@@ -124,6 +144,7 @@ class Config:
     tracking: TrackingConfig
     data: DataConfig
     toy: ToyConfig
+    blackbox: BlackboxConfig
     vibi: VibiConfig
 
     def __post_init__(self) -> None:

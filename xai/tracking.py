@@ -188,13 +188,16 @@ def _parent_run(client: Any, exp_id: str, pipeline: str, tags: dict[str, str]) -
 
 
 @contextlib.contextmanager
-def stage_run(cfg: Config, stage: str, params: Mapping[str, Any]) -> Iterator[Run]:
-    """Open the MLflow run of one stage (a `NullRun` when tracking is off), logging `params`.
+def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool = True
+              ) -> Iterator[Run]:
+    """Open the MLflow run of one stage (a `NullRun` when tracking or `enabled` is off).
+
+    `enabled=False` is for processes that must not log, such as non-zero ranks under torchrun.
 
     The run (and its pipeline's parent run) ends FINISHED on success, KILLED on an interrupt and
     FAILED on any other exception, which propagates.
     """
-    if not cfg.tracking.enabled:
+    if not (cfg.tracking.enabled and enabled):
         yield NullRun()
         return
     client = client_for(cfg.tracking)

@@ -119,12 +119,15 @@ class Progress:
                          mininterval=1.0, leave=False, dynamic_ncols=True)
         self._start = time.perf_counter()
         self._items = 0
+        self._values: dict[str, str] = {}
 
     def step(self, items: int, **values: float) -> None:
+        """Count one step of `items` inputs; `values` (e.g. loss) update the bar's display."""
         self._items += items
-        rate = self._items / max(time.perf_counter() - self._start, 1e-9)
-        self._bar.set_postfix({**{k: f"{v:.4g}" for k, v in values.items()},
-                               "img/s": f"{rate:.0f}"}, refresh=False)
+        if values:
+            self._values = {k: f"{v:.4g}" for k, v in values.items()}
+            self._bar.set_postfix({**self._values, "img/s": f"{self.items_per_second:.0f}"},
+                                  refresh=False)
         self._bar.update(1)
 
     @property

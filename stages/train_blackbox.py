@@ -1,0 +1,62 @@
+"""DVC stage `train_blackbox`: train the classifier the explanations explain."""
+
+from __future__ import annotations
+
+import argparse
+
+from xai import cli, tracking
+from xai.blackbox import describe, evaluate, probabilities, save_blackbox, save_probabilities, \
+    train_blackbox
+from xai.config import flatten, load_config
+from xai.data import load_dataset
+from xai.devices import select_device
+from xai.io import save_json
+from xai.training import History, distributed_device, init_distributed, seed_everything
+
+VAL_TARGET = 0.99  # time-to-quality: first epoch at which validation accuracy reaches this
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="prepared image set (.pt)")
+    parser.add_argument("--model", required=True, help="output: the trained black box")
+    parser.add_argument("--probs", required=True, help="output: its probabilities on every split")
+    parser.add_argument("--metrics", required=True, help="output: metrics JSON")
+    parser.add_argument("--timings", required=True, help="output: wall-clock figures JSON")
+    parser.add_argument("--plots", required=True, help="output: per-epoch CSV")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    device = distributed_device(select_device(cfg.device))
+    dist = init_distributed(device)
+    params = {"seed": cfg.seed, "device": str(device), **flatten(cfg.blackbox, "blackbox")}
+    with tracking.stage_run(cfg, "train_blackbox", params, enabled=dist.is_main) as run:
+        generator = seed_everything(cfg.seed, device)
+        data = load_dataset(args.data, device)
+        history = History(run, target_key="val_accuracy", target=VAL_TARGET)
+        trained = train_blackbox(cfg.blackbox, data, history, generator, dist)
+        train_seconds = history.elapsed
+        test_loss, test_acc = evaluate(trained.model, data.test.x, data.test.y,
+                                       cfg.blackbox.eval_batch_size)
+        if not dist.is_main:
+            return
+        save_blackbox(trained.model, trained.spec, data.classes, args.model)
+        save_probabilities(probabilities(trained.model, data, cfg.blackbox.eval_batch_size),
+                           args.probs)
+        history.save(args.plots)
+        metrics = {"test_accuracy": test_acc, "test_loss": test_loss,
+                   "val_accuracy": history.rows[-1]["val_accuracy"],
+                   "parameters": describe(trained.spec)["parameters"]}
+        timings = {"train_seconds": round(train_seconds, 2),
+                   "seconds_to_val_accuracy_0.99": history.seconds_to_target,
+                   "train_images_per_second": round(trained.images_per_second, 1)}
+        save_json(metrics, args.metrics)
+        save_json(timings, args.timings)
+        run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
+        run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.augment": trained.augment})
+    print(f"train_blackbox: {trained.spec.arch} on {data.name}: test accuracy {test_acc:.4f}, "
+          f"loss {test_loss:.4f}, {train_seconds:.0f} s training")
+
+
+if __name__ == "__main__":
+    cli.run(main, "train_blackbox")

@@ -1,0 +1,30 @@
+"""torchrun with two gloo processes on the CPU trains the same weights as one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import ROOT
+from tests.test_blackbox import TINY, run_stage, stage_args, stage_files
+
+
+def test_two_process_ddp_matches_one_process(tiny_images, params, tmp_path):
+    p = params(TINY)
+    single = run_stage(p, tiny_images, tmp_path / "single")
+
+    files = stage_files(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "stages.train_blackbox", *stage_args(p, tiny_images, files)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    one = torch.load(single["model"], weights_only=True)["state_dict"]
+    two = torch.load(files["model"], weights_only=True)["state_dict"]
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
