@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from xai.config import VibiConfig
-from xai.errors import CheckpointError
+from xai.data import Dataset
+from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import load_torch, save_torch
 from xai.training import (History, Progress, autocast, check_finite, deferred_interrupts,
                           index_batches, to_unit)
-from xai.vibi import Vibi, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
+from xai.vibi import Vibi, VibiSpec, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
 EXPLANATIONS_KIND = "xai.vibi_explanations"
@@ -58,6 +59,30 @@ def temperature(step: int, warmup: int, total: int, tau_start: float, tau_end: f
 def learning_rate(step: int, total: int, lr: float) -> float:
     """Cosine decay from `lr` at step 0 to 0 after the last step."""
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+def entry_settings(settings: VibiConfig, method: str) -> VibiConfig:
+    """The settings of one pipeline entry: `vibi` as configured, `l2x` with beta 0 from scratch."""
+    if method == "l2x":
+        return replace(settings, beta=0.0, epochs=settings.l2x_epochs,
+                                   jump_start=False)
+    return settings
+
+
+def spec_for(settings: VibiConfig, data: Dataset) -> VibiSpec:
+    """The model spec for `data`, checking the settings against its image shape."""
+    if len(data.input_shape) != 3:
+        raise DataError(f"VIBI explains images; {data.name} holds inputs of shape {data.input_shape}")
+    c, h, w = data.input_shape
+    if settings.xpl_channels not in (1, c):
+        raise ConfigError(f"vibi.xpl_channels = {settings.xpl_channels} does not fit {data.name}'s "
+                          f"{c}-channel images; use 1" + (f" or {c}" if c > 1 else ""))
+    spec = VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width, c, h, w,
+                    data.num_classes, settings.k)
+    if settings.k >= spec.num_chunks:
+        raise ConfigError(f"vibi.k = {settings.k} must be below the number of chunks, "
+                          f"{spec.num_chunks} for {settings.explainer_type} on {h} x {w} images")
+    return spec
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -229,7 +254,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 "val_mean_kl": val["mean_kl"], "val_mean_js": val["mean_js"],
                 "images_per_second": bar.items_per_second,
             })
-            if val["fidelity"] > loop.best_fidelity:
+            if val["fidelity"] >= loop.best_fidelity:  # ties: the later, longer-trained epoch
                 loop.best_fidelity, loop.best_state = val["fidelity"], _cpu_state(model)
             save_checkpoint()
             if stop.requested:
