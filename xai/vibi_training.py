@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,7 @@ class _Loop:
     step: int = 0
     best_fidelity: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
+    sums: dict[str, float] = field(default_factory=dict)  # this epoch's running loss sums
 
 
 def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Targets, *,
@@ -206,7 +207,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
         save_torch({"kind": CHECKPOINT_KIND, "fingerprint": tag, "step": loop.step,
                     "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
                     "noise": noise.get_state(), "best_fidelity": loop.best_fidelity,
-                    "best_state": loop.best_state, "rows": history.rows,
+                    "best_state": loop.best_state, "sums": loop.sums, "rows": history.rows,
                     "elapsed": history.elapsed,
                     "seconds_to_target": history.seconds_to_target}, ckpt)
 
@@ -216,8 +217,9 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
             order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             batches = index_batches(len(train_set), settings.batch_size, order, device,
                                     drop_last=True)[:steps_per_epoch]
-            sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
             first = loop.step - epoch * steps_per_epoch
+            if first == 0:
+                loop.sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
             bar = Progress(steps_per_epoch - first, f"{desc} epoch {epoch + 1}/{settings.epochs}",
                            show_progress)
             for idx in batches[first:]:
@@ -238,19 +240,18 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 optimizer.step()
                 loop.step += 1
                 for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
-                    sums[key] += value.item()
+                    loop.sums[key] += value.item()
                 bar.step(len(idx), loss=loss.item(), tau=tau)
                 if stop.requested and loop.step % steps_per_epoch:
                     bar.close()
                     save_checkpoint()
                     raise KeyboardInterrupt(f"{desc}: interrupted at step {loop.step}")
             bar.close()
-            done = max(steps_per_epoch - first, 1)
             val = summarize(explain(model, val_set.x, amp=settings.amp), val_set.probs)
             history.log(epoch + 1, {
                 "step": loop.step, "tau": tau, "lr": learning_rate(loop.step, total, settings.lr),
-                "train_loss": sums["loss"] / done, "train_ce": sums["ce"] / done,
-                "train_kl": sums["kl"] / done, "val_fidelity": val["fidelity"],
+                **{f"train_{k}": v / steps_per_epoch for k, v in loop.sums.items()},
+                "val_fidelity": val["fidelity"],
                 "val_mean_kl": val["mean_kl"], "val_mean_js": val["mean_js"],
                 "images_per_second": bar.items_per_second,
             })
@@ -283,4 +284,4 @@ def _restore(path: Path, tag: str, model: Vibi, optimizer: torch.optim.Optimizer
     noise.set_state(state["noise"])
     history.restore(state["rows"], state["elapsed"], state["seconds_to_target"])
     print(f"resume: continuing from step {state['step']} of {path}")
-    return _Loop(state["step"], state["best_fidelity"], state["best_state"])
+    return _Loop(state["step"], state["best_fidelity"], state["best_state"], state["sums"])
