@@ -98,7 +98,7 @@ class BlackboxConfig:
     augment: Literal["auto", "none", "crop", "crop_flip"]
     crop_padding: int = bounded(ge=0)
     label_smoothing: float = bounded(ge=0, lt=1)
-    amp: bool
+    precision: Literal["auto", "fp32", "bf16"]
     eval_batch_size: int = bounded(ge=1)
 
 
