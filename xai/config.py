@@ -102,6 +102,30 @@ class BlackboxConfig:
     eval_batch_size: int = bounded(ge=1)
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation: one seeded test subset, the pixel budgets and the measures' knobs."""
+
+    num_images: int = bounded(ge=1)
+    seed: int = bounded(ge=0)
+    budgets: tuple[int, ...] = bounded(ge=1)
+    curve_points: int = bounded(ge=2)
+    ig_steps: int = bounded(ge=2)
+    robustness_images: int = bounded(ge=1)
+    perturbations: int = bounded(ge=1)
+    sensitivity_radius: float = bounded(gt=0)
+    noise_std: float = bounded(gt=0)
+    batch_size: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        if not self.budgets:
+            raise ConfigError("evaluate.budgets = [] is empty; list at least one number of chunks")
+        if self.robustness_images > self.num_images:
+            raise ConfigError(
+                f"evaluate.robustness_images = {self.robustness_images} is out of range; "
+                f"allowed: <= evaluate.num_images ({self.num_images})")
+
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -115,6 +139,7 @@ class Config:
     data: DataConfig
     toy: ToyConfig
     blackbox: BlackboxConfig
+    evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:
         if not _DEVICE.match(self.device):

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,23 @@ def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list[Any]:
         return []
     return list(client.search_runs([found.experiment_id], filter_string=filter_string,
                                    order_by=["attributes.start_time DESC"]))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished or failed run as plain data, for code that must not touch MLflow itself."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def run_records(cfg: TrackingConfig, filter_string: str = "") -> list[RunRecord]:
+    """`find_runs` as plain records (newest first)."""
+    return [RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time or 0,
+                      dict(r.data.params), dict(r.data.metrics), dict(r.data.tags))
+            for r in find_runs(cfg, filter_string)]
