@@ -103,6 +103,36 @@ class BlackboxConfig:
 
 
 @dataclass(frozen=True)
+class VibiConfig:
+    """VIBI (and L2X, its beta = 0 entry): explainer, approximator, sampler and training."""
+
+    explainer_type: Literal["Unet", "ResNet_2x", "ResNet_4x", "ResNet_8x"]
+    xpl_channels: Literal[1, 3]
+    width: float = bounded(gt=0)
+    k: int = bounded(ge=1)
+    beta: float = bounded(ge=0)
+    num_samples: int = bounded(ge=1)
+    epochs: int = bounded(ge=1)
+    l2x_epochs: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+    lr: float = bounded(gt=0)
+    warmup_steps: int = bounded(ge=0)
+    tau_start: float = bounded(gt=0)
+    tau_end: float = bounded(gt=0)
+    amp: bool
+    save_best: bool
+    resume: bool
+    jump_start: bool
+
+    def __post_init__(self) -> None:
+        if self.tau_end > self.tau_start:
+            raise ConfigError(
+                f"vibi.tau_end = {self.tau_end} is above vibi.tau_start = {self.tau_start}; "
+                "the temperature anneals downwards"
+            )
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """The evaluation: one seeded test subset, the pixel budgets and the measures' knobs."""
 
@@ -139,6 +169,7 @@ class Config:
     data: DataConfig
     toy: ToyConfig
     blackbox: BlackboxConfig
+    vibi: VibiConfig
     evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:
@@ -215,7 +246,8 @@ def _coerce(value: Any, hint: Any, key: str, bounds: Any) -> Any:
         return _coerce(value, inner, key, bounds)
     if origin is Literal:
         choices = get_args(hint)
-        if value not in choices:
+        if value not in choices or (isinstance(value, bool)
+                                    and not any(c is value for c in choices)):
             raise ConfigError(
                 f"{key} = {value!r} is not allowed; choose one of: "
                 + ", ".join(str(c) for c in choices)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,36 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return torch.cat(outs) if outs else torch.empty(0, device=device)
 
 
+class StopFlag:
+    """Set when SIGINT/SIGTERM arrived inside `deferred_interrupts`; check it between steps."""
+
+    requested: bool = False
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[StopFlag]:
+    """Turn SIGINT/SIGTERM into a flag for the loop to check at a step boundary.
+
+    A training loop can then save a consistent checkpoint (never half an optimizer step) and
+    raise `KeyboardInterrupt` itself. Outside the main thread signals cannot be caught: the flag
+    just stays unset.
+    """
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def request(_signum: int, _frame: Any) -> None:
+        flag.requested = True
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Progress:
     """A tqdm bar over one epoch's steps showing the running loss and throughput."""
 
@@ -136,6 +168,13 @@ class History:
 
     def save(self, path: str | Path) -> None:
         save_csv(self.rows, path)
+
+    def restore(self, rows: list[dict[str, float]], elapsed: float,
+                seconds_to_target: float | None) -> None:
+        """Continue a history saved in a checkpoint: its rows, wall clock and time-to-target."""
+        self.rows = [dict(row) for row in rows]
+        self._start = time.perf_counter() - elapsed
+        self.seconds_to_target = seconds_to_target
 
 
 # ----------------------------------------------------------------------------- distributed

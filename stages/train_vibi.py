@@ -1,0 +1,101 @@
+"""DVC stages `train_l2x` and `train_vibi`: train an explainer and approximator for the black box.
+
+`--method l2x` is the beta = 0 entry (trained from scratch for `vibi.l2x_epochs`); `--method vibi`
+uses `vibi.beta` and, with `vibi.jump_start`, starts from the L2X model given by `--init`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from xai import cli, tracking
+from xai.blackbox import load_blackbox, load_probabilities
+from xai.config import flatten, load_config
+from xai.data import load_dataset
+from xai.devices import select_device
+from xai.errors import CheckpointError, ConfigError, DataError
+from xai.io import save_json, save_torch
+from xai.training import History, seed_everything
+from xai.vibi import Vibi, load_vibi, save_vibi
+from xai.vibi_training import (Targets, entry_settings, explain, explanations_state, file_digest,
+                               spec_for, summarize, train)
+
+VAL_TARGET = 0.90  # time-to-quality: first epoch at which validation fidelity reaches this
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--method", choices=("vibi", "l2x"), required=True)
+    parser.add_argument("--data", required=True, help="prepared image set (.pt)")
+    parser.add_argument("--probs", required=True, help="the black box's probabilities (.pt)")
+    parser.add_argument("--blackbox", required=True, help="the black box (.pt), for post-hoc accuracy")
+    parser.add_argument("--init", help="model to jump-start from (vibi with vibi.jump_start)")
+    parser.add_argument("--model", required=True, help="output: explainer + approximator")
+    parser.add_argument("--explanations", required=True, help="output: test-set explanations")
+    parser.add_argument("--metrics", required=True, help="output: metrics JSON")
+    parser.add_argument("--timings", required=True, help="output: wall-clock figures JSON")
+    parser.add_argument("--plots", required=True, help="output: per-epoch CSV")
+    parser.add_argument("--checkpoint", required=True,
+                        help="resume checkpoint (outside DVC's outputs, deleted when done)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    settings = entry_settings(cfg.vibi, args.method)
+    if settings.jump_start and not args.init:
+        raise ConfigError("vibi.jump_start is true but no --init model was given")
+    stage = f"train_{args.method}"
+    device = select_device(cfg.device)
+    params = {"seed": cfg.seed, "device": str(device), "method": args.method,
+              **flatten(settings, "vibi")}
+    with tracking.stage_run(cfg, stage, params) as run:
+        seed_everything(cfg.seed, device)
+        data = load_dataset(args.data, device)
+        probs = load_probabilities(args.probs, device)
+        for split in ("train", "val", "test"):
+            if probs[split].shape != (len(getattr(data, split)), data.num_classes):
+                raise DataError(f"{args.probs} does not match {args.data} ({split}: "
+                                f"{tuple(probs[split].shape)} probabilities for "
+                                f"{len(getattr(data, split))} images of {data.num_classes} "
+                                "classes); re-run train_blackbox")
+        spec = spec_for(settings, data)
+        model = Vibi(spec).to(device)
+        init_digest = ""
+        if settings.jump_start:
+            init = load_vibi(args.init, device)
+            if init.spec != spec:
+                raise CheckpointError(f"{args.init} was trained for {init.spec}, not {spec}; "
+                                      "re-run train_l2x")
+            model.load_state_dict(init.state_dict())
+            init_digest = file_digest(args.init)
+        history = History(run, target_key="val_fidelity", target=VAL_TARGET)
+        train(model, settings, Targets(data.train.x, probs["train"]),
+              Targets(data.val.x, probs["val"]), seed=cfg.seed, history=history,
+              checkpoint=args.checkpoint, jump_started=settings.jump_start,
+              run_id=init_digest, desc=args.method)
+        train_seconds = history.elapsed
+        test = explain(model, data.test.x, load_blackbox(args.blackbox, device), amp=settings.amp)
+        test_metrics = summarize(test, probs["test"])
+        val_metrics = summarize(explain(model, data.val.x, amp=settings.amp), probs["val"])
+        save_vibi(model, args.model, method=args.method, beta=settings.beta)
+        save_torch(explanations_state(model, test, probs["test"]), args.explanations)
+        history.save(args.plots)
+        metrics = {"test_fidelity": test_metrics["fidelity"],
+                   "val_fidelity": val_metrics["fidelity"],
+                   "test_posthoc_accuracy": test_metrics["posthoc_accuracy"],
+                   "mean_kl": test_metrics["mean_kl"], "mean_js": test_metrics["mean_js"],
+                   "k": settings.k, "beta": settings.beta, "num_chunks": spec.num_chunks}
+        rates = [row["images_per_second"] for row in history.rows]
+        timings = {"train_seconds": round(train_seconds, 2),
+                   f"seconds_to_val_fidelity_{VAL_TARGET}": history.seconds_to_target,
+                   "train_images_per_second": round(sum(rates) / max(len(rates), 1), 1)}
+        save_json(metrics, args.metrics)
+        save_json(timings, args.timings)
+        run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
+    print(f"{stage}: {spec.explainer_type}, k = {spec.k} of {spec.num_chunks} chunks, "
+          f"beta = {settings.beta}: test fidelity {metrics['test_fidelity']:.4f}, post-hoc "
+          f"accuracy {metrics['test_posthoc_accuracy']:.4f}, mean KL {metrics['mean_kl']:.3f}, "
+          f"{train_seconds:.0f} s training")
+
+
+if __name__ == "__main__":
+    cli.run(main, "train_vibi")

@@ -1,0 +1,260 @@
+"""VIBI: the sampler, masks, KL, loss, explainer shapes, training on a tiny problem, resume."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from xai import vibi_training
+from xai.config import load_config
+from xai.errors import CheckpointError, ConfigError
+from xai.explainers import CHUNK_SIZE, build_explainer
+from xai.io import save_torch
+from xai.tracking import NullRun
+from xai.training import History
+from xai.vibi import (Vibi, VibiSpec, gumbel_softmax_draws, hard_top_k, kl_to_uniform,
+                      load_vibi, relaxed_k_hot, save_vibi, soft_cross_entropy, vibi_loss)
+from xai.vibi_training import Targets, explain, summarize, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions: one thread is as fast, and much faster on a machine shared with others."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.0, 10.0])
+def test_relaxed_k_hot_sums_and_keeps_at_most_k_chunks(tau):
+    logits = torch.randn(8, 49) * 3
+    g = torch.Generator().manual_seed(0)
+    draws = gumbel_softmax_draws(logits, k=4, tau=tau, num_samples=3, generator=g)
+    assert draws.shape == (8, 3, 4, 49)
+    torch.testing.assert_close(draws.sum(-1), torch.ones(8, 3, 4))
+    mask = draws.amax(dim=2)
+    assert ((mask >= 0) & (mask <= 1)).all()
+    total = mask.sum(-1)
+    assert (total >= 1 - 1e-5).all() and (total <= 4 + 1e-5).all()
+    assert ((mask > 0.5).sum(-1) <= 4).all()  # each draw puts more than 1/2 on one chunk at most
+
+
+def test_relaxed_k_hot_tends_to_a_sample_of_at_most_k_chunks():
+    logits = torch.randn(64, 49)
+    mask = relaxed_k_hot(logits, k=4, tau=1e-3, num_samples=2,
+                         generator=torch.Generator().manual_seed(1))
+    hard = mask > 0.5
+    assert ((mask < 1e-3) | (mask > 1 - 1e-3)).float().mean() > 0.99
+    on = hard.sum(-1)
+    assert (on >= 1).all() and (on <= 4).all() and (on == 4).float().mean() > 0.5
+
+
+def test_relaxed_k_hot_samples_follow_the_distribution():
+    # one chunk at probability 0.5, the other 9 share the rest: a single draw picks it half the time
+    logits = torch.tensor([[math.log(9.0)] + [0.0] * 9])
+    draws = gumbel_softmax_draws(logits.expand(4000, -1), k=1, tau=1e-3,
+                                 generator=torch.Generator().manual_seed(2))
+    share = (draws[:, 0, 0].argmax(-1) == 0).float().mean().item()
+    assert abs(share - 0.5) < 0.04
+
+
+def test_hard_top_k_has_exactly_k_at_the_largest_logits():
+    logits = torch.randn(16, 49)
+    mask = hard_top_k(logits, 4)
+    assert (mask.sum(-1) == 4).all()
+    kept_min = torch.where(mask.bool(), logits, torch.inf).amin(-1)
+    dropped_max = torch.where(mask.bool(), -torch.inf, logits).amax(-1)
+    assert (kept_min > dropped_max).all()
+
+
+def test_kl_to_uniform_of_uniform_is_zero_and_of_one_hot_is_log_d():
+    d = 49
+    torch.testing.assert_close(kl_to_uniform(torch.zeros(3, d)), torch.zeros(3))
+    one_hot = torch.full((2, d), -torch.inf)
+    one_hot[:, 5] = 0.0
+    torch.testing.assert_close(kl_to_uniform(one_hot), torch.full((2,), math.log(d)))
+    peaked = torch.zeros(1, d)
+    peaked[0, 0] = 1e4
+    torch.testing.assert_close(kl_to_uniform(peaked), torch.tensor([math.log(d)]))
+
+
+def test_soft_cross_entropy_sums_classes_and_averages_samples_and_batch():
+    labels = torch.tensor([0, 3, 2])
+    logits = torch.randn(3, 5)
+    one_hot = F.one_hot(labels, 5).float()
+    torch.testing.assert_close(soft_cross_entropy(one_hot, logits), F.cross_entropy(logits, labels))
+    # S identical samples per input give the same value as one: no rescaling of beta by S or K
+    repeated = logits[:, None].expand(3, 7, 5)
+    torch.testing.assert_close(soft_cross_entropy(one_hot, repeated), F.cross_entropy(logits, labels))
+    p = torch.softmax(torch.randn(3, 5), -1)
+    expected = -(p * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(soft_cross_entropy(p, logits), expected)
+
+
+def test_loss_is_cross_entropy_plus_beta_kl():
+    p = torch.softmax(torch.randn(4, 10), -1)
+    approx = torch.randn(4, 2, 10)
+    explainer = torch.randn(4, 49)
+    loss, ce, kl = vibi_loss(p, approx, explainer, beta=0.3)
+    torch.testing.assert_close(ce, soft_cross_entropy(p, approx))
+    torch.testing.assert_close(kl, kl_to_uniform(explainer).mean())
+    torch.testing.assert_close(loss, ce + 0.3 * kl)
+    torch.testing.assert_close(vibi_loss(p, approx, explainer, beta=0.0)[0], ce)  # L2X
+
+
+@pytest.mark.parametrize("size", [28, 32])
+@pytest.mark.parametrize("name", list(CHUNK_SIZE))
+def test_explainer_outputs_the_chunk_grid_its_name_says(name, size):
+    chunk = CHUNK_SIZE[name]
+    cells = math.ceil(size / chunk)
+    for in_channels, xpl_channels in ((1, 1), (3, 1), (3, 3)):
+        net = build_explainer(name, in_channels, xpl_channels, width=0.25)
+        out = net(torch.rand(2, in_channels, size, size))
+        assert out.shape == (2, xpl_channels, cells, cells)
+    spec = VibiSpec(name, 3, 0.25, 3, size, size, 10, 4)
+    assert spec.num_chunks == 3 * cells * cells
+
+
+@pytest.mark.parametrize("xpl_channels", [1, 3])
+def test_pixel_mask_is_the_chunk_mask_up_sampled(xpl_channels):
+    spec = VibiSpec("ResNet_8x", xpl_channels, 0.25, 3, 28, 28, 10, 1)  # 4 x 4 chunks, last partial
+    model = Vibi(spec)
+    mask = torch.zeros(1, spec.num_chunks)
+    mask[0, spec.num_chunks - 1] = 1.0  # last channel, bottom-right chunk: pixels 24..27
+    pixels = model.pixel_mask(mask)
+    assert pixels.shape == (1, xpl_channels, 28, 28)
+    assert pixels.sum() == 16 and pixels[0, -1, 24:, 24:].all()
+    x = torch.rand(1, 3, 28, 28)
+    kept = model.masked(x, mask)
+    assert (kept != 0).sum() == 16 * (3 if xpl_channels == 1 else 1)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def position_task(n: int, seed: int) -> Targets:
+    """12 x 12 noisy images with one bright 4 x 4 patch; the class is the patch's chunk (of 9).
+
+    Only the right chunk tells the class, so fidelity needs input-dependent explanations.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 9, (n,), generator=g)
+    x = torch.rand(n, 1, 12, 12, generator=g) * 0.3
+    rows, cols = labels // 3 * 4, labels % 3 * 4
+    for dr in range(4):
+        for dc in range(4):
+            x[torch.arange(n), 0, rows + dr, cols + dc] = 1.0
+    probs = F.one_hot(labels, 9).float() * 0.9 + 0.01
+    return Targets((x * 255).round().to(torch.uint8), probs)
+
+
+def tiny_settings(params, **overrides):
+    base = {"vibi.explainer_type": "ResNet_4x", "vibi.width": 0.5, "vibi.k": 1,
+            "vibi.beta": 0.01, "vibi.batch_size": 32, "vibi.epochs": 4, "vibi.warmup_steps": 10,
+            "vibi.lr": 0.003, "vibi.num_samples": 2, "vibi.amp": False,
+            "vibi.tau_start": 1.0, "vibi.tau_end": 0.2}
+    base.update({f"vibi.{k}": v for k, v in overrides.items()})
+    return load_config(params(base)).vibi
+
+
+def tiny_model(settings) -> Vibi:
+    torch.manual_seed(0)
+    return Vibi(VibiSpec(settings.explainer_type, 1, settings.width, 1, 12, 12, 9, settings.k))
+
+
+def test_training_learns_input_dependent_non_uniform_explanations(params):
+    settings = tiny_settings(params)
+    train_set, val_set = position_task(512, 0), position_task(256, 1)
+    model = tiny_model(settings)
+    before = summarize(explain(model, val_set.x), val_set.probs)
+    history = History(NullRun())
+    train(model, settings, train_set, val_set, seed=0, history=history, show_progress=False)
+    losses = [row["train_ce"] for row in history.rows]
+    assert losses[-1] < losses[0] < math.log(9)
+    expl = explain(model, val_set.x)
+    after = summarize(expl, val_set.probs)
+    assert after["fidelity"] > 0.9 > before["fidelity"] + 0.3
+    assert after["mean_kl"] > 0.5  # far from the uniform distribution (log 9 = 2.2 at one-hot)
+    chosen = expl.top_k.float().argmax(-1)
+    assert len(chosen.unique()) == 9  # the chosen chunk depends on the input ...
+    assert (chosen == val_set.probs.argmax(-1)).float().mean() > 0.9  # ... and is the patch
+
+
+def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monkeypatch):
+    settings = tiny_settings(params, epochs=2, **{"resume": True, "save_best": False})
+    train_set, val_set = position_task(256, 0), position_task(64, 1)
+    reference_history = History(NullRun())
+    reference = train(tiny_model(settings), settings, train_set, val_set, seed=0,
+                      history=reference_history, show_progress=False)
+
+    checkpoint = tmp_path / "checkpoints" / "vibi.pt"
+    stop_at = 11  # mid-epoch 2 (8 steps per epoch)
+    steps = []
+    original = vibi_training.Progress.step
+
+    def step(self, items, **values):
+        original(self, items, **values)
+        steps.append(values)
+        if len(steps) == stop_at:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(vibi_training.Progress, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(settings), settings, train_set, val_set, seed=0,
+              history=History(NullRun()), checkpoint=checkpoint, show_progress=False)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["step"] == stop_at and len(saved["rows"]) == 1
+
+    steps.clear()
+    history = History(NullRun())
+    resumed = train(tiny_model(settings), settings, train_set, val_set, seed=0,
+                    history=history, checkpoint=checkpoint, show_progress=False)
+    assert len(steps) == 16 - stop_at  # only the remaining steps ran
+    timing = ("wall_seconds", "images_per_second")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in history.rows] == \
+        [{k: v for k, v in row.items() if k not in timing} for row in reference_history.rows]
+    assert not checkpoint.exists()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
+
+
+def test_checkpoint_from_other_settings_is_not_resumed(params, tmp_path, capsys):
+    settings = tiny_settings(params, epochs=1, resume=True)
+    train_set, val_set = position_task(64, 0), position_task(32, 1)
+    checkpoint = tmp_path / "vibi.pt"
+    save_torch({"kind": vibi_training.CHECKPOINT_KIND, "fingerprint": "other", "step": 1,
+                "model": {}, "optimizer": {}, "noise": torch.Generator().get_state()}, checkpoint)
+    train(tiny_model(settings), settings, train_set, val_set, seed=0,
+          history=History(NullRun()), checkpoint=checkpoint, show_progress=False)
+    assert "starting afresh" in capsys.readouterr().out
+
+
+def test_model_round_trips_with_weights_only(tmp_path):
+    model = Vibi(VibiSpec("Unet", 3, 0.25, 3, 32, 32, 10, 64)).eval()
+    save_vibi(model, tmp_path / "vibi.pt")
+    loaded = load_vibi(tmp_path / "vibi.pt")
+    x = torch.rand(2, 3, 32, 32)
+    for a, b in zip(model.explain(x), loaded.explain(x)):
+        torch.testing.assert_close(a, b)
+    save_torch({"kind": "xai.vibi", "spec": {"explainer_type": "nope"}, "state_dict": {}},
+               tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="this code can rebuild"):
+        load_vibi(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"vibi.explainer_type": "ResNet_3x"}, r"vibi\.explainer_type = 'ResNet_3x'.*ResNet_8x"),
+    ({"vibi.xpl_channels": 2}, r"vibi\.xpl_channels = 2 is not allowed"),
+    ({"vibi.k": 0}, r"vibi\.k = 0 is out of range"),
+    ({"vibi.beta": -0.1}, r"vibi\.beta = -0\.1 is out of range"),
+    ({"vibi.tau_start": 0.5, "vibi.tau_end": 1.0}, r"vibi\.tau_end = 1\.0 is above"),
+])
+def test_bad_vibi_params_are_rejected(params, overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(params(overrides))
+

@@ -1,0 +1,36 @@
+"""VIBI approximator: a small CNN q(y | t) that predicts the black box's output from a masked input.
+
+The masked input is mostly zeros; where the kept chunks sit matters as much as what they show, so
+the head flattens the spatial map instead of pooling it away.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from xai.explainers import channels
+
+
+class Approximator(nn.Module):
+    """Three 3x3 conv layers (two of stride 2), then a two-layer MLP to class logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, height: int, width: int,
+                 width_mult: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, hidden = channels(32, width_mult), channels(64, width_mult), channels(128, width_mult)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c2, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        )
+        cells = math.ceil(math.ceil(height / 2) / 2) * math.ceil(math.ceil(width / 2) / 2)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c2 * cells, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,204 @@
+"""VIBI: an explainer picks k of d chunks, an approximator predicts the black box from them alone.
+
+Objective (Bang et al.): maximise I(y; t) - beta * I(x; t) with t = x * z and z a k-hot mask over
+the d chunks. In practice:
+
+- the explainer gives d logits; p(z | x) = softmax(logits);
+- training: a relaxed k-hot sample (k Gumbel-softmax draws over the d chunks at temperature tau,
+  element-wise max), `num_samples` per input; test: the hard top-k mask of the logits;
+- loss = H(p, q) + beta * KL(p(z | x) || uniform(d)), where H is the soft cross-entropy between the
+  black box's class probabilities p(y | x) and the approximator's q(y | t), summed over classes
+  and averaged over samples and batch. beta = 0 is L2X.
+
+Gumbel noise is added to the logits (log-probabilities up to a constant), never to the
+probabilities; the KL runs from p(z | x) to the uniform prior, not the reverse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from xai.approximator import Approximator
+from xai.errors import CheckpointError
+from xai.explainers import CHUNK_SIZE, build_explainer, chunk_grid
+from xai.io import load_torch, save_torch
+
+KIND = "xai.vibi"
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def gumbel_softmax_draws(logits: torch.Tensor, k: int, tau: float, num_samples: int = 1,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """`num_samples` x `k` relaxed one-hot draws per row of `logits` (B x d) -> B x S x k x d.
+
+    Each draw is softmax((logits + Gumbel noise) / tau): a point of the simplex (it sums to 1) that
+    tends to a one-hot sample of softmax(logits) as tau -> 0.
+    """
+    b, d = logits.shape
+    u = torch.rand((b, num_samples, k, d), generator=generator, device=logits.device)
+    tiny = torch.finfo(u.dtype).tiny
+    gumbel = -torch.log(-torch.log(u.clamp_(min=tiny, max=1.0 - 1e-7)))
+    return ((logits.float()[:, None, None, :] + gumbel) / tau).softmax(dim=-1)
+
+
+def relaxed_k_hot(logits: torch.Tensor, k: int, tau: float, num_samples: int = 1,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Relaxed k-hot masks (B x S x d): the element-wise max of k Gumbel-softmax draws.
+
+    Every entry is in [0, 1], a mask sums to between 1 and k, and at most k entries exceed 1/2
+    (each draw has at most one), so it tends to a mask with at most k chunks on as tau -> 0.
+    """
+    return gumbel_softmax_draws(logits, k, tau, num_samples, generator).amax(dim=2)
+
+
+def hard_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The test-time mask (B x d, float): 1 at the k largest logits of each row, else 0."""
+    index = logits.topk(k, dim=-1).indices
+    return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, index, 1.0)
+
+
+def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits) || uniform(d)) = sum_j p_j log p_j + log d, per row (0 <= KL <= log d)."""
+    log_p = logits.float().log_softmax(dim=-1)
+    plogp = torch.where(log_p > -math.inf, log_p.exp() * log_p, torch.zeros_like(log_p))
+    return plogp.sum(dim=-1) + math.log(logits.shape[-1])
+
+
+def soft_cross_entropy(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """H(p, q) summed over classes and averaged over every other axis.
+
+    `target_probs` is B x K; `logits` is B x K or B x S x K (S samples of the same input).
+    """
+    log_q = logits.float().log_softmax(dim=-1)
+    if log_q.dim() == 3:
+        target_probs = target_probs[:, None, :]
+    return -(target_probs * log_q).sum(dim=-1).mean()
+
+
+def vibi_loss(target_probs: torch.Tensor, approx_logits: torch.Tensor,
+              explainer_logits: torch.Tensor, beta: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, cross-entropy, mean KL): loss = H(p, q) + beta * KL(p(z|x) || uniform)."""
+    ce = soft_cross_entropy(target_probs, approx_logits)
+    kl = kl_to_uniform(explainer_logits).mean()
+    return ce + beta * kl, ce, kl
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (nats, in [0, log 2]) between rows of two probability tables."""
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor) -> torch.Tensor:
+        return torch.where(a > 0, a * (a.clamp_min(1e-30).log() - m.clamp_min(1e-30).log()),
+                           torch.zeros_like(a)).sum(dim=-1)
+
+    return 0.5 * (kl(p) + kl(q))
+
+
+# ----------------------------------------------------------------------------- the model pair
+
+
+@dataclass(frozen=True)
+class VibiSpec:
+    """Everything needed to rebuild an explainer/approximator pair."""
+
+    explainer_type: str
+    xpl_channels: int
+    width: float
+    in_channels: int
+    height: int
+    width_px: int
+    num_classes: int
+    k: int
+
+    @property
+    def chunk(self) -> int:
+        return CHUNK_SIZE[self.explainer_type]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return chunk_grid(self.explainer_type, self.height, self.width_px)
+
+    @property
+    def num_chunks(self) -> int:
+        h, w = self.grid
+        return self.xpl_channels * h * w
+
+
+class Vibi(nn.Module):
+    """The explainer and the approximator, with the masking that connects them."""
+
+    def __init__(self, spec: VibiSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.explainer = build_explainer(spec.explainer_type, spec.in_channels,
+                                         spec.xpl_channels, spec.width)
+        self.approximator = Approximator(spec.in_channels, spec.num_classes, spec.height,
+                                         spec.width_px, spec.width)
+
+    def chunk_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """B x d logits of p(z | x), d = xpl_channels * rows * columns (float32)."""
+        return self.explainer(x).flatten(1).float()
+
+    def pixel_mask(self, chunk_mask: torch.Tensor) -> torch.Tensor:
+        """Chunk masks (... x d) -> pixel masks (... x xpl_channels x H x W), nearest up-sampling."""
+        s = self.spec
+        h, w = s.grid
+        grid = chunk_mask.reshape(*chunk_mask.shape[:-1], s.xpl_channels, h, w)
+        pixels = grid.repeat_interleave(s.chunk, dim=-2).repeat_interleave(s.chunk, dim=-1)
+        return pixels[..., :s.height, :s.width_px]
+
+    def masked(self, x: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+        """Inputs times their masks: x (B x C x H x W), masks B x d or B x S x d -> (B*S) x C x H x W."""
+        mask = self.pixel_mask(chunk_mask.to(x.dtype))
+        if mask.dim() == 5:  # S samples per input
+            return (x[:, None] * mask).flatten(0, 1)
+        return x * mask
+
+    def forward(self, x: torch.Tensor, tau: float, num_samples: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: (chunk logits B x d, approximator logits B x S x K on relaxed masks)."""
+        logits = self.chunk_logits(x)
+        mask = relaxed_k_hot(logits, self.spec.k, tau, num_samples, generator)
+        approx = self.approximator(self.masked(x, mask))
+        return logits, approx.float().reshape(x.shape[0], num_samples, -1)
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Test pass: (chunk logits B x d, hard top-k masks B x d, approximator logits B x K)."""
+        logits = self.chunk_logits(x)
+        mask = hard_top_k(logits, self.spec.k)
+        return logits, mask, self.approximator(self.masked(x, mask)).float()
+
+
+def save_vibi(model: Vibi, path: str | Path, **extra: Any) -> None:
+    """Write the pair as {"kind", "spec", "state_dict", ...extra}: loadable with weights_only."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    save_torch({"kind": KIND, "spec": asdict(model.spec),
+                "state_dict": state, **extra}, path)
+
+
+def vibi_from_state(obj: dict[str, Any], path: str | Path = "<memory>") -> Vibi:
+    """Rebuild a pair from a loaded `save_vibi` file (or a checkpoint holding the same keys)."""
+    try:
+        model = Vibi(VibiSpec(**obj["spec"]))
+        model.load_state_dict(obj["state_dict"])
+    except (TypeError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not hold a VIBI model this code can rebuild ({first})"
+                              ) from None
+    return model
+
+
+def load_vibi(path: str | Path, device: torch.device | str = "cpu") -> Vibi:
+    """Load a pair written by `save_vibi` (weights_only=True), in eval mode, on `device`."""
+    obj = load_torch(path, kind=KIND, required=("spec", "state_dict"))
+    return vibi_from_state(obj, path).to(device).eval()

@@ -1,0 +1,287 @@
+"""Training and evaluating a VIBI pair against a black box's stored class probabilities.
+
+Design against the collapse seen in the public code (explainer logits all 0 after warm-up, the same
+chunks for every input): the explainer's logits are unbounded (no output ReLU); Adam runs at a
+moderate learning rate decayed to 0 by a cosine; the Gumbel temperature anneals geometrically
+from `tau_start` to `tau_end` over the whole run, so it is still soft while the explainer learns.
+
+Resumable: a checkpoint (model, optimizer, generator states, step, best model, history) is
+written at the end of every epoch and, on SIGINT/SIGTERM, at the next step boundary; with
+`resume` a later run with the same settings continues from its step and ends with the same
+weights as an uninterrupted run. It is deleted once training completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xai.config import VibiConfig
+from xai.data import Dataset
+from xai.errors import CheckpointError, ConfigError, DataError
+from xai.io import load_torch, save_torch
+from xai.training import (History, Progress, autocast, check_finite, deferred_interrupts,
+                          index_batches, to_unit)
+from xai.vibi import Vibi, VibiSpec, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
+
+CHECKPOINT_KIND = "xai.vibi_checkpoint"
+EXPLANATIONS_KIND = "xai.vibi_explanations"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """One split: uint8 images and the black box's class probabilities for them, on the device."""
+
+    x: torch.Tensor
+    probs: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def temperature(step: int, warmup: int, total: int, tau_start: float, tau_end: float) -> float:
+    """Geometric annealing from tau_start (first step after warm-up) to tau_end (last step)."""
+    span = total - warmup - 1
+    if span <= 0:
+        return tau_end
+    frac = min(max((step - warmup) / span, 0.0), 1.0)
+    return tau_start * (tau_end / tau_start) ** frac
+
+
+def learning_rate(step: int, total: int, lr: float) -> float:
+    """Cosine decay from `lr` at step 0 to 0 after the last step."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+def entry_settings(settings: VibiConfig, method: str) -> VibiConfig:
+    """The settings of one pipeline entry: `vibi` as configured, `l2x` with beta 0 from scratch."""
+    if method == "l2x":
+        return replace(settings, beta=0.0, epochs=settings.l2x_epochs,
+                                   jump_start=False)
+    return settings
+
+
+def spec_for(settings: VibiConfig, data: Dataset) -> VibiSpec:
+    """The model spec for `data`, checking the settings against its image shape."""
+    if len(data.input_shape) != 3:
+        raise DataError(f"VIBI explains images; {data.name} holds inputs of shape {data.input_shape}")
+    c, h, w = data.input_shape
+    if settings.xpl_channels not in (1, c):
+        raise ConfigError(f"vibi.xpl_channels = {settings.xpl_channels} does not fit {data.name}'s "
+                          f"{c}-channel images; use 1" + (f" or {c}" if c > 1 else ""))
+    spec = VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width, c, h, w,
+                    data.num_classes, settings.k)
+    if settings.k >= spec.num_chunks:
+        raise ConfigError(f"vibi.k = {settings.k} must be below the number of chunks, "
+                          f"{spec.num_chunks} for {settings.explainer_type} on {h} x {w} images")
+    return spec
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class Explanations:
+    """Per-input results on one split: chunk distributions, top-k masks, approximator output."""
+
+    chunk_probs: torch.Tensor       # N x d, p(z | x)
+    top_k: torch.Tensor             # N x d, bool, the k chunks kept
+    approx_probs: torch.Tensor      # N x K, q(y | top-k masked x)
+    kl: torch.Tensor                # N, KL(p(z | x) || uniform)
+    posthoc_probs: torch.Tensor | None  # N x K, the black box on the masked input
+
+
+@torch.inference_mode()
+def explain(model: Vibi, x: torch.Tensor, blackbox: Callable[[torch.Tensor], torch.Tensor] | None
+            = None, batch_size: int = 1000, amp: bool = False) -> Explanations:
+    """Run the explainer (hard top-k) and approximator, optionally the black box, on all of `x`."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("p", "m", "q", "kl", "bb")}
+    for i in range(0, len(x), batch_size):
+        xb = to_unit(x[i:i + batch_size])
+        with autocast(xb.device, amp):
+            logits, mask, approx = model.explain(xb)
+            if blackbox is not None:
+                parts["bb"].append(blackbox(model.masked(xb, mask)).float().softmax(-1))
+        parts["p"].append(logits.softmax(-1))
+        parts["m"].append(mask.bool())
+        parts["q"].append(approx.softmax(-1))
+        parts["kl"].append(kl_to_uniform(logits))
+    model.train(was_training)
+    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    return Explanations(cat["p"], cat["m"], cat["q"], cat["kl"], cat["bb"])
+
+
+def summarize(expl: Explanations, blackbox_probs: torch.Tensor) -> dict[str, float]:
+    """fidelity, mean_kl, mean_js (and posthoc_accuracy when the black box was run)."""
+    target = blackbox_probs.argmax(-1)
+    out = {
+        "fidelity": (expl.approx_probs.argmax(-1) == target).float().mean().item(),
+        "mean_kl": expl.kl.mean().item(),
+        "mean_js": js_divergence(blackbox_probs.float(), expl.approx_probs).mean().item(),
+    }
+    if expl.posthoc_probs is not None:
+        out["posthoc_accuracy"] = (expl.posthoc_probs.argmax(-1) == target).float().mean().item()
+    return out
+
+
+def explanations_state(model: Vibi, expl: Explanations, blackbox_probs: torch.Tensor
+                       ) -> dict[str, Any]:
+    """The file the render stage reads: chunk grids (float16 / bool) for every input of a split."""
+    s = model.spec
+    grid = (len(expl.top_k), s.xpl_channels, *s.grid)
+    return {
+        "kind": EXPLANATIONS_KIND,
+        "spec": asdict(s),
+        "chunk_probs": expl.chunk_probs.reshape(grid).half().cpu(),
+        "top_k": expl.top_k.reshape(grid).cpu(),
+        "approximator_probs": expl.approx_probs.half().cpu(),
+        "js": js_divergence(blackbox_probs.float(), expl.approx_probs).cpu(),
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def fingerprint(settings: VibiConfig, seed: int, **extra: Any) -> str:
+    """A hash of everything that shapes a training run; a checkpoint resumes only on a match."""
+    fields = {k: v for k, v in asdict(settings).items() if k not in ("resume", "save_best")}
+    text = json.dumps({"settings": fields, "seed": seed, **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (to tie a checkpoint to the model it was jump-started from)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class _Loop:
+    """The mutable state a checkpoint captures."""
+
+    step: int = 0
+    best_fidelity: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    sums: dict[str, float] = field(default_factory=dict)  # this epoch's running loss sums
+
+
+def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Targets, *,
+          seed: int, history: History, checkpoint: str | Path | None = None,
+          jump_started: bool = False, run_id: str = "", desc: str = "vibi",
+          show_progress: bool = True) -> Vibi:
+    """Train `model` in place for `settings.epochs` epochs; returns it (the best epoch's weights
+    when `settings.save_best`).
+
+    The approximator first trains alone on unmasked inputs for `settings.warmup_steps` steps,
+    unless `jump_started` (the pair already works on masked inputs). `run_id` goes into the
+    checkpoint fingerprint (e.g. the digest of the jump-start model).
+    """
+    device = train_set.x.device
+    steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
+    total = steps_per_epoch * settings.epochs
+    warmup = 0 if jump_started else min(settings.warmup_steps, total)
+    tag = fingerprint(settings, seed, run=run_id, n=len(train_set), shape=list(train_set.x.shape))
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    noise = torch.Generator(device=device).manual_seed(seed)
+    loop = _Loop()
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if settings.resume and ckpt is not None and ckpt.is_file():
+        loop = _restore(ckpt, tag, model, optimizer, noise, history) or loop
+
+    def save_checkpoint() -> None:
+        if ckpt is None:
+            return
+        save_torch({"kind": CHECKPOINT_KIND, "fingerprint": tag, "step": loop.step,
+                    "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                    "noise": noise.get_state(), "best_fidelity": loop.best_fidelity,
+                    "best_state": loop.best_state, "sums": loop.sums, "rows": history.rows,
+                    "elapsed": history.elapsed,
+                    "seconds_to_target": history.seconds_to_target}, ckpt)
+
+    model.train()
+    with deferred_interrupts() as stop:
+        for epoch in range(loop.step // steps_per_epoch, settings.epochs):
+            order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            batches = index_batches(len(train_set), settings.batch_size, order, device,
+                                    drop_last=True)[:steps_per_epoch]
+            first = loop.step - epoch * steps_per_epoch
+            if first == 0:
+                loop.sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+            bar = Progress(steps_per_epoch - first, f"{desc} epoch {epoch + 1}/{settings.epochs}",
+                           show_progress)
+            for idx in batches[first:]:
+                tau = temperature(loop.step, warmup, total, settings.tau_start, settings.tau_end)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(loop.step, total, settings.lr)
+                x, p = to_unit(train_set.x[idx]), train_set.probs[idx]
+                with autocast(device, settings.amp):
+                    if loop.step < warmup:
+                        ce = soft_cross_entropy(p, model.approximator(x))
+                        loss, kl = ce, torch.zeros((), device=device)
+                    else:
+                        logits, approx = model(x, tau, settings.num_samples, noise)
+                        loss, ce, kl = vibi_loss(p, approx, logits, settings.beta)
+                check_finite(loss, desc, epoch + 1, loop.step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loop.step += 1
+                for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
+                    loop.sums[key] += value.item()
+                bar.step(len(idx), loss=loss.item(), tau=tau)
+                if stop.requested and loop.step % steps_per_epoch:
+                    bar.close()
+                    save_checkpoint()
+                    raise KeyboardInterrupt(f"{desc}: interrupted at step {loop.step}")
+            bar.close()
+            val = summarize(explain(model, val_set.x, amp=settings.amp), val_set.probs)
+            history.log(epoch + 1, {
+                "step": loop.step, "tau": tau, "lr": learning_rate(loop.step, total, settings.lr),
+                **{f"train_{k}": v / steps_per_epoch for k, v in loop.sums.items()},
+                "val_fidelity": val["fidelity"],
+                "val_mean_kl": val["mean_kl"], "val_mean_js": val["mean_js"],
+                "images_per_second": bar.items_per_second,
+            })
+            if val["fidelity"] >= loop.best_fidelity:  # ties: the later, longer-trained epoch
+                loop.best_fidelity, loop.best_state = val["fidelity"], _cpu_state(model)
+            save_checkpoint()
+            if stop.requested:
+                raise KeyboardInterrupt(f"{desc}: interrupted after epoch {epoch + 1}")
+    if settings.save_best and loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
+    return model.eval()
+
+
+def _restore(path: Path, tag: str, model: Vibi, optimizer: torch.optim.Optimizer,
+             noise: torch.Generator, history: History) -> _Loop | None:
+    """Load a checkpoint into the live objects; None (start afresh) if it is from other settings."""
+    try:
+        state = load_torch(path, kind=CHECKPOINT_KIND,
+                           required=("fingerprint", "step", "model", "optimizer", "noise"))
+    except CheckpointError as exc:
+        print(f"resume: ignoring {path}: {exc}")
+        return None
+    if state["fingerprint"] != tag:
+        print(f"resume: {path} was written with other settings; starting afresh")
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    noise.set_state(state["noise"])
+    history.restore(state["rows"], state["elapsed"], state["seconds_to_target"])
+    print(f"resume: continuing from step {state['step']} of {path}")
+    return _Loop(state["step"], state["best_fidelity"], state["best_state"], state["sums"])
