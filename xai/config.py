@@ -156,6 +156,71 @@ class EvaluateConfig:
                 f"allowed: <= evaluate.num_images ({self.num_images})")
 
 
+@dataclass(frozen=True)
+class InvertibleToyConfig:
+    """The toy invertible classifier and its training (defaults: the reference setup)."""
+
+    blocks: int = bounded(ge=1)
+    hidden: int = bounded(ge=1)
+    lr: float = bounded(gt=0)
+    momentum: float = bounded(ge=0, lt=1)
+    epochs: int = bounded(ge=1)
+    milestones: tuple[int, ...] = bounded(ge=1)
+    gamma: float = bounded(gt=0, le=1)
+    batch_size: int = bounded(ge=1)
+    restarts: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        _check_milestones(self.milestones, self.epochs, "invertible.toy")
+
+
+@dataclass(frozen=True)
+class InvertibleImageConfig:
+    """The image invertible classifier: one entry per stage in each list, and its training."""
+
+    downsample: tuple[int, ...] = bounded(ge=2)
+    blocks: tuple[int, ...] = bounded(ge=0)
+    hidden: tuple[int, ...] = bounded(ge=1)
+    kernel: tuple[int, ...] = bounded(ge=1)
+    epochs: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+    lr: float = bounded(gt=0)
+    warmup: float = bounded(ge=0, lt=1)
+    eval_batch_size: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        stages = len(self.downsample)
+        if stages == 0:
+            raise ConfigError("invertible.image.downsample must name at least one stage")
+        for name in ("blocks", "hidden", "kernel"):
+            if len(getattr(self, name)) != stages:
+                raise ConfigError(
+                    f"invertible.image.{name} = {list(getattr(self, name))} needs one entry per "
+                    f"stage, like invertible.image.downsample = {list(self.downsample)}"
+                )
+        if any(k % 2 == 0 for k in self.kernel):
+            raise ConfigError(
+                f"invertible.image.kernel = {list(self.kernel)} is not allowed; kernels must be "
+                "odd (1, 3, 5, ...) so that a subnet keeps the feature map's size"
+            )
+
+
+@dataclass(frozen=True)
+class InvertibleConfig:
+    """Stage `train_invertible`: a toy (2-D) and an image invertible classifier."""
+
+    toy: InvertibleToyConfig
+    image: InvertibleImageConfig
+
+
+def _check_milestones(milestones: tuple[int, ...], epochs: int, key: str) -> None:
+    if list(milestones) != sorted(set(milestones)) or any(m > epochs for m in milestones):
+        raise ConfigError(
+            f"{key}.milestones = {list(milestones)} is not allowed; use increasing epochs "
+            f"<= {key}.epochs = {epochs}"
+        )
+
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -169,6 +234,7 @@ class Config:
     data: DataConfig
     toy: ToyConfig
     blackbox: BlackboxConfig
+    invertible: InvertibleConfig
     vibi: VibiConfig
     evaluate: EvaluateConfig
 
