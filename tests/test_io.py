@@ -19,6 +19,16 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert list(target.parent.iterdir()) == []
 
 
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "m.json"
+    save_json({}, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_overwrite_is_all_or_nothing(tmp_path):
     target = tmp_path / "metrics.json"
     save_json({"a": 1}, target)

@@ -54,3 +54,41 @@ def test_stage_reruns_only_when_its_params_change(project):
 
     run([DVC, "repro", "--force", "prepare"], project)
     assert (project / "data/prepared/images.pt").read_bytes() == image_bytes
+
+
+def test_two_queued_experiments_log_their_own_runs(project, tmp_path):
+    """`dvc queue start -j 2` runs two experiments at once into one MLflow store, unmixed."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("enabled: false", "enabled: true", 1))
+    run([DVC, "repro", "prepare_toy"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], project)
+    for n in (300, 400):
+        run([DVC, "exp", "run", "--queue", "-S", f"toy.n_samples={n}", "-n", f"n{n}",
+             "prepare_toy"], project)
+    run([DVC, "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = run([DVC, "queue", "status"], project)
+        if "Running" not in status and "Queued" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("xai")
+    runs = client.search_runs([exp.experiment_id], "tags.`xai.stage` = 'prepare_toy'")
+    by_exp = {r.data.tags.get("dvc.exp_name"): r for r in runs}
+    assert set(by_exp) == {None, "n300", "n400"}  # None: the workspace repro
+    for n in (300, 400):
+        r = by_exp[f"n{n}"]
+        assert r.info.status == "FINISHED"
+        assert r.data.params["toy.n_samples"] == str(n)
+        assert r.data.metrics["train_size"] == n * 0.6
+        parent = client.get_run(r.data.tags["mlflow.parentRunId"])
+        assert parent.data.tags["xai.pipeline"] == r.data.tags["xai.pipeline"]
+        assert parent.info.run_name == f"n{n}"

@@ -73,3 +73,18 @@ def test_tracking_off_needs_no_store(params):
     with tracking.stage_run(cfg, "x", {"a": 1}) as run:
         run.log_metrics({"m": 1.0})
         assert isinstance(run, tracking.NullRun)
+
+
+def test_outputs_lead_back_to_the_run_that_wrote_them(tracked, tmp_path):
+    cfg, uri = tracked
+    model, figure = tmp_path / "model.pt", tmp_path / "fig.png"
+    model.write_bytes(b"weights v1")
+    figure.write_bytes(b"png")
+    with tracking.stage_run(cfg, "train", {}) as train:
+        train.tag_outputs(model)
+    with tracking.stage_run(cfg, "render", {}) as render:
+        assert render.log_to_producer(model, figure, "figures")
+        model.write_bytes(b"weights v2")  # a model no run claims
+        assert not render.log_to_producer(model, figure, "figures")
+    client = MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(train.run_id, "figures")] == ["figures/fig.png"]

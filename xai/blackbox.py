@@ -21,6 +21,7 @@ from torch import nn
 from xai.augment import random_crop, random_flip
 from xai.config import BlackboxConfig
 from xai.data import Dataset
+from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError
 from xai.io import load_torch, save_torch
 from xai.training import (Distributed, History, Progress, autocast, check_finite, index_batches,
@@ -146,7 +147,7 @@ def load_probabilities(path: str | Path, device: torch.device | str = "cpu"
 # ----------------------------------------------------------------------------- training
 
 
-def _optimizer(cfg: BlackboxConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: BlackboxConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
@@ -194,10 +195,11 @@ def train_blackbox(cfg: BlackboxConfig, data: Dataset, history: History, generat
     spec = architecture(cfg, data.input_shape, data.num_classes)
     model = spec.build().to(device).to(memory_format=torch.channels_last)
     model = dist.wrap(model, device)
-    opt = _optimizer(cfg, model)
+    opt = make_optimizer(cfg, model)
     steps = math.ceil(len(data.train) / cfg.batch_size)
     sched = _schedule(cfg, opt, steps * cfg.epochs)
     augment, mode = _augmenter(cfg, spec.in_channels, generator)
+    amp = use_bf16(cfg.precision, device)
     rates = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -209,7 +211,7 @@ def train_blackbox(cfg: BlackboxConfig, data: Dataset, history: History, generat
             idx = dist.shard(idx)
             x = augment(to_unit(data.train.x[idx])).contiguous(memory_format=torch.channels_last)
             y = data.train.y[idx]
-            with autocast(device, cfg.amp):
+            with autocast(device, amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             check_finite(loss, stage, epoch, step)

@@ -98,7 +98,7 @@ class BlackboxConfig:
     augment: Literal["auto", "none", "crop", "crop_flip"]
     crop_padding: int = bounded(ge=0)
     label_smoothing: float = bounded(ge=0, lt=1)
-    amp: bool
+    precision: Literal["auto", "fp32", "bf16"]
     eval_batch_size: int = bounded(ge=1)
 
 
@@ -132,6 +132,95 @@ class VibiConfig:
             )
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation: one seeded test subset, the pixel budgets and the measures' knobs."""
+
+    num_images: int = bounded(ge=1)
+    seed: int = bounded(ge=0)
+    budgets: tuple[int, ...] = bounded(ge=1)
+    curve_points: int = bounded(ge=2)
+    ig_steps: int = bounded(ge=2)
+    robustness_images: int = bounded(ge=1)
+    perturbations: int = bounded(ge=1)
+    sensitivity_radius: float = bounded(gt=0)
+    noise_std: float = bounded(gt=0)
+    batch_size: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        if not self.budgets:
+            raise ConfigError("evaluate.budgets = [] is empty; list at least one number of chunks")
+        if self.robustness_images > self.num_images:
+            raise ConfigError(
+                f"evaluate.robustness_images = {self.robustness_images} is out of range; "
+                f"allowed: <= evaluate.num_images ({self.num_images})")
+
+
+@dataclass(frozen=True)
+class InvertibleToyConfig:
+    """The toy invertible classifier and its training (defaults: the reference setup)."""
+
+    blocks: int = bounded(ge=1)
+    hidden: int = bounded(ge=1)
+    lr: float = bounded(gt=0)
+    momentum: float = bounded(ge=0, lt=1)
+    epochs: int = bounded(ge=1)
+    milestones: tuple[int, ...] = bounded(ge=1)
+    gamma: float = bounded(gt=0, le=1)
+    batch_size: int = bounded(ge=1)
+    restarts: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        _check_milestones(self.milestones, self.epochs, "invertible.toy")
+
+
+@dataclass(frozen=True)
+class InvertibleImageConfig:
+    """The image invertible classifier: one entry per stage in each list, and its training."""
+
+    downsample: tuple[int, ...] = bounded(ge=2)
+    blocks: tuple[int, ...] = bounded(ge=0)
+    hidden: tuple[int, ...] = bounded(ge=1)
+    kernel: tuple[int, ...] = bounded(ge=1)
+    epochs: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+    lr: float = bounded(gt=0)
+    warmup: float = bounded(ge=0, lt=1)
+    eval_batch_size: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        stages = len(self.downsample)
+        if stages == 0:
+            raise ConfigError("invertible.image.downsample must name at least one stage")
+        for name in ("blocks", "hidden", "kernel"):
+            if len(getattr(self, name)) != stages:
+                raise ConfigError(
+                    f"invertible.image.{name} = {list(getattr(self, name))} needs one entry per "
+                    f"stage, like invertible.image.downsample = {list(self.downsample)}"
+                )
+        if any(k % 2 == 0 for k in self.kernel):
+            raise ConfigError(
+                f"invertible.image.kernel = {list(self.kernel)} is not allowed; kernels must be "
+                "odd (1, 3, 5, ...) so that a subnet keeps the feature map's size"
+            )
+
+
+@dataclass(frozen=True)
+class InvertibleConfig:
+    """Stage `train_invertible`: a toy (2-D) and an image invertible classifier."""
+
+    toy: InvertibleToyConfig
+    image: InvertibleImageConfig
+
+
+def _check_milestones(milestones: tuple[int, ...], epochs: int, key: str) -> None:
+    if list(milestones) != sorted(set(milestones)) or any(m > epochs for m in milestones):
+        raise ConfigError(
+            f"{key}.milestones = {list(milestones)} is not allowed; use increasing epochs "
+            f"<= {key}.epochs = {epochs}"
+        )
+
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -145,7 +234,9 @@ class Config:
     data: DataConfig
     toy: ToyConfig
     blackbox: BlackboxConfig
+    invertible: InvertibleConfig
     vibi: VibiConfig
+    evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:
         if not _DEVICE.match(self.device):

@@ -1,6 +1,10 @@
-"""Device choice: CUDA when available, else CPU; the `device` param overrides."""
+"""Device choice: CUDA when available, else CPU; the `device` param overrides. Also which
+precision runs fast there: bf16 only pays on hardware with native support for it."""
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import torch
 
@@ -22,3 +26,25 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device = {name!r} but MPS is not available; use auto or cpu")
     return device
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them CPU bf16 matmuls run far slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast is likely to beat fp32 on `device`."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and _cpu_has_native_bf16()
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Resolve a `precision` param (auto | fp32 | bf16) for `device`."""
+    return precision == "bf16" or (precision == "auto" and fast_bf16(device))

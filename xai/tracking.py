@@ -12,6 +12,7 @@ fails within `tracking.timeout_s` instead of hanging.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 import time
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from xai.paths import project_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+OUTPUT_TAG = "xai.output."
 PIPELINE_TAG = "xai.pipeline"
 ROLE_TAG = "xai.role"
 STAGE_TAG = "xai.stage"
@@ -88,6 +91,18 @@ class Run:
         """Copy a file (a figure, a table) into the run's artifacts, under `folder` if given."""
         self._client.log_artifact(self.run_id, str(path), folder)
 
+    def tag_outputs(self, *paths: str | Path) -> None:
+        """Record the md5 of output files, so later stages can find the run that made them."""
+        self.set_tags({f"{OUTPUT_TAG}{Path(p).as_posix()}": file_md5(p) for p in paths})
+
+    def log_to_producer(self, output: str | Path, artifact: str | Path, folder: str) -> bool:
+        """Also log `artifact` to the run that wrote `output` (as it is now); False if none."""
+        producer = find_producer(self._client, output)
+        if producer is None:
+            return False
+        self._client.log_artifact(producer, str(artifact), folder)
+        return True
+
 
 class NullRun(Run):
     """Stands in for a run when tracking is off: every call does nothing."""
@@ -106,6 +121,12 @@ class NullRun(Run):
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         pass
+
+    def tag_outputs(self, *paths: str | Path) -> None:
+        pass
+
+    def log_to_producer(self, output: str | Path, artifact: str | Path, folder: str) -> bool:
+        return False
 
 
 def client_for(cfg: TrackingConfig) -> Any:
@@ -223,6 +244,24 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool 
         client.set_terminated(parent, status)
 
 
+def file_md5(path: str | Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_producer(client: Any, output: str | Path) -> str | None:
+    """The id of the newest finished run tagged as having written `output` with its current md5."""
+    key = f"{OUTPUT_TAG}{Path(output).as_posix()}"
+    query = f"tags.`{key}` = '{file_md5(output)}' and attributes.status = 'FINISHED'"
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(ids, filter_string=query, max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    return found[0].info.run_id if found else None
+
+
 def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list[Any]:
     """MLflow runs of the configured experiment matching `filter_string` (newest first)."""
     client = client_for(cfg)
@@ -231,3 +270,23 @@ def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list[Any]:
         return []
     return list(client.search_runs([found.experiment_id], filter_string=filter_string,
                                    order_by=["attributes.start_time DESC"]))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished or failed run as plain data, for code that must not touch MLflow itself."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def run_records(cfg: TrackingConfig, filter_string: str = "") -> list[RunRecord]:
+    """`find_runs` as plain records (newest first)."""
+    return [RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time or 0,
+                      dict(r.data.params), dict(r.data.metrics), dict(r.data.tags))
+            for r in find_runs(cfg, filter_string)]

@@ -143,12 +143,14 @@ class History:
     """Per-epoch metrics: logged to MLflow as they come, written as a DVC plots CSV at the end.
 
     Also tracks wall time since creation and the first time a validation metric reached its
-    target (time-to-quality).
+    target (time-to-quality). `prefix` goes before every MLflow key (not the CSV columns), so
+    several histories can share one run.
     """
 
     run: Run
     target_key: str | None = None
     target: float | None = None
+    prefix: str = ""
     rows: list[dict[str, float]] = field(default_factory=list)
     seconds_to_target: float | None = None
     _start: float = field(default_factory=time.perf_counter)
@@ -164,7 +166,8 @@ class History:
         if (self.target_key is not None and self.seconds_to_target is None
                 and row.get(self.target_key, -math.inf) >= self.target):
             self.seconds_to_target = row["wall_seconds"]
-        self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        self.run.log_metrics({f"{self.prefix}{k}": v for k, v in row.items() if k != "epoch"},
+                             step=epoch)
 
     def save(self, path: str | Path) -> None:
         save_csv(self.rows, path)

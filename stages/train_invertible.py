@@ -1,0 +1,114 @@
+"""DVC stage `train_invertible`: invertible classifiers with explicit decision boundaries.
+
+Trains the toy classifier on the prepared toy set and the image classifier on the prepared image
+set, projects every test point onto its decision boundary, and writes the models, the projections,
+per-epoch histories and the checks of the issue (accuracy, reconstruction error of `T`, residual
+of the projections) to `metrics/invertible.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from xai import cli, tracking
+from xai.config import flatten, load_config
+from xai.data import load_dataset
+from xai.devices import select_device
+from xai.errors import ConfigError
+from xai.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifier
+from xai.invertible_training import (check, image_projections, toy_projections, train_image,
+                                     train_toy)
+from xai.io import save_json, save_torch
+from xai.training import History, seed_everything
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--toy", required=True, help="prepared toy set (.pt)")
+    parser.add_argument("--images", required=True, help="prepared image set (.pt)")
+    parser.add_argument("--toy-model", required=True)
+    parser.add_argument("--image-model", required=True)
+    parser.add_argument("--toy-projections", required=True)
+    parser.add_argument("--image-projections", required=True)
+    parser.add_argument("--toy-plot", required=True, help="per-epoch CSV of the toy training")
+    parser.add_argument("--image-plot", required=True, help="per-epoch CSV of the image training")
+    parser.add_argument("--metrics", required=True, help="metrics JSON")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    device = select_device(cfg.device)
+    toy = load_dataset(args.toy, device)
+    images = load_dataset(args.images, device)
+    inv = cfg.invertible
+    try:
+        image_classifier(images.input_shape, images.num_classes, inv.image.downsample,
+                         inv.image.blocks, inv.image.hidden, inv.image.kernel)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invertible.image does not fit {images.name} images of shape "
+            f"{list(images.input_shape)}: {exc}; change invertible.image.downsample"
+        ) from None
+
+    params = {**flatten(inv, "invertible"), "seed": cfg.seed, "device": str(device),
+              "toy.dataset": toy.name, "data.dataset": images.name}
+    with tracking.stage_run(cfg, "train_invertible", params) as run:
+        started = time.perf_counter()
+        seed_everything(cfg.seed, device)
+        toy_history = History(run, prefix="toy_")
+        toy_model, restart = train_toy(inv.toy, toy, cfg.seed, device, toy_history)
+        toy_check = check(toy_model, toy.test, inv.image.eval_batch_size)
+        toy_seconds = time.perf_counter() - started
+
+        image_started = time.perf_counter()
+        generator = seed_everything(cfg.seed, device)
+        image_history = History(run, target_key="val_accuracy", target=0.98, prefix="image_")
+        trained = train_image(inv.image, images, device, generator, image_history)
+        image_check = check(trained.model, images.test, inv.image.eval_batch_size)
+        image_seconds = time.perf_counter() - image_started
+
+        metrics = {
+            "toy_test_accuracy": toy_check.accuracy,
+            "max_reconstruction_error": toy_check.max_reconstruction_error,
+            "max_projection_residual": toy_check.max_projection_residual,
+            "toy_restart": restart,
+            "toy_train_loss": toy_history.rows[-1][f"train_loss_{restart}"],
+            "toy_wall_seconds": toy_seconds,
+            "image_test_accuracy": image_check.accuracy,
+            "image_max_reconstruction_error": image_check.max_reconstruction_error,
+            "image_max_projection_residual": image_check.max_projection_residual,
+            "image_val_accuracy": image_history.rows[-1]["val_accuracy"],
+            "image_train_seconds": trained.seconds,
+            "image_train_images_per_second": trained.images_per_second,
+            "image_train_mflop_per_image": trained.flops_per_image / 1e6,
+            "image_train_gflop_per_second": trained.flops_per_image
+                                            * trained.images_per_second / 1e9,
+            "image_wall_seconds": image_seconds,
+            "wall_seconds": time.perf_counter() - started,
+        }
+        extra = {"dataset": toy.name, "classes": list(toy.classes), "seed": cfg.seed,
+                 "restart": restart}
+        save_classifier(toy_model, args.toy_model, TOY_KIND, extra)
+        save_classifier(trained.model, args.image_model, IMAGE_KIND,
+                        {"dataset": images.name, "classes": list(images.classes),
+                         "seed": cfg.seed})
+        save_torch(toy_projections(toy_model, toy, toy_check), args.toy_projections)
+        save_torch(image_projections(images, image_check), args.image_projections)
+        toy_history.save(args.toy_plot)
+        image_history.save(args.image_plot)
+        save_json(metrics, args.metrics)
+        run.log_metrics(metrics)
+        for path in (args.metrics, args.toy_plot, args.image_plot):
+            run.log_artifact(path, "metrics")
+        for path in (args.toy_model, args.image_model, args.toy_projections):
+            run.log_artifact(path, "outputs")
+    print(f"train_invertible: toy {toy.name} test accuracy {metrics['toy_test_accuracy']:.4f} "
+          f"(restart {restart}), reconstruction {metrics['max_reconstruction_error']:.2e}, "
+          f"residual {metrics['max_projection_residual']:.2e}; {images.name} test accuracy "
+          f"{metrics['image_test_accuracy']:.4f}, reconstruction "
+          f"{metrics['image_max_reconstruction_error']:.2e}, residual "
+          f"{metrics['image_max_projection_residual']:.2e}; {metrics['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    cli.run(main, "train_invertible")

@@ -1,0 +1,64 @@
+"""Explanation measures on constructed cases with known answers."""
+
+from __future__ import annotations
+
+import torch
+
+from xai.measures import (auc, chunk_scores, deletion_insertion, expand, posthoc_agreement,
+                          sparseness, top_k_mask)
+
+
+def test_sparseness_of_one_hot_is_one_and_of_uniform_is_zero():
+    one_hot = torch.zeros(3, 49)
+    one_hot[torch.arange(3), torch.tensor([0, 7, 48])] = 2.5
+    torch.testing.assert_close(sparseness(one_hot), torch.ones(3))
+    torch.testing.assert_close(sparseness(torch.full((2, 49), 0.3)), torch.zeros(2))
+    mixed = sparseness(torch.rand(4, 49, generator=torch.Generator().manual_seed(0)))
+    assert ((mixed > 0) & (mixed < 1)).all()
+
+
+def test_chunk_scores_sum_each_patch_and_expand_inverts_the_grid():
+    attr = torch.zeros(1, 1, 4, 4)
+    attr[0, 0, 0, 1] = -1.0  # top-left 2x2 chunk
+    attr[0, 0, 3, 3] = 2.0   # bottom-right chunk
+    scores = chunk_scores(attr, 2)
+    torch.testing.assert_close(scores, torch.tensor([[1.0, 0.0, 0.0, 2.0]]))
+    mask = top_k_mask(scores, 1)
+    assert mask.tolist() == [[False, False, False, True]]
+    pixels = expand(mask, (3, 4, 4), 2)
+    assert pixels.shape == (1, 3, 4, 4) and pixels[0, :, 2:, 2:].all()
+    assert pixels.sum() == 3 * 4
+
+
+def test_hard_mask_keeps_exactly_k_even_with_ties():
+    scores = torch.zeros(5, 49)
+    assert (top_k_mask(scores, 4).sum(1) == 4).all()
+
+
+class UsesOneChunk(torch.nn.Module):
+    """Logits from the mean of the top-left 2x2 chunk of an 8x8 image only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = 8 * (x[:, 0, :2, :2].mean((1, 2)) - 0.25)
+        return torch.stack([s, -s], 1)
+
+
+def test_exact_attribution_beats_random_on_deletion_and_posthoc():
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.5 * torch.rand(64, 1, 8, 8, generator=g)  # class 0 everywhere
+    model = UsesOneChunk()
+    target = model(x).argmax(1)
+    exact = torch.zeros(64, 16)
+    exact[:, 0] = 1.0
+    random = torch.rand(64, 16, generator=g)
+    del_exact, ins_exact, frac = deletion_insertion(model, x, exact, target, chunk=2)
+    del_rand, ins_rand, _ = deletion_insertion(model, x, random, target, chunk=2)
+    assert auc(del_exact, frac).mean() < auc(del_rand, frac).mean() - 0.1
+    assert auc(ins_exact, frac).mean() > auc(ins_rand, frac).mean() + 0.1
+    # the curves start and end where they must: whole input, then blank input
+    torch.testing.assert_close(del_exact[:, 0], ins_exact[:, -1])
+    torch.testing.assert_close(del_exact[:, -1], ins_exact[:, 0])
+    keep_exact = expand(top_k_mask(exact, 1), (1, 8, 8), 2)
+    keep_rand = expand(top_k_mask(random, 1), (1, 8, 8), 2)
+    assert posthoc_agreement(model, x, keep_exact, target).float().mean() == 1.0
+    assert posthoc_agreement(model, x, keep_rand, target).float().mean() < 0.5

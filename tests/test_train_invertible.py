@@ -1,0 +1,114 @@
+"""Stage train_invertible end to end on tiny data, and its parameter checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stages import train_invertible
+from xai.config import load_config
+from xai.data import Dataset, Split, save_dataset
+from xai.errors import ConfigError
+from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier
+from xai.io import load_torch
+from xai.toy import make_toy
+
+TINY = {
+    "toy.n_samples": 90, "toy.dataset": "blobs",
+    "invertible.toy.epochs": 4, "invertible.toy.milestones": [2, 3],
+    "invertible.toy.restarts": 3, "invertible.toy.batch_size": 16,
+    "invertible.image.downsample": [2, 2], "invertible.image.blocks": [1, 1],
+    "invertible.image.hidden": [4, 8], "invertible.image.kernel": [3, 1],
+    "invertible.image.epochs": 2, "invertible.image.batch_size": 8,
+    "invertible.image.eval_batch_size": 7,
+}
+METRICS = {"toy_test_accuracy", "max_reconstruction_error", "max_projection_residual",
+           "image_test_accuracy", "image_max_reconstruction_error",
+           "image_max_projection_residual"}
+
+
+def tiny_images() -> Dataset:
+    """3 classes of 1x8x8 uint8 images whose class shows as a bright quadrant."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> Split:
+        y = torch.arange(n) % 3
+        x = torch.randint(0, 60, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+        for c in range(3):
+            x[y == c, :, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 180
+        return Split(x, y)
+
+    return Dataset("tiny", ("a", "b", "c"), split(48), split(12), split(15))
+
+
+def run_stage(tmp_path, params_file) -> dict[str, str]:
+    cfg = load_config(params_file)
+    toy, images = tmp_path / "toy.pt", tmp_path / "images.pt"
+    save_dataset(make_toy(cfg.toy), toy)
+    save_dataset(tiny_images(), images)
+    out = {name: str(tmp_path / "out" / f"{name}.{ext}") for name, ext in [
+        ("toy-model", "pt"), ("image-model", "pt"), ("toy-projections", "pt"),
+        ("image-projections", "pt"), ("toy-plot", "csv"), ("image-plot", "csv"),
+        ("metrics", "json")]}
+    argv = ["--params", str(params_file), "--toy", str(toy), "--images", str(images)]
+    for name, path in out.items():
+        argv += [f"--{name}", path]
+    train_invertible.main(argv)
+    return out
+
+
+def test_stage_writes_models_projections_and_metrics(tmp_path, params):
+    out = run_stage(tmp_path, params(TINY))
+    metrics = json.loads(open(out["metrics"]).read())
+    assert METRICS <= set(metrics) and "wall_seconds" in metrics
+    assert metrics["max_reconstruction_error"] < 1e-5
+    assert metrics["max_projection_residual"] < 1e-4
+    assert metrics["image_max_reconstruction_error"] < 1e-4
+    assert metrics["image_max_projection_residual"] < 1e-3
+
+    toy_model = load_classifier(out["toy-model"], TOY_KIND)
+    image_model = load_classifier(out["image-model"], IMAGE_KIND)
+    assert toy_model.num_classes == 3 and image_model.spec["downsample"] == [2, 2]
+
+    toy = load_torch(out["toy-projections"], kind="xai.invertible_projections")
+    n_test = len(toy["test_y"])
+    assert toy["projected"].shape == toy["importance"].shape == (n_test, 2)
+    assert len(toy["curves"]) == 3 and toy["curves"][0]["inputs"].shape == (512, 2)
+    with torch.no_grad():
+        logits = toy_model(toy["projected"])
+    c, k = toy["source"][:, None], toy["counterfactual"][:, None]
+    gap = logits.gather(1, c) - logits.gather(1, k)
+    assert gap.abs().max() < 1e-4
+    accuracy = float((toy["source"] == toy["test_y"]).float().mean())
+    assert accuracy == pytest.approx(metrics["toy_test_accuracy"])
+
+    images = load_torch(out["image-projections"], kind="xai.invertible_projections")
+    assert images["projected"].shape == (15, 1, 8, 8) and images["projected"].dtype == torch.float32
+
+    toy_rows = open(out["toy-plot"]).read().splitlines()
+    assert len(toy_rows) == 1 + 4 and "train_loss_2" in toy_rows[0]
+    image_rows = open(out["image-plot"]).read().splitlines()
+    assert len(image_rows) == 1 + 2 and "val_accuracy" in image_rows[0]
+
+
+def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, params):
+    with pytest.raises(ConfigError, match=r"invertible\.image does not fit tiny images"):
+        run_stage(tmp_path, params({**TINY, "invertible.image.downsample": [2, 3]}))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"invertible.image.blocks": [1]}, r"invertible\.image\.blocks = \[1\] needs one entry per"),
+    ({"invertible.image.kernel": [3, 2]}, r"invertible\.image\.kernel = \[3, 2\].*odd"),
+    ({"invertible.image.downsample": [1, 7]}, r"invertible\.image\.downsample\[0\] = 1 is out"),
+    ({"invertible.toy.milestones": [40, 20]}, r"invertible\.toy\.milestones = \[40, 20\]"),
+    ({"invertible.toy.milestones": [20, 80]}, r"<= invertible\.toy\.epochs = 60"),
+    ({"invertible.toy.momentum": 1.0}, r"invertible\.toy\.momentum = 1\.0 is out of range"),
+    ({"invertible.toy.restarts": 0}, r"invertible\.toy\.restarts = 0 is out of range"),
+    ({"invertible.image.warmup": "x"}, r"invertible\.image\.warmup = 'x' has the wrong type"),
+])
+def test_bad_invertible_params_name_the_key(params, overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(params(overrides))

@@ -1,0 +1,226 @@
+"""Benchmark: each training and inference path at its default shapes against the machine's limit.
+
+    python -m xai.bench [--params params.yaml] [--out bench.json] [--seconds 4]
+
+First measures the ceiling (fp32 matmul GFLOP/s, bf16 too where supported), then runs a fixed
+number of steps of every case on synthetic inputs of the configured shapes and reports images/s,
+FLOPs per image (counted with `torch.utils.flop_counter`), achieved GFLOP/s, its share of the
+ceiling of the precision the case runs in, and the peak memory the case added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from xai.config import Config, load_config
+from xai.devices import fast_bf16, select_device, use_bf16
+from xai.io import save_json
+from xai.training import autocast
+
+MATMUL_SIDES = (256, 512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked path: `step()` processes `batch` images (`amp`: under bf16 autocast)."""
+
+    name: str
+    step: Callable[[], object]
+    batch: int
+    amp: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    batch: int
+    precision: str
+    images_per_second: float
+    mflop_per_image: float
+    gflops: float
+    share_of_ceiling: float
+    peak_memory_mb: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device, seconds: float, min_reps: int = 3
+           ) -> tuple[int, float]:
+    """Run `fn` after one warm-up call until `seconds` have passed; (repetitions, elapsed)."""
+    fn()
+    _sync(device)
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < seconds:
+        fn()
+        reps += 1
+    _sync(device)
+    return reps, time.perf_counter() - start
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
+    """Best sustained GFLOP/s of square matmuls in `dtype`, growing the side while it pays.
+
+    Sizes stop growing once one product takes over 50 ms, so a precision the hardware lacks
+    (CPU bf16 without AVX512-BF16/AMX runs near 1 GFLOP/s) cannot stall the benchmark.
+    """
+    best = 0.0
+    for side in MATMUL_SIDES:
+        a = torch.randn(side, side, device=device).to(dtype)
+        b = torch.randn(side, side, device=device).to(dtype)
+        reps, elapsed = _timed(lambda: a @ b, device, seconds / len(MATMUL_SIDES), min_reps=1)
+        best = max(best, 2 * side ** 3 * reps / elapsed / 1e9)
+        if elapsed / reps > 0.05:
+            break
+    return best
+
+
+class _PeakMemory:
+    """Peak memory added while the block runs: CUDA allocator peak, or sampled process RSS."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        self._proc = psutil.Process()
+        self._base = self._top = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._top = max(self._top, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            top = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            top = self._top
+        self.peak_mb = (top - self._base) / 2 ** 20
+
+
+def run_case(case: Case, device: torch.device, ceilings: dict[str, float], seconds: float
+             ) -> Result:
+    """Count one step's FLOPs, then time steps for about `seconds`."""
+    with FlopCounterMode(display=False) as counter:
+        case.step()
+    flops = counter.get_total_flops()
+    with _PeakMemory(device) as memory:
+        reps, elapsed = _timed(case.step, device, seconds)
+    precision = "bf16" if case.amp else "fp32"
+    gflops = flops * reps / elapsed / 1e9
+    return Result(case.name, case.batch, precision, case.batch * reps / elapsed,
+                  flops / case.batch / 1e6, gflops, gflops / ceilings[precision],
+                  memory.peak_mb)
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def blackbox_cases(cfg: Config, device: torch.device) -> list[Case]:
+    """The black box's training step and its batched inference, at the configured shapes."""
+    from xai.blackbox import Architecture, architecture, make_optimizer
+
+    shape = _input_shape(cfg)
+    spec: Architecture = architecture(cfg.blackbox, shape, 10)
+    model = spec.build().to(device).to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg.blackbox, model)
+    bb = cfg.blackbox
+    amp = use_bf16(bb.precision, device)
+    x = torch.rand(bb.batch_size, *shape, device=device).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (bb.batch_size,), device=device)
+
+    def train_step() -> None:
+        with autocast(device, amp):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    xe = torch.rand(bb.eval_batch_size, *shape, device=device)
+
+    @torch.inference_mode()
+    def infer() -> None:
+        model.eval()
+        model(xe)
+        model.train()
+
+    return [Case(f"blackbox train step ({spec.arch})", train_step, bb.batch_size, amp),
+            Case(f"blackbox inference ({spec.arch})", infer, bb.eval_batch_size, False)]
+
+
+def _input_shape(cfg: Config) -> tuple[int, int, int]:
+    """The image shape of the configured data set (from the prepared file when it exists)."""
+    known = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+    if cfg.data.dataset in known:
+        return known[cfg.data.dataset]
+    from xai.data import load_dataset
+
+    return load_dataset("data/prepared/images.pt").input_shape  # type: ignore[return-value]
+
+
+CASES: list[Callable[[Config, torch.device], list[Case]]] = [blackbox_cases]
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def render_table(ceilings: dict[str, float], results: list[Result]) -> str:
+    lines = ["ceiling: " + ", ".join(f"{k} matmul {v:.0f} GFLOP/s" for k, v in ceilings.items()),
+             "",
+             f"{'case':<42} {'batch':>6} {'prec':>5} {'img/s':>10} {'MFLOP/img':>10} "
+             f"{'GFLOP/s':>8} {'ceiling':>8} {'mem MB':>8}"]
+    for r in results:
+        lines.append(f"{r.name:<42} {r.batch:>6} {r.precision:>5} {r.images_per_second:>10.0f} "
+                     f"{r.mflop_per_image:>10.2f} {r.gflops:>8.1f} {r.share_of_ceiling:>7.0%} "
+                     f"{r.peak_memory_mb:>8.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timing per case")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    device = select_device(cfg.device)
+    torch.manual_seed(0)
+    ceilings = {"fp32": matmul_ceiling(device, torch.float32, args.seconds),
+                "bf16": matmul_ceiling(device, torch.bfloat16, args.seconds)}
+    results = [run_case(case, device, ceilings, args.seconds)
+               for build in CASES for case in build(cfg, device)]
+    print(f"device: {device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, native bf16: {fast_bf16(device)}), "
+          f"torch {torch.__version__}")
+    print(render_table(ceilings, results))
+    if args.out:
+        save_json({"device": str(device), "threads": torch.get_num_threads(),
+                   "ceiling_gflops": ceilings, "cases": [asdict(r) for r in results]}, args.out)
+
+
+if __name__ == "__main__":
+    main()

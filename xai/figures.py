@@ -1,0 +1,79 @@
+"""Figure basics: a headless backend, one style, fixed sizes, atomic PNG output, training curves."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display, ever
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from xai.io import write_bytes  # noqa: E402
+
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "figure.titlesize": 12,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+plt.rcParams.update(STYLE)
+
+
+def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs: object
+               ) -> tuple[Figure, object]:
+    """A figure of a fixed size in inches with a constrained layout (no clipped labels)."""
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), layout="constrained",
+                             squeeze=False, **kwargs)
+    return fig, axes
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int) -> None:
+    """Write `fig` as a PNG atomically, without volatile metadata, and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_rows(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a per-epoch CSV (a DVC plots file) as floats."""
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(fh)]
+
+
+_SKIP = {"epoch", "step", "wall_seconds", "lr", "tau"}
+
+
+def training_curves(histories: Mapping[str, list[dict[str, float]]]) -> Figure:
+    """One row per stage: its loss-like columns left, its quality columns (accuracy,
+    fidelity, ...) right, against the epoch."""
+    fig, axes = new_figure(10, 2.6 * max(len(histories), 1), rows=max(len(histories), 1), cols=2)
+    for row, (stage, rows) in enumerate(histories.items()):
+        left, right = axes[row]
+        columns = [c for c in (rows[0] if rows else {}) if c not in _SKIP]
+        epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
+        for col in columns:
+            lossy = "loss" in col or col.endswith(("kl", "js"))
+            (left if lossy else right).plot(epochs, [r.get(col) for r in rows], marker="o",
+                                             markersize=3, label=col)
+        for ax, what in ((left, "loss / divergence"), (right, "accuracy / fidelity")):
+            ax.set_title(f"{stage}: {what}")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(loc="best")
+            else:
+                ax.text(0.5, 0.5, "no such columns", ha="center", va="center",
+                        transform=ax.transAxes, color="grey")
+    fig.suptitle("Training curves")
+    return fig

@@ -1,0 +1,266 @@
+"""Training and checking the invertible classifiers of stage `train_invertible`.
+
+The toy classifier is trained with the reference setup (SGD with momentum, step decay) from
+`restarts` independent initialisations in lockstep; the one with the lowest final training loss is
+kept (the tiny reference net often collapses to a linear boundary when its ReLUs die, and training
+loss tells those runs apart without looking at test data). The image classifier is trained with
+Adam and a one-cycle schedule. `check` measures what the issue asks of both: test accuracy, the
+reconstruction error of `T` and the residual of the projections onto the decision boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+from torch.utils.flop_counter import FlopCounterMode
+
+from xai import boundary
+from xai.config import InvertibleImageConfig, InvertibleToyConfig
+from xai.data import Dataset, Split
+from xai.invertible import (InvertibleClassifier, image_classifier, reconstruction_error,
+                            toy_classifier)
+from xai.training import History, Progress, check_finite, index_batches, to_unit
+
+PROJECTIONS_KIND = "xai.invertible_projections"
+#: Seed offset between toy restarts; restart 0 is the plain run with the configured seed.
+RESTART_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class Check:
+    """Test-set figures of a trained invertible classifier and its boundary projections."""
+
+    accuracy: float
+    max_reconstruction_error: float
+    max_projection_residual: float
+    projection: boundary.Projection
+    residual: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ImageTraining:
+    """The trained image classifier and what its training cost."""
+
+    model: InvertibleClassifier
+    seconds: float
+    images_per_second: float
+    flops_per_image: float     # one training step (forward + backward), per image
+
+
+class _Restarts:
+    """`k` toy classifiers with stacked parameters, evaluated together with `torch.func.vmap`.
+
+    Summing the restarts' losses gives each its own gradient (their parameters are disjoint) and
+    SGD with momentum updates every element on its own, so training them together equals training
+    them one after another, at the Python overhead of one.
+    """
+
+    def __init__(self, models: list[InvertibleClassifier]) -> None:
+        self.models = models
+        self.params, self.buffers = stack_module_state(models)
+        skeleton = copy.deepcopy(models[0]).to("meta")
+        self._logits = vmap(lambda p, b, x: functional_call(skeleton, (p, b), (x,)))
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-restart mean cross-entropy and accuracy on per-restart batches `x` (k x B x D)."""
+        logits = self._logits(self.params, self.buffers, x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        correct = (logits.argmax(dim=-1) == y).float()
+        return loss.view(y.shape).mean(dim=1), correct.mean(dim=1)
+
+    def model(self, r: int) -> InvertibleClassifier:
+        """Restart `r` as an ordinary classifier."""
+        model = self.models[r]
+        model.load_state_dict({k: v[r].detach() for k, v in {**self.params,
+                                                               **self.buffers}.items()})
+        return model.eval()
+
+
+def train_toy(cfg: InvertibleToyConfig, ds: Dataset, seed: int, device: torch.device,
+              history: History, progress: bool = True) -> tuple[InvertibleClassifier, int]:
+    """Train `cfg.restarts` toy classifiers together; return the best by final training loss.
+
+    Restart `r` has its own initialisation and batch order from seed `seed + r * stride`, so
+    restart 0 is the plain reference run. The per-epoch training loss and accuracy (whole training
+    set) of every restart go to `history` as `train_loss_<r>`, `train_accuracy_<r>`. Runs on one
+    thread: for a 162-parameter net, intra-op threads only add synchronisation.
+    """
+    train = ds.train
+    models, generators = [], []
+    for r in range(cfg.restarts):
+        torch.manual_seed(seed + r * RESTART_SEED_STRIDE)
+        models.append(toy_classifier(train.x.shape[1], ds.num_classes, cfg.blocks,
+                                     cfg.hidden).to(device))
+        generators.append(torch.Generator().manual_seed(seed + r * RESTART_SEED_STRIDE))
+    restarts = _Restarts(models)
+    optimizer = torch.optim.SGD(restarts.params.values(), lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
+    steps = math.ceil(len(train) / cfg.batch_size)
+    bar = Progress(cfg.epochs * steps, f"toy ({cfg.restarts} restarts)", progress)
+    whole = torch.arange(len(train), device=device).expand(cfg.restarts, -1)
+    with single_thread():
+        for epoch in range(1, cfg.epochs + 1):
+            lr = scheduler.get_last_lr()[0]
+            orders = [index_batches(len(train), cfg.batch_size, g, device) for g in generators]
+            for step, idx in enumerate(torch.stack(parts) for parts in zip(*orders)):
+                loss, _ = restarts.losses(train.x[idx], train.y[idx])
+                check_finite(loss, "train_invertible (toy)", epoch, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                optimizer.step()
+                bar.step(idx.numel(), loss=float(loss.detach().min()))
+            scheduler.step()
+            with torch.no_grad():
+                losses, accuracies = restarts.losses(train.x[whole], train.y[whole])
+            history.log(epoch, {"lr": lr,
+                                **{f"train_loss_{r}": float(v) for r, v in enumerate(losses)},
+                                **{f"train_accuracy_{r}": float(v)
+                                   for r, v in enumerate(accuracies)}})
+    bar.close()
+    best = int(losses.argmin())
+    return restarts.model(best), best
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one thread inside the block (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_image(cfg: InvertibleImageConfig, ds: Dataset, device: torch.device,
+                generator: torch.Generator, history: History, progress: bool = True
+                ) -> ImageTraining:
+    """Train the image classifier on `ds.train` (uint8 images), validating after each epoch.
+
+    The caller seeds torch (initialisation); `generator` orders the batches. Adam with a
+    one-cycle schedule: the learning rate warms up over `cfg.warmup` of the steps and decays to ~0
+    by the last one. `seconds` counts the training steps only, not validation.
+    """
+    model = image_classifier(ds.input_shape, ds.num_classes, cfg.downsample, cfg.blocks,
+                             cfg.hidden, cfg.kernel).to(device)
+    train = ds.train
+    steps = math.ceil(len(train) / cfg.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=cfg.warmup)
+    flops_per_image = _training_flops_per_image(model, to_unit(train.x[:cfg.batch_size]),
+                                                train.y[:cfg.batch_size])
+    seconds = 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        bar = Progress(steps, f"image epoch {epoch}/{cfg.epochs}", progress)
+        total = torch.zeros((), device=device)
+        start = time.perf_counter()
+        for step, idx in enumerate(index_batches(len(train), cfg.batch_size, generator, device)):
+            loss = F.cross_entropy(model(to_unit(train.x[idx])), train.y[idx])
+            check_finite(loss, "train_invertible (image)", epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.detach() * len(idx)
+            bar.step(len(idx), loss=float(loss.detach()))
+        seconds += time.perf_counter() - start
+        bar.close()
+        model.eval()
+        val_accuracy = accuracy(model, ds.val, cfg.eval_batch_size) if len(ds.val) else math.nan
+        history.log(epoch, {"train_loss": float(total) / len(train), "val_accuracy": val_accuracy,
+                            "lr": scheduler.get_last_lr()[0]})
+    return ImageTraining(model, seconds, cfg.epochs * len(train) / seconds, flops_per_image)
+
+
+def _training_flops_per_image(model: InvertibleClassifier, x: torch.Tensor, y: torch.Tensor
+                              ) -> float:
+    """FLOPs of one forward + backward pass per image, counted by torch on one batch."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def accuracy(model: InvertibleClassifier, split: Split, batch_size: int) -> float:
+    """Share of `split` classified correctly (uint8 images or float points), batched."""
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(split), batch_size):
+            logits = model(to_unit(split.x[i:i + batch_size]))
+            correct += int((logits.argmax(dim=1) == split.y[i:i + batch_size]).sum())
+    return correct / len(split)
+
+
+def check(model: InvertibleClassifier, split: Split, batch_size: int) -> Check:
+    """Test accuracy, `max|x - T^-1(T(x))|`, and every point projected onto the boundary with its
+    runner-up class, with `|f_c(x_p) - f_k(x_p)|` from a real forward pass (all float32)."""
+    model.eval()
+    x = to_unit(split.x)
+    projection = boundary.project(model, x, batch_size=batch_size)
+    residual = boundary.projection_residual(model, projection, batch_size)
+    correct = float((projection.source == split.y).float().mean())
+    return Check(correct, reconstruction_error(model, x, batch_size), float(residual.max()),
+                 projection, residual)
+
+
+def toy_projections(model: InvertibleClassifier, ds: Dataset, result: Check,
+                    curve_points: int = 512) -> dict[str, object]:
+    """What the render stage needs for the reference's 4-panel toy figure, on the CPU.
+
+    Train and test points with their features, every test point's projection onto its boundary,
+    explanation importance, and the boundary curves of every class pair over the plot window (the
+    data's bounding box widened by 20 %).
+    """
+    p = result.projection
+    points = torch.cat([ds.train.x, ds.test.x])
+    low, high = points.min(dim=0).values, points.max(dim=0).values
+    low, high = low - 0.2 * (high - low), high + 0.2 * (high - low)
+    grid = torch.stack(torch.meshgrid(*(torch.linspace(float(a), float(b), 64, device=low.device)
+                                        for a, b in zip(low, high)), indexing="ij"), dim=-1)
+    with torch.no_grad():
+        cover = model.features(grid.reshape(-1, 2))
+        train_features = model.features(ds.train.x)
+    curves = boundary.boundary_curves(model, cover, curve_points)
+    out = {
+        "kind": PROJECTIONS_KIND, "dataset": ds.name, "classes": list(ds.classes),
+        "window": torch.stack([low, high]),
+        "train_x": ds.train.x, "train_y": ds.train.y, "train_features": train_features,
+        "test_x": p.inputs, "test_y": ds.test.y, "test_features": p.features,
+        "projected": p.projected, "projected_features": p.projected_features,
+        "source": p.source, "counterfactual": p.counterfactual, "margin": p.margin,
+        "residual": result.residual, "importance": boundary.importance(model, p),
+        "curves": [{"classes": list(c.classes), "inputs": c.inputs, "features": c.features}
+                   for c in curves],
+    }
+    return _to_cpu(out)
+
+
+def image_projections(ds: Dataset, result: Check) -> dict[str, object]:
+    """Every test image's projection onto the boundary with its runner-up class (the inputs
+    themselves are in the prepared data set, in the same order)."""
+    p = result.projection
+    return _to_cpu({
+        "kind": PROJECTIONS_KIND, "dataset": ds.name, "classes": list(ds.classes),
+        "test_y": ds.test.y, "projected": p.projected, "source": p.source,
+        "counterfactual": p.counterfactual, "margin": p.margin, "residual": result.residual,
+    })
+
+
+def _to_cpu(obj: object) -> object:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().contiguous()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
