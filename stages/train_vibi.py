@@ -12,7 +12,7 @@ from xai import cli, tracking
 from xai.blackbox import load_blackbox, load_probabilities
 from xai.config import flatten, load_config
 from xai.data import load_dataset
-from xai.devices import select_device
+from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import save_json, save_torch
 from xai.training import History, seed_everything
@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> None:
               checkpoint=args.checkpoint, jump_started=settings.jump_start,
               run_id=init_digest, desc=args.method)
         train_seconds = history.elapsed
-        test = explain(model, data.test.x, load_blackbox(args.blackbox, device), amp=settings.amp)
+        amp = use_bf16(settings.precision, device)
+        test = explain(model, data.test.x, load_blackbox(args.blackbox, device), amp=amp)
         test_metrics = summarize(test, probs["test"])
-        val_metrics = summarize(explain(model, data.val.x, amp=settings.amp), probs["val"])
+        val_metrics = summarize(explain(model, data.val.x, amp=amp), probs["val"])
         save_vibi(model, args.model, method=args.method, beta=settings.beta)
         save_torch(explanations_state(model, test, probs["test"]), args.explanations)
         history.save(args.plots)
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
+        run.tag_outputs(args.model, args.explanations)
     print(f"{stage}: {spec.explainer_type}, k = {spec.k} of {spec.num_chunks} chunks, "
           f"beta = {settings.beta}: test fidelity {metrics['test_fidelity']:.4f}, post-hoc "
           f"accuracy {metrics['test_posthoc_accuracy']:.4f}, mean KL {metrics['mean_kl']:.3f}, "

@@ -16,6 +16,7 @@ def test_bench_writes_every_case(params, tmp_path):
     assert report["ceiling_gflops"]["fp32"] > 0
     names = [c["name"] for c in report["cases"]]
     assert any("blackbox train step" in n for n in names)
+    assert any("vibi train step" in n for n in names)
     for case in report["cases"]:
         assert case["images_per_second"] > 0 and case["mflop_per_image"] > 0
         assert 0 < case["share_of_ceiling"]

@@ -156,7 +156,7 @@ def position_task(n: int, seed: int) -> Targets:
 def tiny_settings(params, **overrides):
     base = {"vibi.explainer_type": "ResNet_4x", "vibi.width": 0.5, "vibi.k": 1,
             "vibi.beta": 0.01, "vibi.batch_size": 32, "vibi.epochs": 4, "vibi.warmup_steps": 10,
-            "vibi.lr": 0.003, "vibi.num_samples": 2, "vibi.amp": False,
+            "vibi.lr": 0.003, "vibi.num_samples": 2, "vibi.precision": "fp32",
             "vibi.tau_start": 1.0, "vibi.tau_end": 0.2}
     base.update({f"vibi.{k}": v for k, v in overrides.items()})
     return load_config(params(base)).vibi

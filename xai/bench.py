@@ -182,7 +182,41 @@ def _input_shape(cfg: Config) -> tuple[int, int, int]:
     return load_dataset("data/prepared/images.pt").input_shape  # type: ignore[return-value]
 
 
-CASES: list[Callable[[Config, torch.device], list[Case]]] = [blackbox_cases]
+def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
+    """VIBI's training step (relaxed k-hot masks) and its test-time pass (top-k masks)."""
+    from xai.vibi import Vibi, VibiSpec, vibi_loss
+
+    v = cfg.vibi
+    c, h, w = _input_shape(cfg)
+    amp = use_bf16(v.precision, device)
+    model = Vibi(VibiSpec(v.explainer_type, v.xpl_channels, v.width, c, h, w, 10, v.k)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=v.lr)
+    x = torch.rand(v.batch_size, c, h, w, device=device)
+    p = torch.softmax(torch.randn(v.batch_size, 10, device=device), -1)
+
+    def train_step() -> None:
+        with autocast(device, amp):
+            logits, approx = model(x, v.tau_start, v.num_samples)
+            loss = vibi_loss(p, approx, logits, v.beta)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    xe = torch.rand(1000, c, h, w, device=device)
+
+    @torch.inference_mode()
+    def infer() -> None:
+        model.eval()
+        with autocast(device, amp):
+            model.explain(xe)
+        model.train()
+
+    name = f"{v.explainer_type} x{v.width:g}"
+    return [Case(f"vibi train step ({name}, S={v.num_samples})", train_step, v.batch_size, amp),
+            Case(f"vibi explain ({name})", infer, 1000, amp)]
+
+
+CASES: list[Callable[[Config, torch.device], list[Case]]] = [blackbox_cases, vibi_cases]
 
 
 # ----------------------------------------------------------------------------- report

@@ -119,7 +119,7 @@ class VibiConfig:
     warmup_steps: int = bounded(ge=0)
     tau_start: float = bounded(gt=0)
     tau_end: float = bounded(gt=0)
-    amp: bool
+    precision: Literal["auto", "fp32", "bf16"]
     save_best: bool
     resume: bool
     jump_start: bool

@@ -26,6 +26,7 @@ from torch import nn
 
 from xai.config import VibiConfig
 from xai.data import Dataset
+from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import load_torch, save_torch
 from xai.training import (History, Progress, autocast, check_finite, deferred_interrupts,
@@ -190,6 +191,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     checkpoint fingerprint (e.g. the digest of the jump-start model).
     """
     device = train_set.x.device
+    amp = use_bf16(settings.precision, device)
     steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
     total = steps_per_epoch * settings.epochs
     warmup = 0 if jump_started else min(settings.warmup_steps, total)
@@ -227,7 +229,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(loop.step, total, settings.lr)
                 x, p = to_unit(train_set.x[idx]), train_set.probs[idx]
-                with autocast(device, settings.amp):
+                with autocast(device, amp):
                     if loop.step < warmup:
                         ce = soft_cross_entropy(p, model.approximator(x))
                         loss, kl = ce, torch.zeros((), device=device)
@@ -247,7 +249,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                     save_checkpoint()
                     raise KeyboardInterrupt(f"{desc}: interrupted at step {loop.step}")
             bar.close()
-            val = summarize(explain(model, val_set.x, amp=settings.amp), val_set.probs)
+            val = summarize(explain(model, val_set.x, amp=amp), val_set.probs)
             history.log(epoch + 1, {
                 "step": loop.step, "tau": tau, "lr": learning_rate(loop.step, total, settings.lr),
                 **{f"train_{k}": v / steps_per_epoch for k, v in loop.sums.items()},
