@@ -186,14 +186,14 @@ def test_training_learns_input_dependent_non_uniform_explanations(params):
 
 
 def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monkeypatch):
-    settings = tiny_settings(params, epochs=2, **{"resume": True, "save_best": False})
+    settings = tiny_settings(params, epochs=2, evals_per_epoch=2, resume=True, save_best=False)
     train_set, val_set = position_task(256, 0), position_task(64, 1)
     reference_history = History(NullRun())
     reference = train(tiny_model(settings), settings, train_set, val_set, seed=0,
                       history=reference_history, show_progress=False)
 
     checkpoint = tmp_path / "checkpoints" / "vibi.pt"
-    stop_at = 11  # mid-epoch 2 (8 steps per epoch)
+    stop_at = 11  # mid-epoch 2 (8 steps per epoch), after evaluations at steps 4 and 8
     steps = []
     original = vibi_training.Progress.step
 
@@ -208,19 +208,26 @@ def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monk
         train(tiny_model(settings), settings, train_set, val_set, seed=0,
               history=History(NullRun()), checkpoint=checkpoint, show_progress=False)
     saved = torch.load(checkpoint, weights_only=True)
-    assert saved["step"] == stop_at and len(saved["rows"]) == 1
+    assert saved["step"] == stop_at and [r["step"] for r in saved["rows"]] == [4, 8]
 
     steps.clear()
     history = History(NullRun())
     resumed = train(tiny_model(settings), settings, train_set, val_set, seed=0,
                     history=history, checkpoint=checkpoint, show_progress=False)
     assert len(steps) == 16 - stop_at  # only the remaining steps ran
+    assert [row["epoch"] for row in history.rows] == [0.5, 1.0, 1.5, 2.0]
     timing = ("wall_seconds", "images_per_second")
     assert [{k: v for k, v in row.items() if k not in timing} for row in history.rows] == \
         [{k: v for k, v in row.items() if k not in timing} for row in reference_history.rows]
     assert not checkpoint.exists()
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
+
+
+def test_evaluations_are_spread_over_the_epoch_and_end_it():
+    assert vibi_training.evaluation_steps(843, 2) == {422, 843}
+    assert vibi_training.evaluation_steps(843, 1) == {843}
+    assert vibi_training.evaluation_steps(3, 8) == {1, 2, 3}
 
 
 def test_checkpoint_from_other_settings_is_not_resumed(params, tmp_path, capsys):

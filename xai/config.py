@@ -114,6 +114,7 @@ class VibiConfig:
     num_samples: int = bounded(ge=1)
     epochs: int = bounded(ge=1)
     l2x_epochs: int = bounded(ge=1)
+    evals_per_epoch: int = bounded(ge=1)
     batch_size: int = bounded(ge=1)
     lr: float = bounded(gt=0)
     warmup_steps: int = bounded(ge=0)

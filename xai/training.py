@@ -159,7 +159,9 @@ class History:
     def elapsed(self) -> float:
         return time.perf_counter() - self._start
 
-    def log(self, epoch: int, metrics: Mapping[str, float]) -> None:
+    def log(self, epoch: float, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record one evaluation; `epoch` may be fractional (several evaluations per epoch), then
+        `step` (e.g. the optimizer step) is the MLflow step instead of the epoch."""
         row = {"epoch": epoch, **{k: float(v) for k, v in metrics.items()},
                "wall_seconds": round(self.elapsed, 3)}
         self.rows.append(row)
@@ -167,7 +169,7 @@ class History:
                 and row.get(self.target_key, -math.inf) >= self.target):
             self.seconds_to_target = row["wall_seconds"]
         self.run.log_metrics({f"{self.prefix}{k}": v for k, v in row.items() if k != "epoch"},
-                             step=epoch)
+                             step=int(epoch) if step is None else step)
 
     def save(self, path: str | Path) -> None:
         save_csv(self.rows, path)

@@ -176,25 +176,35 @@ class _Loop:
     step: int = 0
     best_fidelity: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
-    sums: dict[str, float] = field(default_factory=dict)  # this epoch's running loss sums
+    sums: dict[str, float] = field(default_factory=dict)  # training losses since the last evaluation
+
+
+def evaluation_steps(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
+    """Steps within an epoch (1-based) after which validation runs: evenly spaced, the last
+    one at the epoch's end."""
+    n = min(evals_per_epoch, steps_per_epoch)
+    return {round(steps_per_epoch * (i + 1) / n) for i in range(n)}
 
 
 def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Targets, *,
           seed: int, history: History, checkpoint: str | Path | None = None,
           jump_started: bool = False, run_id: str = "", desc: str = "vibi",
           show_progress: bool = True) -> Vibi:
-    """Train `model` in place for `settings.epochs` epochs; returns it (the best epoch's weights
-    when `settings.save_best`).
+    """Train `model` in place for `settings.epochs` epochs; returns it (with `settings.save_best`,
+    the weights of the evaluation with the best validation fidelity).
 
-    The approximator first trains alone on unmasked inputs for `settings.warmup_steps` steps,
-    unless `jump_started` (the pair already works on masked inputs). `run_id` goes into the
-    checkpoint fingerprint (e.g. the digest of the jump-start model).
+    Validation runs `settings.evals_per_epoch` times per epoch; each evaluation is a row of
+    `history` (fractional epochs) and a checkpoint. The approximator first trains alone on
+    unmasked inputs for `settings.warmup_steps` steps, unless `jump_started` (the pair already
+    works on masked inputs). `run_id` goes into the checkpoint fingerprint (e.g. the digest of
+    the jump-start model).
     """
     device = train_set.x.device
     amp = use_bf16(settings.precision, device)
     steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
     total = steps_per_epoch * settings.epochs
     warmup = 0 if jump_started else min(settings.warmup_steps, total)
+    eval_at = evaluation_steps(steps_per_epoch, settings.evals_per_epoch)
     tag = fingerprint(settings, seed, run=run_id, n=len(train_set), shape=list(train_set.x.shape))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     noise = torch.Generator(device=device).manual_seed(seed)
@@ -213,6 +223,19 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                     "elapsed": history.elapsed,
                     "seconds_to_target": history.seconds_to_target}, ckpt)
 
+    def evaluate(tau: float, rate: float) -> None:
+        val = summarize(explain(model, val_set.x, amp=amp), val_set.probs)
+        steps = max(loop.sums.pop("steps", 1.0), 1.0)
+        history.log(loop.step / steps_per_epoch, {
+            "step": loop.step, "tau": tau, "lr": learning_rate(loop.step, total, settings.lr),
+            **{f"train_{k}": v / steps for k, v in loop.sums.items()},
+            "val_fidelity": val["fidelity"], "val_mean_kl": val["mean_kl"],
+            "val_mean_js": val["mean_js"], "images_per_second": rate,
+        }, step=loop.step)
+        loop.sums = {}
+        if val["fidelity"] >= loop.best_fidelity:  # ties: the later, longer-trained weights
+            loop.best_fidelity, loop.best_state = val["fidelity"], _cpu_state(model)
+
     model.train()
     with deferred_interrupts() as stop:
         for epoch in range(loop.step // steps_per_epoch, settings.epochs):
@@ -220,8 +243,6 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
             batches = index_batches(len(train_set), settings.batch_size, order, device,
                                     drop_last=True)[:steps_per_epoch]
             first = loop.step - epoch * steps_per_epoch
-            if first == 0:
-                loop.sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
             bar = Progress(steps_per_epoch - first, f"{desc} epoch {epoch + 1}/{settings.epochs}",
                            show_progress)
             for idx in batches[first:]:
@@ -241,27 +262,19 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 loss.backward()
                 optimizer.step()
                 loop.step += 1
-                for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
-                    loop.sums[key] += value.item()
+                for key, value in (("loss", loss.item()), ("ce", ce.item()), ("kl", kl.item()),
+                                   ("steps", 1.0)):
+                    loop.sums[key] = loop.sums.get(key, 0.0) + value
                 bar.step(len(idx), loss=loss.item(), tau=tau)
-                if stop.requested and loop.step % steps_per_epoch:
-                    bar.close()
+                if loop.step - epoch * steps_per_epoch in eval_at:
+                    evaluate(tau, bar.items_per_second)
                     save_checkpoint()
+                elif stop.requested:
+                    save_checkpoint()
+                if stop.requested:
+                    bar.close()
                     raise KeyboardInterrupt(f"{desc}: interrupted at step {loop.step}")
             bar.close()
-            val = summarize(explain(model, val_set.x, amp=amp), val_set.probs)
-            history.log(epoch + 1, {
-                "step": loop.step, "tau": tau, "lr": learning_rate(loop.step, total, settings.lr),
-                **{f"train_{k}": v / steps_per_epoch for k, v in loop.sums.items()},
-                "val_fidelity": val["fidelity"],
-                "val_mean_kl": val["mean_kl"], "val_mean_js": val["mean_js"],
-                "images_per_second": bar.items_per_second,
-            })
-            if val["fidelity"] >= loop.best_fidelity:  # ties: the later, longer-trained epoch
-                loop.best_fidelity, loop.best_state = val["fidelity"], _cpu_state(model)
-            save_checkpoint()
-            if stop.requested:
-                raise KeyboardInterrupt(f"{desc}: interrupted after epoch {epoch + 1}")
     if settings.save_best and loop.best_state is not None:
         model.load_state_dict(loop.best_state)
     if ckpt is not None:
