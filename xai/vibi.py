@@ -29,6 +29,7 @@ from xai.approximator import Approximator
 from xai.errors import CheckpointError
 from xai.explainers import CHUNK_SIZE, build_explainer, chunk_grid
 from xai.io import load_torch, save_torch
+from xai.training import state_dict_cpu
 
 KIND = "xai.vibi"
 
@@ -181,9 +182,8 @@ class Vibi(nn.Module):
 
 def save_vibi(model: Vibi, path: str | Path, **extra: Any) -> None:
     """Write the pair as {"kind", "spec", "state_dict", ...extra}: loadable with weights_only."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    save_torch({"kind": KIND, "spec": asdict(model.spec),
-                "state_dict": state, **extra}, path)
+    save_torch({"kind": KIND, "spec": asdict(model.spec), "state_dict": state_dict_cpu(model),
+                **extra}, path)
 
 
 def vibi_from_state(obj: dict[str, Any], path: str | Path = "<memory>") -> Vibi:

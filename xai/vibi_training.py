@@ -5,10 +5,10 @@ chunks for every input): the explainer's logits are unbounded (no output ReLU); 
 moderate learning rate decayed to 0 by a cosine; the Gumbel temperature anneals geometrically
 from `tau_start` to `tau_end` over the whole run, so it is still soft while the explainer learns.
 
-Resumable: a checkpoint (model, optimizer, generator states, step, best model, history) is
-written at the end of every epoch and, on SIGINT/SIGTERM, at the next step boundary; with
-`resume` a later run with the same settings continues from its step and ends with the same
-weights as an uninterrupted run. It is deleted once training completes.
+Resumable: a checkpoint (model, optimizer, noise generator, step, best model, history) is
+written at every validation and, on SIGINT/SIGTERM, at the next step boundary; with `resume` a
+later run with the same settings and data continues from its step and ends with the same weights
+as an uninterrupted run. It is deleted once training completes.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from xai.config import VibiConfig
 from xai.data import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import load_torch, save_torch
 from xai.training import (History, Progress, autocast, check_finite, deferred_interrupts,
-                          index_batches, to_unit)
+                          index_batches, state_dict_cpu, to_unit)
 from xai.vibi import Vibi, VibiSpec, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
@@ -65,8 +63,7 @@ def learning_rate(step: int, total: int, lr: float) -> float:
 def entry_settings(settings: VibiConfig, method: str) -> VibiConfig:
     """The settings of one pipeline entry: `vibi` as configured, `l2x` with beta 0 from scratch."""
     if method == "l2x":
-        return replace(settings, beta=0.0, epochs=settings.l2x_epochs,
-                                   jump_start=False)
+        return replace(settings, beta=0.0, epochs=settings.l2x_epochs, jump_start=False)
     return settings
 
 
@@ -165,8 +162,13 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def targets_digest(*splits: Targets) -> str:
+    """sha256 of the splits' shapes and black-box probabilities (the images determine those)."""
+    digest = hashlib.sha256()
+    for split in splits:
+        digest.update(str(tuple(split.x.shape)).encode())
+        digest.update(split.probs.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -205,7 +207,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     total = steps_per_epoch * settings.epochs
     warmup = 0 if jump_started else min(settings.warmup_steps, total)
     eval_at = evaluation_steps(steps_per_epoch, settings.evals_per_epoch)
-    tag = fingerprint(settings, seed, run=run_id, n=len(train_set), shape=list(train_set.x.shape))
+    tag = fingerprint(settings, seed, run=run_id, data=targets_digest(train_set, val_set))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     noise = torch.Generator(device=device).manual_seed(seed)
     loop = _Loop()
@@ -217,7 +219,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
         if ckpt is None:
             return
         save_torch({"kind": CHECKPOINT_KIND, "fingerprint": tag, "step": loop.step,
-                    "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                    "model": state_dict_cpu(model), "optimizer": optimizer.state_dict(),
                     "noise": noise.get_state(), "best_fidelity": loop.best_fidelity,
                     "best_state": loop.best_state, "sums": loop.sums, "rows": history.rows,
                     "elapsed": history.elapsed,
@@ -234,7 +236,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
         }, step=loop.step)
         loop.sums = {}
         if val["fidelity"] >= loop.best_fidelity:  # ties: the later, longer-trained weights
-            loop.best_fidelity, loop.best_state = val["fidelity"], _cpu_state(model)
+            loop.best_fidelity, loop.best_state = val["fidelity"], state_dict_cpu(model)
 
     model.train()
     with deferred_interrupts() as stop:
