@@ -20,7 +20,7 @@ from xai.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifi
 from xai.invertible_training import (check, image_projections, toy_projections, train_image,
                                      train_toy)
 from xai.io import save_json, save_torch
-from xai.training import History, seed_everything
+from xai.training import History, cpu_threads, seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         image_started = time.perf_counter()
         generator = seed_everything(cfg.seed, device)
         image_history = History(run, target_key="val_accuracy", target=0.98, prefix="image_")
-        trained = train_image(inv.image, images, device, generator, image_history)
-        image_check = check(trained.model, images.test, inv.image.eval_batch_size)
+        with cpu_threads(inv.image.threads):
+            trained = train_image(inv.image, images, device, generator, image_history)
+            image_check = check(trained.model, images.test, inv.image.eval_batch_size)
         image_seconds = time.perf_counter() - image_started
 
         metrics = {

@@ -14,6 +14,7 @@ from xai.errors import ConfigError
 from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier
 from xai.io import load_torch
 from xai.toy import make_toy
+from xai.training import cpu_threads
 
 TINY = {
     "toy.n_samples": 90, "toy.dataset": "blobs",
@@ -107,8 +108,16 @@ def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, pa
     ({"invertible.toy.milestones": [20, 80]}, r"<= invertible\.toy\.epochs = 60"),
     ({"invertible.toy.momentum": 1.0}, r"invertible\.toy\.momentum = 1\.0 is out of range"),
     ({"invertible.toy.restarts": 0}, r"invertible\.toy\.restarts = 0 is out of range"),
+    ({"invertible.image.threads": -1}, r"invertible\.image\.threads = -1 is out of range"),
     ({"invertible.image.warmup": "x"}, r"invertible\.image\.warmup = 'x' has the wrong type"),
 ])
 def test_bad_invertible_params_name_the_key(params, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(params(overrides))
+
+
+def test_cpu_threads_is_restored():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -10,11 +10,9 @@ reconstruction error of `T` and the residual of the projections onto the decisio
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +25,7 @@ from xai.config import InvertibleImageConfig, InvertibleToyConfig
 from xai.data import Dataset, Split
 from xai.invertible import (InvertibleClassifier, image_classifier, reconstruction_error,
                             toy_classifier)
-from xai.training import History, Progress, check_finite, index_batches, to_unit
+from xai.training import History, Progress, check_finite, cpu_threads, index_batches, to_unit
 
 PROJECTIONS_KIND = "xai.invertible_projections"
 #: Seed offset between toy restarts; restart 0 is the plain run with the configured seed.
@@ -106,7 +104,7 @@ def train_toy(cfg: InvertibleToyConfig, ds: Dataset, seed: int, device: torch.de
     steps = math.ceil(len(train) / cfg.batch_size)
     bar = Progress(cfg.epochs * steps, f"toy ({cfg.restarts} restarts)", progress)
     whole = torch.arange(len(train), device=device).expand(cfg.restarts, -1)
-    with single_thread():
+    with cpu_threads(1):
         for epoch in range(1, cfg.epochs + 1):
             lr = scheduler.get_last_lr()[0]
             orders = [index_batches(len(train), cfg.batch_size, g, device) for g in generators]
@@ -127,17 +125,6 @@ def train_toy(cfg: InvertibleToyConfig, ds: Dataset, seed: int, device: torch.de
     bar.close()
     best = int(losses.argmin())
     return restarts.model(best), best
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch's CPU ops on one thread inside the block (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def train_image(cfg: InvertibleImageConfig, ds: Dataset, device: torch.device,

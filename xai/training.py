@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,24 @@ def seed_everything(seed: int, device: torch.device) -> torch.Generator:
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float inputs pass through."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU ops on `n` threads inside the block (0: leave the setting alone).
+
+    Small ops gain little from a second thread, and on a busy machine threads that wait for each
+    other at every op can make training several times slower than one thread.
+    """
+    if n <= 0:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def index_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
