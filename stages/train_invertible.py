@@ -20,7 +20,7 @@ from xai.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifi
 from xai.invertible_training import (check, image_projections, toy_projections, train_image,
                                      train_toy)
 from xai.io import save_json, save_torch
-from xai.training import History, seed_everything
+from xai.training import History, cpu_threads, seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,16 +55,17 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.stage_run(cfg, "train_invertible", params) as run:
         started = time.perf_counter()
         seed_everything(cfg.seed, device)
-        toy_history = History(run, prefix="toy_")
+        toy_history = History(run, prefix="toy/")
         toy_model, restart = train_toy(inv.toy, toy, cfg.seed, device, toy_history)
-        toy_check = check(toy_model, toy.test, inv.image.eval_batch_size)
+        toy_check = check(toy_model, toy.test)
         toy_seconds = time.perf_counter() - started
 
         image_started = time.perf_counter()
         generator = seed_everything(cfg.seed, device)
-        image_history = History(run, target_key="val_accuracy", target=0.98, prefix="image_")
-        trained = train_image(inv.image, images, device, generator, image_history)
-        image_check = check(trained.model, images.test, inv.image.eval_batch_size)
+        image_history = History(run, prefix="image/")
+        with cpu_threads(inv.image.threads):
+            trained = train_image(inv.image, images, device, generator, image_history)
+            image_check = check(trained.model, images.test, inv.image.eval_batch_size)
         image_seconds = time.perf_counter() - image_started
 
         metrics = {

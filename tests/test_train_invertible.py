@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,9 +12,11 @@ from stages import train_invertible
 from xai.config import load_config
 from xai.data import Dataset, Split, save_dataset
 from xai.errors import ConfigError
-from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier
+from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier, toy_classifier
+from xai.invertible_training import ToyRestarts
 from xai.io import load_torch
 from xai.toy import make_toy
+from xai.training import cpu_threads
 
 TINY = {
     "toy.n_samples": 90, "toy.dataset": "blobs",
@@ -107,8 +110,40 @@ def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, pa
     ({"invertible.toy.milestones": [20, 80]}, r"<= invertible\.toy\.epochs = 60"),
     ({"invertible.toy.momentum": 1.0}, r"invertible\.toy\.momentum = 1\.0 is out of range"),
     ({"invertible.toy.restarts": 0}, r"invertible\.toy\.restarts = 0 is out of range"),
+    ({"invertible.image.threads": -1}, r"invertible\.image\.threads = -1 is out of range"),
     ({"invertible.image.warmup": "x"}, r"invertible\.image\.warmup = 'x' has the wrong type"),
 ])
 def test_bad_invertible_params_name_the_key(params, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(params(overrides))
+
+
+def test_cpu_threads_is_restored():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_restarts_trained_together_equal_separate_runs():
+    torch.manual_seed(0)
+    models = [toy_classifier(2, 3, blocks=2, hidden=4) for _ in range(2)]
+    separate = copy.deepcopy(models)
+    together = ToyRestarts(models)
+    x, y = torch.randn(2, 16, 2), torch.randint(0, 3, (2, 16))
+    optimizer = torch.optim.SGD(together.params.values(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        loss, _ = together.losses(x, y)
+        optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+    for r, model in enumerate(separate):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            alone = torch.nn.functional.cross_entropy(model(x[r]), y[r])
+            optimizer.zero_grad()
+            alone.backward()
+            optimizer.step()
+        trained = together.model(r)
+        assert torch.allclose(trained(x[r]), model(x[r]), atol=1e-6)
+        assert not torch.allclose(trained(x[r]), together.model(1 - r)(x[r]))

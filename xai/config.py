@@ -187,6 +187,7 @@ class InvertibleImageConfig:
     lr: float = bounded(gt=0)
     warmup: float = bounded(ge=0, lt=1)
     eval_batch_size: int = bounded(ge=1)
+    threads: int = bounded(ge=0)
 
     def __post_init__(self) -> None:
         stages = len(self.downsample)
