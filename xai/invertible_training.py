@@ -26,7 +26,8 @@ from xai.config import InvertibleImageConfig, InvertibleToyConfig
 from xai.data import Dataset, Split
 from xai.invertible import (InvertibleClassifier, image_classifier, reconstruction_error,
                             toy_classifier)
-from xai.training import History, Progress, check_finite, cpu_threads, index_batches, to_unit
+from xai.training import (Distributed, History, Progress, check_finite, cpu_threads,
+                          index_batches, to_unit, unwrap)
 
 PROJECTIONS_KIND = "xai.invertible_projections"
 #: Seed offset between toy restarts; restart 0 is the plain run with the configured seed.
@@ -129,30 +130,33 @@ def train_toy(cfg: InvertibleToyConfig, ds: Dataset, seed: int, device: torch.de
 
 
 def train_image(cfg: InvertibleImageConfig, ds: Dataset, device: torch.device,
-                generator: torch.Generator, history: History, progress: bool = True
-                ) -> ImageTraining:
+                generator: torch.Generator, history: History, progress: bool = True,
+                dist: Distributed = Distributed()) -> ImageTraining:
     """Train the image classifier on `ds.train` (uint8 images), validating after each epoch.
 
     The caller seeds torch (initialisation); `generator` orders the batches. Adam with a
     one-cycle schedule: the learning rate warms up over `cfg.warmup` of the steps and decays to ~0
-    by the last one. `seconds` counts the training steps only, not validation.
+    by the last one. `seconds` counts the training steps only, not validation. Under torchrun
+    each rank takes its slice of every global batch (DistributedDataParallel).
     """
-    model = image_classifier(ds.input_shape, ds.num_classes, cfg.downsample, cfg.blocks,
-                             cfg.hidden, cfg.kernel).to(device)
+    net = image_classifier(ds.input_shape, ds.num_classes, cfg.downsample, cfg.blocks,
+                           cfg.hidden, cfg.kernel).to(device)
+    model = dist.wrap(net, device)
     train = ds.train
     steps = math.ceil(len(train) / cfg.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=cfg.warmup)
-    flops_per_image = _training_flops_per_image(model, to_unit(train.x[:cfg.batch_size]),
+    flops_per_image = _training_flops_per_image(net, to_unit(train.x[:cfg.batch_size]),
                                                 train.y[:cfg.batch_size])
     seconds = 0.0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        bar = Progress(steps, f"image epoch {epoch}/{cfg.epochs}", progress)
+        bar = Progress(steps, f"image epoch {epoch}/{cfg.epochs}", progress and dist.is_main)
         total = torch.zeros((), device=device)
         start = time.perf_counter()
-        for step, idx in enumerate(index_batches(len(train), cfg.batch_size, generator, device)):
+        for step, batch in enumerate(index_batches(len(train), cfg.batch_size, generator, device)):
+            idx = dist.shard(batch)
             loss = F.cross_entropy(model(to_unit(train.x[idx])), train.y[idx])
             check_finite(loss, "train_invertible (image)", epoch, step)
             optimizer.zero_grad(set_to_none=True)
@@ -160,14 +164,15 @@ def train_image(cfg: InvertibleImageConfig, ds: Dataset, device: torch.device,
             optimizer.step()
             scheduler.step()
             total += loss.detach() * len(idx)
-            bar.step(len(idx), loss=float(loss.detach()))
+            bar.step(len(batch), **({"loss": float(loss.detach())} if step % 20 == 0 else {}))
         seconds += time.perf_counter() - start
         bar.close()
-        model.eval()
-        val_accuracy = accuracy(model, ds.val, cfg.eval_batch_size) if len(ds.val) else math.nan
-        history.log(epoch, {"train_loss": float(total) / len(train), "val_accuracy": val_accuracy,
-                            "lr": scheduler.get_last_lr()[0]})
-    return ImageTraining(model, seconds, cfg.epochs * len(train) / seconds, flops_per_image)
+        net.eval()
+        val_accuracy = accuracy(net, ds.val, cfg.eval_batch_size) if len(ds.val) else math.nan
+        history.log(epoch, {"train_loss": float(total) * dist.world_size / len(train),
+                            "val_accuracy": val_accuracy, "lr": scheduler.get_last_lr()[0]})
+    return ImageTraining(unwrap(model), seconds, cfg.epochs * len(train) / seconds,
+                         flops_per_image)
 
 
 def _training_flops_per_image(model: InvertibleClassifier, x: torch.Tensor, y: torch.Tensor
