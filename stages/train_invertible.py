@@ -20,7 +20,8 @@ from xai.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifi
 from xai.invertible_training import (check, image_projections, toy_projections, train_image,
                                      train_toy)
 from xai.io import save_json, save_torch
-from xai.training import History, seed_everything
+from xai.training import (History, cpu_threads, distributed_device, init_distributed,
+                          seed_everything)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,9 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--toy-plot", required=True, help="per-epoch CSV of the toy training")
     parser.add_argument("--image-plot", required=True, help="per-epoch CSV of the image training")
     parser.add_argument("--metrics", required=True, help="metrics JSON")
+    parser.add_argument("--timings", required=True, help="wall-clock figures JSON")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
-    device = select_device(cfg.device)
+    device = distributed_device(select_device(cfg.device))
+    dist = init_distributed(device)
     toy = load_dataset(args.toy, device)
     images = load_dataset(args.images, device)
     inv = cfg.invertible
@@ -52,20 +55,25 @@ def main(argv: list[str] | None = None) -> None:
 
     params = {**flatten(inv, "invertible"), "seed": cfg.seed, "device": str(device),
               "toy.dataset": toy.name, "data.dataset": images.name}
-    with tracking.stage_run(cfg, "train_invertible", params) as run:
+    with tracking.stage_run(cfg, "train_invertible", params, enabled=dist.is_main) as run:
         started = time.perf_counter()
         seed_everything(cfg.seed, device)
-        toy_history = History(run, prefix="toy_")
-        toy_model, restart = train_toy(inv.toy, toy, cfg.seed, device, toy_history)
-        toy_check = check(toy_model, toy.test, inv.image.eval_batch_size)
+        toy_history = History(run, prefix="toy/")
+        toy_model, restart = train_toy(inv.toy, toy, cfg.seed, device, toy_history,
+                                       progress=dist.is_main)
+        toy_check = check(toy_model, toy.test)
         toy_seconds = time.perf_counter() - started
 
         image_started = time.perf_counter()
         generator = seed_everything(cfg.seed, device)
-        image_history = History(run, target_key="val_accuracy", target=0.98, prefix="image_")
-        trained = train_image(inv.image, images, device, generator, image_history)
-        image_check = check(trained.model, images.test, inv.image.eval_batch_size)
+        image_history = History(run, prefix="image/")
+        with cpu_threads(inv.image.threads):
+            trained = train_image(inv.image, images, device, generator, image_history,
+                                  progress=dist.is_main, dist=dist)
+            image_check = check(trained.model, images.test, inv.image.eval_batch_size)
         image_seconds = time.perf_counter() - image_started
+        if not dist.is_main:
+            return
 
         metrics = {
             "toy_test_accuracy": toy_check.accuracy,
@@ -73,18 +81,20 @@ def main(argv: list[str] | None = None) -> None:
             "max_projection_residual": toy_check.max_projection_residual,
             "toy_restart": restart,
             "toy_train_loss": toy_history.rows[-1][f"train_loss_{restart}"],
-            "toy_wall_seconds": toy_seconds,
             "image_test_accuracy": image_check.accuracy,
             "image_max_reconstruction_error": image_check.max_reconstruction_error,
             "image_max_projection_residual": image_check.max_projection_residual,
             "image_val_accuracy": image_history.rows[-1]["val_accuracy"],
-            "image_train_seconds": trained.seconds,
-            "image_train_images_per_second": trained.images_per_second,
             "image_train_mflop_per_image": trained.flops_per_image / 1e6,
-            "image_train_gflop_per_second": trained.flops_per_image
-                                            * trained.images_per_second / 1e9,
-            "image_wall_seconds": image_seconds,
-            "wall_seconds": time.perf_counter() - started,
+        }
+        timings = {
+            "toy_wall_seconds": round(toy_seconds, 2),
+            "image_train_seconds": round(trained.seconds, 2),
+            "image_train_images_per_second": round(trained.images_per_second, 1),
+            "image_train_gflop_per_second": round(trained.flops_per_image
+                                                  * trained.images_per_second / 1e9, 2),
+            "image_wall_seconds": round(image_seconds, 2),
+            "wall_seconds": round(time.perf_counter() - started, 2),
         }
         extra = {"dataset": toy.name, "classes": list(toy.classes), "seed": cfg.seed,
                  "restart": restart}
@@ -97,17 +107,17 @@ def main(argv: list[str] | None = None) -> None:
         toy_history.save(args.toy_plot)
         image_history.save(args.image_plot)
         save_json(metrics, args.metrics)
-        run.log_metrics(metrics)
+        save_json(timings, args.timings)
+        run.log_metrics({**metrics, **timings})
         for path in (args.metrics, args.toy_plot, args.image_plot):
             run.log_artifact(path, "metrics")
-        for path in (args.toy_model, args.image_model, args.toy_projections):
-            run.log_artifact(path, "outputs")
+        run.tag_outputs(args.toy_model, args.image_model, args.toy_projections)
     print(f"train_invertible: toy {toy.name} test accuracy {metrics['toy_test_accuracy']:.4f} "
           f"(restart {restart}), reconstruction {metrics['max_reconstruction_error']:.2e}, "
           f"residual {metrics['max_projection_residual']:.2e}; {images.name} test accuracy "
           f"{metrics['image_test_accuracy']:.4f}, reconstruction "
           f"{metrics['image_max_reconstruction_error']:.2e}, residual "
-          f"{metrics['image_max_projection_residual']:.2e}; {metrics['wall_seconds']:.0f} s")
+          f"{metrics['image_max_projection_residual']:.2e}; {timings['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

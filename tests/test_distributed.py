@@ -28,3 +28,28 @@ def test_two_process_ddp_matches_one_process(tiny_images, params, tmp_path):
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
+
+
+def _torchrun(module: str, argv: list[str]) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", module, *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_process_ddp_invertible_matches_one_process(params, tmp_path):
+    from stages import train_invertible
+    from tests.test_train_invertible import TINY as INV_TINY
+    from tests.test_train_invertible import stage_argv
+
+    p = params(INV_TINY)
+    argv, single = stage_argv(tmp_path / "single", p)
+    train_invertible.main(argv)
+    argv, ddp = stage_argv(tmp_path / "ddp", p)
+    _torchrun("stages.train_invertible", argv)
+    for name in ("image-model", "toy-model"):
+        one = torch.load(single[name], weights_only=True)["state_dict"]
+        two = torch.load(ddp[name], weights_only=True)["state_dict"]
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from xai.figures import read_rows, save_png, training_curves
@@ -37,3 +38,50 @@ def test_sweep_keeps_the_newest_run_per_point_and_plots(tmp_path):
         [(4, 0.0, 0.95), (4, 0.01, 0.9), (8, 0.1, 0.97)]
     save_png(beta_figure(rows), tmp_path / "sweep.png", dpi=80)
     assert_png(tmp_path / "sweep.png")
+
+
+def _toy_state(classes: int, n: int = 40) -> dict:
+    """A toy projections file as train_invertible writes it, from random points."""
+    g = torch.Generator().manual_seed(0)
+    xy = lambda: torch.randn(n, 2, generator=g)  # noqa: E731
+    curve = torch.linspace(-2, 2, 30)[:, None].repeat(1, 2)
+    curve[10:15] = float("nan")  # where the pair is not the top two
+    pairs = [(0, 1)] if classes == 2 else [(0, 1), (0, 2), (1, 2)]
+    return {"dataset": "blobs", "classes": [str(c) for c in range(classes)],
+            "window": torch.tensor([[-3.0, -3.0], [3.0, 3.0]]),
+            "train_x": xy(), "train_features": xy(), "train_y": torch.arange(n) % classes,
+            "test_x": xy(), "test_features": xy(), "test_y": torch.arange(n) % classes,
+            "projected": xy(), "projected_features": xy(),
+            "curves": [{"classes": list(p), "inputs": curve, "features": curve} for p in pairs]}
+
+
+def test_toy_boundary_two_and_three_classes(tmp_path):
+    from xai.render import toy_boundary
+
+    for classes in (2, 3):
+        save_png(toy_boundary(_toy_state(classes), [0, 5, 9]), tmp_path / f"toy{classes}.png", 80)
+        assert_png(tmp_path / f"toy{classes}.png")
+
+
+def test_vibi_grid_and_counterfactuals(tmp_path):
+    from xai.data import Split
+    from xai.invertible import image_classifier
+    from xai.render import counterfactual_rows, counterfactuals, vibi_grid, vibi_panels
+
+    g = torch.Generator().manual_seed(0)
+    test = Split(torch.randint(0, 256, (6, 1, 8, 8), generator=g, dtype=torch.uint8),
+                 torch.tensor([0, 1, 0, 1, 0, 1]))
+    probs = torch.rand(6, 2, 2, 2, generator=g)
+    expl = {"chunk_probs": probs / probs.sum((1, 2, 3), keepdim=True),
+            "top_k": probs > 0.5, "approximator_probs": torch.rand(6, 2, generator=g),
+            "js": torch.rand(6, generator=g) * 0.6}
+    panels = vibi_panels(test, expl, torch.rand(6, 2, generator=g), [0, 2, 3, 5])
+    save_png(vibi_grid(panels, ["a", "b"], k=2, beta=0.01, columns=3), tmp_path / "v.png", 80)
+    assert_png(tmp_path / "v.png")
+
+    net = image_classifier((1, 8, 8), 3, downsample=[2, 4], blocks=[1, 1], hidden=[4, 4],
+                           kernel=[3, 1]).eval()
+    rows = counterfactual_rows(net, test.x[:2].float() / 255, target=2)
+    assert {r.kind for r in rows} <= {"runner-up", "target"} and len(rows) >= 2
+    save_png(counterfactuals(rows, ["a", "b", "c"]), tmp_path / "cf.png", 80)
+    assert_png(tmp_path / "cf.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,9 +12,11 @@ from stages import train_invertible
 from xai.config import load_config
 from xai.data import Dataset, Split, save_dataset
 from xai.errors import ConfigError
-from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier
+from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier, toy_classifier
+from xai.invertible_training import ToyRestarts
 from xai.io import load_torch
 from xai.toy import make_toy
+from xai.training import cpu_threads
 
 TINY = {
     "toy.n_samples": 90, "toy.dataset": "blobs",
@@ -43,7 +46,8 @@ def tiny_images() -> Dataset:
     return Dataset("tiny", ("a", "b", "c"), split(48), split(12), split(15))
 
 
-def run_stage(tmp_path, params_file) -> dict[str, str]:
+def stage_argv(tmp_path, params_file) -> tuple[list[str], dict[str, str]]:
+    """Arguments of the stage on tiny data written under `tmp_path`, and its output paths."""
     cfg = load_config(params_file)
     toy, images = tmp_path / "toy.pt", tmp_path / "images.pt"
     save_dataset(make_toy(cfg.toy), toy)
@@ -51,10 +55,15 @@ def run_stage(tmp_path, params_file) -> dict[str, str]:
     out = {name: str(tmp_path / "out" / f"{name}.{ext}") for name, ext in [
         ("toy-model", "pt"), ("image-model", "pt"), ("toy-projections", "pt"),
         ("image-projections", "pt"), ("toy-plot", "csv"), ("image-plot", "csv"),
-        ("metrics", "json")]}
+        ("metrics", "json"), ("timings", "json")]}
     argv = ["--params", str(params_file), "--toy", str(toy), "--images", str(images)]
     for name, path in out.items():
         argv += [f"--{name}", path]
+    return argv, out
+
+
+def run_stage(tmp_path, params_file) -> dict[str, str]:
+    argv, out = stage_argv(tmp_path, params_file)
     train_invertible.main(argv)
     return out
 
@@ -62,7 +71,8 @@ def run_stage(tmp_path, params_file) -> dict[str, str]:
 def test_stage_writes_models_projections_and_metrics(tmp_path, params):
     out = run_stage(tmp_path, params(TINY))
     metrics = json.loads(open(out["metrics"]).read())
-    assert METRICS <= set(metrics) and "wall_seconds" in metrics
+    assert METRICS <= set(metrics)
+    assert "wall_seconds" in json.loads(open(out["timings"]).read())
     assert metrics["max_reconstruction_error"] < 1e-5
     assert metrics["max_projection_residual"] < 1e-4
     assert metrics["image_max_reconstruction_error"] < 1e-4
@@ -107,8 +117,40 @@ def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, pa
     ({"invertible.toy.milestones": [20, 80]}, r"<= invertible\.toy\.epochs = 60"),
     ({"invertible.toy.momentum": 1.0}, r"invertible\.toy\.momentum = 1\.0 is out of range"),
     ({"invertible.toy.restarts": 0}, r"invertible\.toy\.restarts = 0 is out of range"),
+    ({"invertible.image.threads": -1}, r"invertible\.image\.threads = -1 is out of range"),
     ({"invertible.image.warmup": "x"}, r"invertible\.image\.warmup = 'x' has the wrong type"),
 ])
 def test_bad_invertible_params_name_the_key(params, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(params(overrides))
+
+
+def test_cpu_threads_is_restored():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_restarts_trained_together_equal_separate_runs():
+    torch.manual_seed(0)
+    models = [toy_classifier(2, 3, blocks=2, hidden=4) for _ in range(2)]
+    separate = copy.deepcopy(models)
+    together = ToyRestarts(models)
+    x, y = torch.randn(2, 16, 2), torch.randint(0, 3, (2, 16))
+    optimizer = torch.optim.SGD(together.params.values(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        loss, _ = together.losses(x, y)
+        optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+    for r, model in enumerate(separate):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            alone = torch.nn.functional.cross_entropy(model(x[r]), y[r])
+            optimizer.zero_grad()
+            alone.backward()
+            optimizer.step()
+        trained = together.model(r)
+        assert torch.allclose(trained(x[r]), model(x[r]), atol=1e-6)
+        assert not torch.allclose(trained(x[r]), together.model(1 - r)(x[r]))

@@ -53,7 +53,8 @@ class GradientSaliency:
     name: str = "saliency"
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return Saliency(self.model).attribute(inputs.clone(), target=target, abs=True).detach()
+        x = inputs.detach().clone().requires_grad_(True)
+        return Saliency(self.model).attribute(x, target=target, abs=True).detach()
 
 
 @dataclass
@@ -86,3 +87,17 @@ class RandomChunks:
         g = torch.Generator().manual_seed(self.seed)
         scores = torch.rand(n, (h // self.chunk) * (w // self.chunk), generator=g)
         return expand(scores.to(inputs.device), (c, h, w), self.chunk) / (self.chunk ** 2 * c)
+
+
+@dataclass
+class BoundaryProjection:
+    """The invertible classifier's own explanation: |grad (f_c - f_k) * (x - x_p)| with x_p the
+    projection onto the boundary with the runner-up class. It explains that classifier."""
+
+    model: nn.Module  # xai.invertible.InvertibleClassifier
+    name: str = "boundary_projection"
+
+    def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        from xai.boundary import BoundaryImportance
+
+        return BoundaryImportance(self.model).attribute(inputs, target=target)

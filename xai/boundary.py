@@ -87,7 +87,7 @@ def project_features(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch
     return z - scale.view(-1, *([1] * (z.dim() - 1))) * w
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: `importance` takes gradients at the projections
 def _project_batch(model: InvertibleClassifier, x: torch.Tensor, source: torch.Tensor | None,
                    counterfactual: torch.Tensor | None) -> Projection:
     z = model.features(x)
@@ -126,7 +126,7 @@ def project(model: InvertibleClassifier, x: torch.Tensor, *,
 def margin_at(model: InvertibleClassifier, x: torch.Tensor, source: torch.Tensor,
               counterfactual: torch.Tensor, batch_size: int = _BATCH) -> torch.Tensor:
     """`f_c(x) - f_k(x)` per point, from a real forward pass (no gradients)."""
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     return logits.gather(1, source[:, None])[:, 0] - logits.gather(1, counterfactual[:, None])[:, 0]
 
@@ -177,7 +177,7 @@ class BoundaryImportance:
 # ----------------------------------------------------------------------------- 2-D curves
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def boundary_curve(model: InvertibleClassifier, classes: tuple[int, int], cover: torch.Tensor,
                    n: int = 512, pad: float = 0.25) -> BoundaryCurve:
     """The boundary between two classes of a 2-D classifier, sampled along its direction.

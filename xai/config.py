@@ -188,6 +188,7 @@ class InvertibleImageConfig:
     lr: float = bounded(gt=0)
     warmup: float = bounded(ge=0, lt=1)
     eval_batch_size: int = bounded(ge=1)
+    threads: int = bounded(ge=0)
 
     def __post_init__(self) -> None:
         stages = len(self.downsample)
@@ -222,6 +223,19 @@ def _check_milestones(milestones: tuple[int, ...], epochs: int, key: str) -> Non
         )
 
 
+@dataclass(frozen=True)
+class RenderConfig:
+    """The figures: which test items they show and how they are drawn."""
+
+    dpi: int = bounded(ge=30, le=600)
+    seed: int = bounded(ge=0)
+    toy_points: int = bounded(ge=1)
+    vibi_images: int = bounded(ge=1)
+    vibi_columns: int = bounded(ge=1)
+    counterfactual_images: int = bounded(ge=1)
+    counterfactual_target: int | None = bounded(ge=0)
+
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -237,6 +251,7 @@ class Config:
     blackbox: BlackboxConfig
     invertible: InvertibleConfig
     vibi: VibiConfig
+    render: RenderConfig
     evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:

@@ -59,9 +59,12 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
 
 def _normalised(attribution: Attribution) -> Callable[..., torch.Tensor]:
     """Attributions scaled to unit L1 norm per image, so robustness is comparable across methods."""
-    def explain(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        a = attribution.attribute(inputs, target=target).float()
-        return a / a.abs().flatten(1).sum(1).clamp_min(1e-12)[:, None, None, None]
+    def explain(inputs: torch.Tensor | tuple[torch.Tensor], target: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor]:
+        packed = isinstance(inputs, tuple)  # Captum's sensitivity_max passes a 1-tuple
+        a = attribution.attribute(inputs[0] if packed else inputs, target=target).float()
+        a = a / a.abs().flatten(1).sum(1).clamp_min(1e-12)[:, None, None, None]
+        return (a,) if packed else a
     return explain
 
 

@@ -77,3 +77,59 @@ def training_curves(histories: Mapping[str, list[dict[str, float]]]) -> Figure:
                         transform=ax.transAxes, color="grey")
     fig.suptitle("Training curves")
     return fig
+
+
+def deletion_insertion_figure(curves: Mapping[str, tuple[list[float], list[float], list[float]]]
+                              ) -> Figure:
+    """Mean deletion and insertion curves per method: {method: (fractions, deletion, insertion)}."""
+    fig, axes = new_figure(10, 3.6, cols=2)
+    for name, (fractions, deletion, insertion) in curves.items():
+        for ax, curve in zip(axes[0], (deletion, insertion)):
+            area = sum((b - a) * (u + v) / 2 for a, b, u, v in
+                       zip(fractions, fractions[1:], curve, curve[1:]))
+            ax.plot(fractions, curve, marker=".", label=f"{name} (AUC {area:.3f})")
+    for ax, title in zip(axes[0], ("deletion: most important chunks removed (lower is better)",
+                                   "insertion: most important chunks kept (higher is better)")):
+        ax.set_title(title)
+        ax.set_xlabel("fraction of chunks")
+        ax.set_ylabel("probability of the predicted class")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Deletion and insertion curves (mean over the evaluation subset)")
+    return fig
+
+
+def measures_figure(table: Mapping[str, Mapping[str, float]], budgets: list[int],
+                    scalar_measures: list[str]) -> Figure:
+    """Post-hoc accuracy and fidelity against the budget (lines), one bar chart per other
+    measure, methods side by side."""
+    methods = list(table)
+    panels = 2 + len(scalar_measures)
+    cols = 4
+    rows = -(-panels // cols)
+    fig, axes = new_figure(3.2 * cols, 2.9 * rows, rows=rows, cols=cols)
+    flat = [ax for row in axes for ax in row]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, measure in zip(flat[:2], ("posthoc_accuracy", "fidelity")):
+        for i, m in enumerate(methods):
+            ax.plot(budgets, [table[m][f"{measure}@{b}"] for b in budgets], marker="o",
+                    color=colours[i % len(colours)], label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("chunks kept")
+        ax.set_title(measure.replace("_", " "))
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    flat[0].legend(fontsize=7)
+    for ax, measure in zip(flat[2:], scalar_measures):
+        values = [table[m][measure] for m in methods]
+        ax.bar(range(len(methods)), values, color=[colours[i % len(colours)]
+                                                   for i in range(len(methods))])
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
+        ax.set_title(measure.replace("_", " "))
+        ax.grid(alpha=0.3, axis="y")
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    fig.suptitle("Explanation quality, every method measured the same way")
+    return fig

@@ -208,7 +208,7 @@ def image_classifier(input_shape: Sequence[int], classes: int, downsample: Seque
                                 spec)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def reconstruction_error(model: InvertibleClassifier, x: torch.Tensor, batch_size: int = 1024
                          ) -> float:
     """`max |x - T^-1(T(x))|` over float inputs `x`, in batches."""

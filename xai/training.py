@@ -42,6 +42,24 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU ops on `n` threads inside the block (0: leave the setting alone).
+
+    Small ops gain little from a second thread, and on a busy machine threads that wait for each
+    other at every op can make training several times slower than one thread.
+    """
+    if n <= 0:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def index_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
                   device: torch.device | str = "cpu", drop_last: bool = False
                   ) -> list[torch.Tensor]:

@@ -1,0 +1,91 @@
+"""DVC stage `evaluate`: every explanation method measured the same way on one test subset."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from xai import cli, tracking
+from xai.attribution import (BoundaryProjection, GradientSaliency, IntegratedGradientsAttribution,
+                             RandomChunks, VibiAttribution)
+from xai.blackbox import load_blackbox
+from xai.config import flatten, load_config
+from xai.data import load_dataset
+from xai.devices import select_device
+from xai.errors import ConfigError
+from xai.evaluation import Settings, evaluate, markdown, table
+from xai.figures import deletion_insertion_figure, measures_figure, save_png
+from xai.invertible import IMAGE_KIND, load_classifier
+from xai.io import save_json, write_bytes
+from xai.training import seed_everything, to_unit
+from xai.vibi import load_vibi
+
+SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "sparseness", "infidelity", "max_sensitivity"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    for name in ("data", "blackbox", "vibi", "l2x", "invertible"):
+        parser.add_argument(f"--{name}", required=True, help=f"input: {name} file")
+    parser.add_argument("--metrics", required=True, help="output: method x measure JSON")
+    parser.add_argument("--table", required=True, help="output: the table as Markdown")
+    parser.add_argument("--curves-figure", required=True, help="output: deletion/insertion PNG")
+    parser.add_argument("--measures-figure", required=True, help="output: measures PNG")
+    parser.add_argument("--timings", required=True, help="output: wall-clock figures JSON")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    ev = cfg.evaluate
+    device = select_device(cfg.device)
+    params = {"seed": cfg.seed, "device": str(device), **flatten(ev, "evaluate")}
+    with tracking.stage_run(cfg, "evaluate", params) as run:
+        started = time.perf_counter()
+        seed_everything(ev.seed, device)
+        data = load_dataset(args.data, device)
+        blackbox = load_blackbox(args.blackbox, device)
+        vibi, l2x = load_vibi(args.vibi, device), load_vibi(args.l2x, device)
+        invertible = load_classifier(args.invertible, IMAGE_KIND, device).eval()
+        chunks, chunk = vibi.spec.num_chunks // vibi.spec.xpl_channels, vibi.spec.chunk
+        budgets = tuple(sorted(set(ev.budgets) | {vibi.spec.k}))
+        if max(budgets) > chunks:
+            raise ConfigError(f"evaluate.budgets = {list(ev.budgets)} is out of range; allowed: "
+                              f"at most the explainer's {chunks} chunks")
+        if ev.num_images > len(data.test):
+            raise ConfigError(f"evaluate.num_images = {ev.num_images} is out of range; allowed: "
+                              f"<= {len(data.test)} test images")
+        pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(ev.seed))
+        x = to_unit(data.test.x[pick[:ev.num_images].sort().values.to(device)])
+        methods = [
+            (VibiAttribution("vibi", vibi, blackbox), "blackbox"),
+            (VibiAttribution("l2x", l2x, blackbox), "blackbox"),
+            (GradientSaliency(blackbox), "blackbox"),
+            (IntegratedGradientsAttribution(blackbox, steps=ev.ig_steps), "blackbox"),
+            (RandomChunks(blackbox, chunk, ev.seed), "blackbox"),
+            (BoundaryProjection(invertible), "invertible"),
+        ]
+        settings = Settings(budgets, chunk, ev.curve_points, ev.robustness_images,
+                            ev.perturbations, ev.sensitivity_radius, ev.noise_std,
+                            ev.batch_size, ev.seed)
+        reports = evaluate(methods, x, blackbox, vibi.approximator, settings)
+
+        results = table(reports)
+        save_json(results, args.metrics)
+        write_bytes(args.table, markdown(reports).encode())
+        curves = {r.name: (r.fractions.tolist(), r.deletion.tolist(), r.insertion.tolist())
+                  for r in reports}
+        figures = {args.curves_figure: deletion_insertion_figure(curves),
+                   args.measures_figure: measures_figure(results, list(budgets), SCALAR_MEASURES)}
+        for path, fig in figures.items():
+            save_png(fig, path, dpi=120)
+            run.log_artifact(path, "figures")
+        run.log_artifact(args.table, "tables")
+        save_json({"evaluate_seconds": round(time.perf_counter() - started, 2)}, args.timings)
+        run.log_metrics({f"{m}.{k}": v for m, row in results.items() for k, v in row.items()
+                         if isinstance(v, float)})
+    print(markdown(reports))
+
+
+if __name__ == "__main__":
+    cli.run(main, "evaluate")

@@ -1,0 +1,245 @@
+"""The figures people look at: decision boundaries, VIBI explanations, counterfactuals.
+
+Each function takes tensors (already computed by the training stages or by `xai.boundary`) and
+returns a matplotlib figure of a fixed size; `xai.figures.save_png` writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib.patches as mpatches
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from xai.boundary import importance, project
+from xai.data import Split
+from xai.figures import new_figure
+from xai.training import to_unit
+
+CLASS_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                 "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+RIGHT, WRONG = np.array([0.1, 0.65, 0.2]), np.array([0.85, 0.1, 0.1])
+
+
+def _class_colour(c: int) -> str:
+    return CLASS_COLOURS[c % len(CLASS_COLOURS)]
+
+
+# ----------------------------------------------------------------------------- toy boundary
+
+
+def toy_boundary(state: dict, points: Sequence[int]) -> Figure:
+    """The reference's four panels from a toy projections file (`train_invertible` output).
+
+    (a) input domain: training points by class and the boundary curves mapped back through T^-1;
+    (b) feature domain: T(x) and the straight boundaries; (c), (d): test points `points` with
+    their projections onto the boundary and the explanation arrows, in both domains.
+    """
+    fig, axes = new_figure(11, 9.5, rows=2, cols=2)
+    (a, b), (c, d) = axes
+    classes = state["classes"]
+    for ax, key in ((a, "train_x"), (b, "train_features")):
+        xy = state[key].numpy()
+        for i, name in enumerate(classes):
+            sel = state["train_y"].numpy() == i
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=8, alpha=0.5, color=_class_colour(i),
+                       label=f"class {name}")
+    for ax, key in ((c, "test_x"), (d, "test_features")):
+        xy = state[key].numpy()
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.15,
+                   c=[_class_colour(int(y)) for y in state["test_y"]])
+    for n, curve in enumerate(state["curves"]):
+        i, k = curve["classes"]
+        style = {"color": "black", "lw": 1.5, "ls": ("-", "--", ":", "-.")[n % 4],
+                 "label": f"boundary {classes[i]} | {classes[k]}"}
+        for ax, key in ((a, "inputs"), (b, "features"), (c, "inputs"), (d, "features")):
+            xy = curve[key].numpy()
+            ax.plot(xy[:, 0], xy[:, 1], **style)
+    idx = torch.as_tensor(list(points), dtype=torch.long)
+    for ax, src, dst in ((c, "test_x", "projected"), (d, "test_features", "projected_features")):
+        p, q = state[src][idx].numpy(), state[dst][idx].numpy()
+        ax.scatter(p[:, 0], p[:, 1], s=40, color="black", zorder=3, label="test point x")
+        ax.scatter(q[:, 0], q[:, 1], s=40, marker="x", color="crimson", zorder=3,
+                   label="projection x_p")
+        for (x0, y0), (x1, y1) in zip(p, q):
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                        arrowprops={"arrowstyle": "->", "color": "crimson", "lw": 1.2})
+    low, high = state["window"].numpy()
+    for ax in (a, c):
+        ax.set_xlim(low[0], high[0])
+        ax.set_ylim(low[1], high[1])
+    for ax in (b, d):  # equal scales: projections show as orthogonal
+        ax.set_aspect("equal", adjustable="datalim")
+    titles = ("(a) input domain: data and boundary T^-1(hyperplane)",
+              "(b) feature domain: T(x) and the hyperplane",
+              "(c) input domain: points, projections x_p, explanations x - x_p",
+              "(d) feature domain: the same, projected orthogonally")
+    for ax, title, (xl, yl) in zip((a, b, c, d), titles,
+                                   (("x1", "x2"), ("z1", "z2"), ("x1", "x2"), ("z1", "z2"))):
+        ax.set_title(title)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), loc="best", fontsize=7)
+    fig.suptitle(f"Invertible classifier on {state['dataset']}: explicit decision boundary")
+    return fig
+
+
+# ----------------------------------------------------------------------------- VIBI grid
+
+
+def _show_image(ax: object, image: torch.Tensor) -> None:
+    """Draw a C x H x W float image in [0, 1] (grey or colour) without axes."""
+    img = image.permute(1, 2, 0).numpy()
+    if img.shape[2] == 1:
+        ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(img, 0, 1))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _border(ax: object, colour: np.ndarray, strength: float) -> None:
+    """A coloured frame whose opacity is `strength` in [0, 1]."""
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_linewidth(4)
+        spine.set_edgecolor((*colour, 0.15 + 0.85 * strength))
+
+
+@dataclass(frozen=True)
+class VibiPanel:
+    """What one row of the VIBI grid shows."""
+
+    image: torch.Tensor         # C x H x W in [0, 1]
+    chunk_probs: torch.Tensor   # xpl x rows x cols, p(z | x)
+    top_k: torch.Tensor         # xpl x rows x cols, bool
+    label: int                  # true class
+    blackbox: int               # black-box prediction
+    approximator: int           # approximator prediction on the top-k input
+    js: float                   # JS(black box || approximator)
+
+
+def _up(grid: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """rows x cols -> H x W by nearest up-sampling (chunk = H / rows)."""
+    return torch.nn.functional.interpolate(grid[None, None].float(), size=shape,
+                                           mode="nearest")[0, 0]
+
+
+def vibi_panels(test: Split, explanations: dict, blackbox_probs: torch.Tensor,
+                indices: Sequence[int]) -> list[VibiPanel]:
+    """Panels for test images `indices` from a VIBI explanations file (train_vibi output)."""
+    blackbox = blackbox_probs.argmax(1)
+    approx = explanations["approximator_probs"].float().argmax(1)
+    return [VibiPanel(to_unit(test.x[i]), explanations["chunk_probs"][i],
+                      explanations["top_k"][i], int(test.y[i]), int(blackbox[i]),
+                      int(approx[i]), float(explanations["js"][i])) for i in indices]
+
+
+def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta: float,
+              columns: int = 3) -> Figure:
+    """Per test image: input | explanation distribution p(z|x) (heat map) | top-k explanation.
+
+    Frames are green where the black box is right, red where it is wrong; their strength grows
+    with 1 - JS(black box, approximator), i.e. with how well the kept chunks carry its decision.
+    """
+    rows = -(-len(panels) // columns)
+    fig, axes = new_figure(3.3 * columns, 1.35 * rows + 0.6, rows=rows, cols=3 * columns)
+    heat = None
+    for i, p in enumerate(panels):
+        r, c0 = divmod(i, columns)
+        a_in, a_heat, a_top = axes[r][3 * c0:3 * c0 + 3]
+        h, w = p.image.shape[1:]
+        _show_image(a_in, p.image)
+        probs = p.chunk_probs.float().sum(0)  # shared chunks: one grid; per-channel: summed
+        heat = a_heat.imshow(_up(probs, (h, w)).numpy(), cmap="magma", vmin=0)
+        a_heat.set_xticks([])
+        a_heat.set_yticks([])
+        keep = _up(p.top_k.any(0), (h, w))
+        _show_image(a_top, p.image * keep)
+        right = p.blackbox == p.label
+        strength = float(max(0.0, min(1.0, 1 - p.js / np.log(2))))
+        for ax in (a_in, a_heat, a_top):
+            _border(ax, RIGHT if right else WRONG, strength)
+        a_in.set_title(f"true {classes[p.label]}\nblack box {classes[p.blackbox]}", fontsize=7)
+        a_heat.set_title("p(z | x)", fontsize=7)
+        a_top.set_title(f"top-{k} chunks\napprox. {classes[p.approximator]}", fontsize=7)
+    for ax in [ax for row in axes for ax in row][3 * len(panels):]:
+        ax.set_visible(False)
+    if heat is not None:
+        fig.colorbar(heat, ax=[ax for row in axes for ax in row], shrink=0.6,
+                     label="explanation probability p(z | x) per chunk")
+    legend = [mpatches.Patch(color=RIGHT, label="black box right"),
+              mpatches.Patch(color=WRONG, label="black box wrong"),
+              mpatches.Patch(color="grey", alpha=0.4, label="faint frame: approximator disagrees")]
+    fig.legend(handles=legend, loc="lower center", ncols=3, fontsize=7)
+    fig.suptitle(f"VIBI explanations (k = {k}, beta = {beta:g})")
+    return fig
+
+
+# ----------------------------------------------------------------------------- counterfactuals
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """One row: an input, its projection onto one boundary, and what separates them."""
+
+    image: torch.Tensor       # C x H x W
+    projected: torch.Tensor   # C x H x W, x_p
+    importance: torch.Tensor  # C x H x W
+    source: int               # predicted class c
+    counterfactual: int       # the class on the other side, k
+    after: tuple[int, int]    # the two most likely classes at x_p (a tie c | k up to float error)
+    kind: str                 # "runner-up" or "target"
+
+
+def counterfactuals(rows: Sequence[Counterfactual], classes: Sequence[str]) -> Figure:
+    """input | projection onto the boundary | difference x - x_p | importance, per row."""
+    fig, axes = new_figure(10, 2.3 * len(rows) + 0.4, rows=len(rows), cols=4)
+    for r, row in enumerate(rows):
+        a_in, a_proj, a_diff, a_imp = axes[r]
+        _show_image(a_in, row.image.clamp(0, 1))
+        _show_image(a_proj, row.projected.clamp(0, 1))
+        diff = (row.image - row.projected).sum(0)
+        lim = float(diff.abs().max().clamp_min(1e-8))
+        d = a_diff.imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        imp = a_imp.imshow(row.importance.sum(0).numpy(), cmap="viridis", vmin=0)
+        for ax, im in ((a_diff, d), (a_imp, imp)):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        c, k = classes[row.source], classes[row.counterfactual]
+        a_in.set_title(f"input: predicted {c}", fontsize=8)
+        a_proj.set_title(f"x_p on the {c} | {k} boundary\n({row.kind}; top two at x_p: "
+                         f"{classes[row.after[0]]}, {classes[row.after[1]]})", fontsize=7)
+        a_diff.set_title("x - x_p (red: remove)", fontsize=8)
+        a_imp.set_title("importance |grad (f_c - f_k) * (x - x_p)|", fontsize=7)
+    fig.suptitle("Invertible classifier: projections onto decision boundaries (counterfactuals)")
+    return fig
+
+
+def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | None
+                     ) -> list[Counterfactual]:
+    """Rows for each image: onto the runner-up boundary, and onto `target`'s where it differs."""
+    jobs = [("runner-up", x, None)]
+    if target is not None:
+        with torch.no_grad():
+            other = model(x).argmax(1) != target
+        jobs.append(("target", x[other], target))
+    rows = []
+    for kind, inputs, counterfactual in jobs:
+        if not len(inputs):
+            continue
+        p = project(model, inputs, counterfactual=counterfactual)
+        imp = importance(model, p)
+        with torch.no_grad():
+            after = model(p.projected).topk(2, dim=1).indices
+        rows += [Counterfactual(p.inputs[i], p.projected[i], imp[i], int(p.source[i]),
+                                int(p.counterfactual[i]), tuple(after[i].tolist()), kind)
+                 for i in range(len(inputs))]
+    return rows
