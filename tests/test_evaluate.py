@@ -52,7 +52,7 @@ def test_every_method_times_every_measure_reproducibly(tiny_images, models, para
     for row in table.values():
         assert set(row) == measures
         assert all(not (isinstance(v, float) and math.isnan(v)) for v in row.values())
-    assert {"posthoc_accuracy@1", "fidelity@2", "deletion_auc", "insertion_auc", "sparseness",
+    assert {"posthoc_accuracy_k1", "fidelity_k2", "deletion_auc", "insertion_auc", "sparseness",
             "infidelity", "max_sensitivity"} <= measures
     assert table["boundary_projection"]["explains"] == "invertible"
     for figure in ("curves-figure", "measures-figure"):
@@ -60,6 +60,20 @@ def test_every_method_times_every_measure_reproducibly(tiny_images, models, para
     assert "| boundary_projection |" in first["table"].read_text()
     second = run_evaluate(p, tiny_images, models, tmp_path / "b")
     assert second["metrics"].read_text() == first["metrics"].read_text()
+
+
+def test_tracked_evaluation_logs_the_table_and_figures(tiny_images, models, params, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = params({**TINY_EVAL, "tracking.enabled": True, "tracking.uri": uri})
+    run_evaluate(p, tiny_images, models, tmp_path / "out")
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("xai").experiment_id],
+                                "tags.`xai.stage` = 'evaluate'")
+    assert run.data.metrics["vibi.posthoc_accuracy_k1"] >= 0
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert figures == {"figures/curves.png", "figures/measures.png"}
 
 
 def test_budget_above_the_chunk_count_is_rejected(tiny_images, models, params, tmp_path):

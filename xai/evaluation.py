@@ -2,8 +2,8 @@
 
 Each method's attribution map is reduced to scores of the same chunks (the VIBI explainer's
 s x s patches); at every pixel budget (a number of chunks kept) the evaluation measures
-- `posthoc_accuracy@b`: the explained model on the kept chunks agrees with its own prediction;
-- `fidelity@b`: one judge for every row, VIBI's trained approximator, on the kept chunks agrees
+- `posthoc_accuracy_k<b>`: the explained model on the kept chunks agrees with its own prediction;
+- `fidelity_k<b>`: one judge for every row, VIBI's trained approximator, on the kept chunks agrees
   with the black box (so rows are comparable; L2X's own approximator is reported by its stage);
 and, budget-free, the deletion and insertion AUC of the explained model's probability for its
 prediction, the sparseness (Gini) of the chunk scores, and Captum's infidelity and
@@ -99,9 +99,9 @@ def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
     measures: dict[str, float] = {}
     for b in s.budgets:
         keep = expand(top_k_mask(scores, b), shape, s.chunk)
-        measures[f"posthoc_accuracy@{b}"] = \
+        measures[f"posthoc_accuracy_k{b}"] = \
             posthoc_agreement(model, x, keep, pred).float().mean().item()
-        measures[f"fidelity@{b}"] = \
+        measures[f"fidelity_k{b}"] = \
             posthoc_agreement(judge, x, keep, blackbox_pred).float().mean().item()
     deletion, insertion, fractions = deletion_insertion(
         model, x, scores, pred, s.chunk, points=s.curve_points, batch_size=s.batch_size)

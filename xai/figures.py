@@ -113,7 +113,7 @@ def measures_figure(table: Mapping[str, Mapping[str, float]], budgets: list[int]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, measure in zip(flat[:2], ("posthoc_accuracy", "fidelity")):
         for i, m in enumerate(methods):
-            ax.plot(budgets, [table[m][f"{measure}@{b}"] for b in budgets], marker="o",
+            ax.plot(budgets, [table[m][f"{measure}_k{b}"] for b in budgets], marker="o",
                     color=colours[i % len(colours)], label=m)
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])
