@@ -88,3 +88,18 @@ def test_outputs_lead_back_to_the_run_that_wrote_them(tracked, tmp_path):
         assert not render.log_to_producer(model, figure, "figures")
     client = MlflowClient(uri)
     assert [a.path for a in client.list_artifacts(train.run_id, "figures")] == ["figures/fig.png"]
+
+
+def test_history_batches_epochs_into_mlflow_and_the_plots_file(tracked, tmp_path):
+    from xai.training import History
+
+    cfg, uri = tracked
+    with tracking.stage_run(cfg, "train", {}) as run:
+        history = History(run, target_key="val_accuracy", target=0.5)
+        for epoch, acc in enumerate((0.2, 0.6, 0.9), start=1):
+            history.log(epoch, {"val_accuracy": acc})
+        history.save(tmp_path / "plots.csv")
+    points = MlflowClient(uri).get_metric_history(run.run_id, "val_accuracy")
+    assert [(p.step, p.value) for p in points] == [(1, 0.2), (2, 0.6), (3, 0.9)]
+    assert history.seconds_to_target == history.rows[1]["wall_seconds"]
+    assert (tmp_path / "plots.csv").read_text().splitlines()[0].startswith("epoch,val_accuracy")

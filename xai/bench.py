@@ -26,19 +26,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from xai.config import Config, load_config
 from xai.devices import fast_bf16, select_device, use_bf16
 from xai.io import save_json
-from xai.training import autocast
+from xai.training import autocast, cpu_threads
 
 MATMUL_SIDES = (256, 512, 1024, 2048)
 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked path: `step()` processes `batch` images (`amp`: under bf16 autocast)."""
+    """One benchmarked path: `step()` processes `batch` images (`amp`: under bf16 autocast).
+
+    `flop_step`, when given, is counted instead of `step`: the same arithmetic in a form torch's
+    FLOP counter can follow (it cannot follow `torch.autograd.grad`, which Captum uses).
+    """
 
     name: str
     step: Callable[[], object]
     batch: int
     amp: bool
+    flop_step: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def run_case(case: Case, device: torch.device, ceilings: dict[str, float], secon
              ) -> Result:
     """Count one step's FLOPs, then time steps for about `seconds`."""
     with FlopCounterMode(display=False) as counter:
-        case.step()
+        (case.flop_step or case.step)()
     flops = counter.get_total_flops()
     with _PeakMemory(device) as memory:
         reps, elapsed = _timed(case.step, device, seconds)
@@ -216,7 +221,80 @@ def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
             Case(f"vibi explain ({name})", infer, 1000, amp)]
 
 
-CASES: list[Callable[[Config, torch.device], list[Case]]] = [blackbox_cases, vibi_cases]
+def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
+    """The invertible classifiers' training steps (toy restarts together; image net, on the
+    stage's `threads`) and the image projection + importance used by render and evaluate."""
+    from xai.boundary import importance, project
+    from xai.invertible import image_classifier, toy_classifier
+    from xai.invertible_training import ToyRestarts
+
+    inv = cfg.invertible
+    shape = _input_shape(cfg)
+    net = image_classifier(shape, 10, inv.image.downsample, inv.image.blocks, inv.image.hidden,
+                           inv.image.kernel).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=inv.image.lr)
+    x = torch.rand(inv.image.batch_size, *shape, device=device)
+    y = torch.randint(0, 10, (inv.image.batch_size,), device=device)
+
+    def image_step() -> None:
+        with cpu_threads(inv.image.threads):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    t = inv.toy
+    restarts = ToyRestarts([toy_classifier(2, 2, t.blocks, t.hidden).to(device)
+                            for _ in range(t.restarts)])
+    toy_opt = torch.optim.SGD(restarts.params.values(), lr=t.lr, momentum=t.momentum)
+    xt = torch.randn(t.restarts, t.batch_size, 2, device=device)
+    yt = torch.randint(0, 2, (t.restarts, t.batch_size), device=device)
+
+    def toy_step() -> None:
+        with cpu_threads(1):
+            loss, _ = restarts.losses(xt, yt)
+            toy_opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            toy_opt.step()
+
+    xe = torch.rand(256, *shape, device=device)
+
+    def explain() -> None:
+        net.eval()
+        importance(net, project(net, xe))
+        net.train()
+
+    threads = inv.image.threads or torch.get_num_threads()
+    return [Case(f"invertible toy step ({t.restarts} restarts)", toy_step,
+                 t.restarts * t.batch_size, False),
+            Case(f"invertible image train step ({threads} thr)", image_step,
+                 inv.image.batch_size, False),
+            Case("invertible projection + importance", explain, len(xe), False)]
+
+
+def evaluation_cases(cfg: Config, device: torch.device) -> list[Case]:
+    """The evaluation's costliest path: integrated gradients on the black box."""
+    from xai.attribution import IntegratedGradientsAttribution
+    from xai.blackbox import architecture
+
+    shape = _input_shape(cfg)
+    model = architecture(cfg.blackbox, shape, 10).build().to(device).eval()
+    steps = cfg.evaluate.ig_steps
+    ig = IntegratedGradientsAttribution(model, steps=steps)
+    x = torch.rand(64, *shape, device=device)
+    target = torch.randint(0, 10, (64,), device=device)
+
+    def same_arithmetic() -> None:  # IG: `steps` forward + backward passes on scaled inputs
+        scaled = (x.repeat(steps, 1, 1, 1) * 0.5).requires_grad_(True)
+        out = model(scaled).gather(1, target.repeat(steps)[:, None]).sum()
+        torch.autograd.backward(out, inputs=[scaled])
+
+    return [Case(f"evaluate integrated gradients ({steps} steps)",
+                 lambda: ig.attribute(x, target), len(x), False, same_arithmetic)]
+
+
+CASES: list[Callable[[Config, torch.device], list[Case]]] = [
+    blackbox_cases, invertible_cases, vibi_cases, evaluation_cases]
 
 
 # ----------------------------------------------------------------------------- report
@@ -225,10 +303,10 @@ CASES: list[Callable[[Config, torch.device], list[Case]]] = [blackbox_cases, vib
 def render_table(ceilings: dict[str, float], results: list[Result]) -> str:
     lines = ["ceiling: " + ", ".join(f"{k} matmul {v:.0f} GFLOP/s" for k, v in ceilings.items()),
              "",
-             f"{'case':<42} {'batch':>6} {'prec':>5} {'img/s':>10} {'MFLOP/img':>10} "
+             f"{'case':<44} {'batch':>6} {'prec':>5} {'img/s':>10} {'MFLOP/img':>10} "
              f"{'GFLOP/s':>8} {'ceiling':>8} {'mem MB':>8}"]
     for r in results:
-        lines.append(f"{r.name:<42} {r.batch:>6} {r.precision:>5} {r.images_per_second:>10.0f} "
+        lines.append(f"{r.name:<44} {r.batch:>6} {r.precision:>5} {r.images_per_second:>10.0f} "
                      f"{r.mflop_per_image:>10.2f} {r.gflops:>8.1f} {r.share_of_ceiling:>7.0%} "
                      f"{r.peak_memory_mb:>8.0f}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,12 +76,17 @@ class Run:
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.log_metric_steps([(step or 0, metrics)])
+
+    def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Log metrics of many steps in as few requests as MLflow allows (1000 per batch)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        if items:
-            self._client.log_batch(self.run_id, metrics=items)
+        items = [Metric(k, float(v), now, step) for step, metrics in entries
+                 for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
@@ -114,6 +119,9 @@ class NullRun(Run):
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         pass
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

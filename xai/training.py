@@ -158,12 +158,15 @@ class Progress:
 
 @dataclass
 class History:
-    """Per-epoch metrics: logged to MLflow as they come, written as a DVC plots CSV at the end.
+    """Per-epoch metrics: sent to MLflow in batches (at most every `FLUSH_SECONDS`, and by
+    `save`), written as a DVC plots CSV by `save`.
 
     Also tracks wall time since creation and the first time a validation metric reached its
     target (time-to-quality). `prefix` goes before every MLflow key (not the CSV columns), so
     several histories can share one run.
     """
+
+    FLUSH_SECONDS = 10.0
 
     run: Run
     target_key: str | None = None
@@ -172,6 +175,8 @@ class History:
     rows: list[dict[str, float]] = field(default_factory=list)
     seconds_to_target: float | None = None
     _start: float = field(default_factory=time.perf_counter)
+    _pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    _flushed: float = field(default_factory=time.perf_counter)
 
     @property
     def elapsed(self) -> float:
@@ -186,10 +191,21 @@ class History:
         if (self.target_key is not None and self.seconds_to_target is None
                 and row.get(self.target_key, -math.inf) >= self.target):
             self.seconds_to_target = row["wall_seconds"]
-        self.run.log_metrics({f"{self.prefix}{k}": v for k, v in row.items() if k != "epoch"},
-                             step=int(epoch) if step is None else step)
+        self._pending.append((int(epoch) if step is None else step,
+                              {f"{self.prefix}{k}": v for k, v in row.items() if k != "epoch"}))
+        if time.perf_counter() - self._flushed >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the metrics logged since the last flush to MLflow in one request."""
+        if self._pending:
+            self.run.log_metric_steps(self._pending)
+            self._pending = []
+        self._flushed = time.perf_counter()
 
     def save(self, path: str | Path) -> None:
+        """Flush to MLflow and write the rows as a CSV (a DVC plots file)."""
+        self.flush()
         save_csv(self.rows, path)
 
     def restore(self, rows: list[dict[str, float]], elapsed: float,
