@@ -51,27 +51,34 @@ def read_rows(path: str | Path) -> list[dict[str, float]]:
                 for row in csv.DictReader(fh)]
 
 
-_SKIP = {"epoch", "step", "wall_seconds", "lr", "tau"}
+_SKIP = {"epoch", "step", "lr", "tau"}
+
+
+def _panel(column: str) -> str | None:
+    """Which panel a per-epoch column belongs to: quality (accuracy, fidelity), cost (losses and
+    divergences), or none (bookkeeping, time and throughput)."""
+    if column in _SKIP or "second" in column:
+        return None
+    return "quality" if ("accuracy" in column or "fidelity" in column) else "cost"
 
 
 def training_curves(histories: Mapping[str, list[dict[str, float]]]) -> Figure:
-    """One row per stage: its loss-like columns left, its quality columns (accuracy,
-    fidelity, ...) right, against the epoch."""
+    """One row per stage: losses and divergences left, accuracy / fidelity right, by epoch."""
     fig, axes = new_figure(10, 2.6 * max(len(histories), 1), rows=max(len(histories), 1), cols=2)
     for row, (stage, rows) in enumerate(histories.items()):
         left, right = axes[row]
-        columns = [c for c in (rows[0] if rows else {}) if c not in _SKIP]
         epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
-        for col in columns:
-            lossy = "loss" in col or col.endswith(("kl", "js"))
-            (left if lossy else right).plot(epochs, [r.get(col) for r in rows], marker="o",
-                                             markersize=3, label=col)
+        for col in (rows[0] if rows else {}):
+            panel = _panel(col)
+            if panel is not None:
+                (right if panel == "quality" else left).plot(
+                    epochs, [r.get(col) for r in rows], marker="o", markersize=3, label=col)
         for ax, what in ((left, "loss / divergence"), (right, "accuracy / fidelity")):
             ax.set_title(f"{stage}: {what}")
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             if ax.lines:
-                ax.legend(loc="best")
+                ax.legend(loc="best", ncols=2 if len(ax.lines) > 4 else 1, fontsize=7)
             else:
                 ax.text(0.5, 0.5, "no such columns", ha="center", va="center",
                         transform=ax.transAxes, color="grey")
