@@ -15,7 +15,7 @@ from xai.data import load_dataset
 from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import save_json, save_torch
-from xai.training import History, seed_everything
+from xai.training import History, distributed_device, init_distributed, seed_everything
 from xai.vibi import Vibi, load_vibi, save_vibi
 from xai.vibi_training import (Targets, entry_settings, explain, explanations_state, file_digest,
                                spec_for, summarize, train)
@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     if settings.jump_start and not args.init:
         raise ConfigError("vibi.jump_start is true but no --init model was given")
     stage = f"train_{args.method}"
-    device = select_device(cfg.device)
+    device = distributed_device(select_device(cfg.device))
+    dist = init_distributed(device)
     params = {"seed": cfg.seed, "device": str(device), "method": args.method,
               **flatten(settings, "vibi")}
-    with tracking.stage_run(cfg, stage, params) as run:
+    with tracking.stage_run(cfg, stage, params, enabled=dist.is_main) as run:
         seed_everything(cfg.seed, device)
         data = load_dataset(args.data, device)
         probs = load_probabilities(args.probs, device)
@@ -71,8 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         train(model, settings, Targets(data.train.x, probs["train"]),
               Targets(data.val.x, probs["val"]), seed=cfg.seed, history=history,
               checkpoint=args.checkpoint, jump_started=settings.jump_start,
-              run_id=init_digest, desc=args.method)
+              run_id=init_digest, desc=args.method, show_progress=dist.is_main, dist=dist)
         train_seconds = history.elapsed
+        if not dist.is_main:
+            return
         amp = use_bf16(settings.precision, device)
         test = explain(model, data.test.x, load_blackbox(args.blackbox, device), amp=amp)
         test_metrics = summarize(test, probs["test"])

@@ -265,3 +265,13 @@ def test_bad_vibi_params_are_rejected(params, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(params(overrides))
 
+
+
+def test_sharded_draws_equal_the_rows_of_one_global_draw():
+    """Under torchrun each rank keeps rows rank::world of the whole batch's Gumbel noise."""
+    logits = torch.randn(6, 9, generator=torch.Generator().manual_seed(0))
+    whole = gumbel_softmax_draws(logits, 3, 0.5, 2, torch.Generator().manual_seed(1))
+    for rank in (0, 1):
+        part = gumbel_softmax_draws(logits[rank::2], 3, 0.5, 2, torch.Generator().manual_seed(1),
+                                    shard=(6, rank, 2))
+        torch.testing.assert_close(part, whole[rank::2])

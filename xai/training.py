@@ -238,12 +238,22 @@ class Distributed:
         """This rank's slice of a global batch of indices."""
         return batch[self.rank::self.world_size] if self.enabled else batch
 
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """DistributedDataParallel around `model` when distributed, else `model` itself."""
+    def wrap(self, model: nn.Module, device: torch.device, find_unused_parameters: bool = False
+             ) -> nn.Module:
+        """DistributedDataParallel around `model` when distributed, else `model` itself.
+
+        On GPUs BatchNorm becomes SyncBatchNorm, so batch statistics are those of the global
+        batch; SyncBatchNorm has no CPU kernels, so on CPUs each rank normalises with its own
+        shard's statistics (models without BatchNorm train exactly as in one process).
+        """
         if not self.enabled:
             return model
-        ids = [device.index or 0] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        ids = None
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [device.index or 0]
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                   find_unused_parameters=find_unused_parameters)
 
     def barrier(self) -> None:
         if self.enabled:

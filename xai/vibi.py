@@ -38,27 +38,34 @@ KIND = "xai.vibi"
 
 
 def gumbel_softmax_draws(logits: torch.Tensor, k: int, tau: float, num_samples: int = 1,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None,
+                         shard: tuple[int, int, int] | None = None) -> torch.Tensor:
     """`num_samples` x `k` relaxed one-hot draws per row of `logits` (B x d) -> B x S x k x d.
 
     Each draw is softmax((logits + Gumbel noise) / tau): a point of the simplex (it sums to 1) that
-    tends to a one-hot sample of softmax(logits) as tau -> 0.
+    tends to a one-hot sample of softmax(logits) as tau -> 0. `shard = (global rows, rank, world)`
+    says `logits` are rows rank::world of a larger batch: the noise of the whole batch is drawn
+    and this shard's rows kept, so sharded training sees the noise one process would.
     """
     b, d = logits.shape
-    u = torch.rand((b, num_samples, k, d), generator=generator, device=logits.device)
+    rows = b if shard is None else shard[0]
+    u = torch.rand((rows, num_samples, k, d), generator=generator, device=logits.device)
+    if shard is not None:
+        u = u[shard[1]::shard[2]]
     tiny = torch.finfo(u.dtype).tiny
     gumbel = -torch.log(-torch.log(u.clamp_(min=tiny, max=1.0 - 1e-7)))
     return ((logits.float()[:, None, None, :] + gumbel) / tau).softmax(dim=-1)
 
 
 def relaxed_k_hot(logits: torch.Tensor, k: int, tau: float, num_samples: int = 1,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None,
+                  shard: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Relaxed k-hot masks (B x S x d): the element-wise max of k Gumbel-softmax draws.
 
     Every entry is in [0, 1], a mask sums to between 1 and k, and at most k entries exceed 1/2
     (each draw has at most one), so it tends to a mask with at most k chunks on as tau -> 0.
     """
-    return gumbel_softmax_draws(logits, k, tau, num_samples, generator).amax(dim=2)
+    return gumbel_softmax_draws(logits, k, tau, num_samples, generator, shard).amax(dim=2)
 
 
 def hard_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -166,10 +173,12 @@ class Vibi(nn.Module):
         return x * mask
 
     def forward(self, x: torch.Tensor, tau: float, num_samples: int,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: (chunk logits B x d, approximator logits B x S x K on relaxed masks)."""
+                generator: torch.Generator | None = None,
+                shard: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: (chunk logits B x d, approximator logits B x S x K on relaxed masks);
+        `shard` as in `gumbel_softmax_draws`."""
         logits = self.chunk_logits(x)
-        mask = relaxed_k_hot(logits, self.spec.k, tau, num_samples, generator)
+        mask = relaxed_k_hot(logits, self.spec.k, tau, num_samples, generator, shard)
         approx = self.approximator(self.masked(x, mask))
         return logits, approx.float().reshape(x.shape[0], num_samples, -1)
 

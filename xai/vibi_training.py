@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from xai.config import VibiConfig
 from xai.data import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import load_torch, save_torch
-from xai.training import (History, Progress, autocast, check_finite, deferred_interrupts,
-                          index_batches, state_dict_cpu, to_unit)
+from xai.training import (Distributed, History, Progress, autocast, check_finite,
+                          deferred_interrupts, index_batches, state_dict_cpu, to_unit)
 from xai.vibi import Vibi, VibiSpec, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
@@ -171,6 +173,27 @@ def targets_digest(*splits: Targets) -> str:
     return digest.hexdigest()[:16]
 
 
+class _Objective(nn.Module):
+    """One training step's loss as a module, so DistributedDataParallel can wrap the whole step
+    (warm-up steps use only the approximator, so the explainer may sit out)."""
+
+    def __init__(self, model: Vibi, beta: float, num_samples: int) -> None:
+        super().__init__()
+        self.model = model
+        self.beta = beta
+        self.num_samples = num_samples
+
+    def forward(self, x: torch.Tensor, p: torch.Tensor, tau: float, warm: bool,
+                noise: torch.Generator, shard: tuple[int, int, int] | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, soft cross-entropy, KL) of the batch `x` against black-box probabilities `p`."""
+        if warm:  # the approximator alone, on unmasked inputs
+            ce = soft_cross_entropy(p, self.model.approximator(x))
+            return ce, ce, torch.zeros((), device=x.device)
+        logits, approx = self.model(x, tau, self.num_samples, noise, shard)
+        return vibi_loss(p, approx, logits, self.beta)
+
+
 @dataclass
 class _Loop:
     """The mutable state a checkpoint captures."""
@@ -191,7 +214,7 @@ def evaluation_steps(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
 def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Targets, *,
           seed: int, history: History, checkpoint: str | Path | None = None,
           jump_started: bool = False, run_id: str = "", desc: str = "vibi",
-          show_progress: bool = True) -> Vibi:
+          show_progress: bool = True, dist: Distributed = Distributed()) -> Vibi:
     """Train `model` in place for `settings.epochs` epochs; returns it (with `settings.save_best`,
     the weights of the evaluation with the best validation fidelity).
 
@@ -209,6 +232,8 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     eval_at = evaluation_steps(steps_per_epoch, settings.evals_per_epoch)
     tag = fingerprint(settings, seed, run=run_id, data=targets_digest(train_set, val_set))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    objective = dist.wrap(_Objective(model, settings.beta, settings.num_samples), device,
+                          find_unused_parameters=warmup > 0)
     noise = torch.Generator(device=device).manual_seed(seed)
     loop = _Loop()
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -216,7 +241,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
         loop = _restore(ckpt, tag, model, optimizer, noise, history) or loop
 
     def save_checkpoint() -> None:
-        if ckpt is None:
+        if ckpt is None or not dist.is_main:
             return
         save_torch({"kind": CHECKPOINT_KIND, "fingerprint": tag, "step": loop.step,
                     "model": state_dict_cpu(model), "optimizer": optimizer.state_dict(),
@@ -246,19 +271,16 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                                     drop_last=True)[:steps_per_epoch]
             first = loop.step - epoch * steps_per_epoch
             bar = Progress(steps_per_epoch - first, f"{desc} epoch {epoch + 1}/{settings.epochs}",
-                           show_progress)
-            for idx in batches[first:]:
+                           show_progress and dist.is_main)
+            for batch in batches[first:]:
+                idx = dist.shard(batch)
+                shard = (len(batch), dist.rank, dist.world_size) if dist.enabled else None
                 tau = temperature(loop.step, warmup, total, settings.tau_start, settings.tau_end)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(loop.step, total, settings.lr)
                 x, p = to_unit(train_set.x[idx]), train_set.probs[idx]
                 with autocast(device, amp):
-                    if loop.step < warmup:
-                        ce = soft_cross_entropy(p, model.approximator(x))
-                        loss, kl = ce, torch.zeros((), device=device)
-                    else:
-                        logits, approx = model(x, tau, settings.num_samples, noise)
-                        loss, ce, kl = vibi_loss(p, approx, logits, settings.beta)
+                    loss, ce, kl = objective(x, p, tau, loop.step < warmup, noise, shard)
                 check_finite(loss, desc, epoch + 1, loop.step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -267,7 +289,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 for key, value in (("loss", loss.item()), ("ce", ce.item()), ("kl", kl.item()),
                                    ("steps", 1.0)):
                     loop.sums[key] = loop.sums.get(key, 0.0) + value
-                bar.step(len(idx), loss=loss.item(), tau=tau)
+                bar.step(len(batch), loss=loss.item(), tau=tau)
                 if loop.step - epoch * steps_per_epoch in eval_at:
                     evaluate(tau, bar.items_per_second)
                     save_checkpoint()
@@ -279,7 +301,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
             bar.close()
     if settings.save_best and loop.best_state is not None:
         model.load_state_dict(loop.best_state)
-    if ckpt is not None:
+    if ckpt is not None and dist.is_main:
         ckpt.unlink(missing_ok=True)
     return model.eval()
 
