@@ -29,6 +29,17 @@ def test_project_params_are_valid(params):
     ({"device": "tpu"}, r"device = 'tpu'"),
     ({"tracking.timeout_s": 0}, r"tracking\.timeout_s = 0"),
     ({"data.dataset": "folder", "data.folder": None}, r"data\.folder is required"),
+    ({"vibi.k": 49}, r"vibi\.k = 49 is out of range; allowed: below the 49 chunks of ResNet_4x"),
+    ({"vibi.explainer_type": "ResNet_8x", "vibi.k": 16}, r"vibi\.k = 16 .* 16 chunks"),
+    ({"vibi.xpl_channels": 3}, r"vibi\.xpl_channels = 3 does not fit mnist's 1-channel"),
+    ({"vibi.beta": -0.1}, r"vibi\.beta = -0\.1 is out of range; allowed: >= 0"),
+    ({"vibi.explainer_type": "ResNet_3x"}, r"vibi\.explainer_type = 'ResNet_3x'.*ResNet_8x"),
+    ({"blackbox.arch": "vgg"}, r"blackbox\.arch = 'vgg'.*small_cnn, resnet"),
+    ({"blackbox.epochs": 0}, r"blackbox\.epochs = 0 is out of range; allowed: >= 1"),
+    ({"vibi.batch_size": -8}, r"vibi\.batch_size = -8 is out of range"),
+    ({"invertible.image.epochs": 0}, r"invertible\.image\.epochs = 0"),
+    ({"evaluate.budgets": [1, 64]}, r"evaluate\.budgets = \[1, 64\].*49 chunks"),
+    ({"render.dpi": 5}, r"render\.dpi = 5 is out of range; allowed: >= 30 and <= 600"),
 ])
 def test_bad_params_are_rejected_naming_the_key(params, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -51,3 +51,15 @@ def test_unreachable_tracking_server_fails_the_stage_before_work(tiny_images, pa
         train_blackbox.main(stage_args(p, tiny_images, files))
     assert time.monotonic() - start < 30
     assert not any(f.exists() for f in files.values())
+
+
+def test_bad_param_exits_2_with_one_line_and_writes_nothing(tiny_images, params, tmp_path):
+    files = stage_files(tmp_path / "out")
+    p = params({**TINY, "vibi.beta": -1})
+    proc = subprocess.run([sys.executable, "-m", "stages.train_blackbox",
+                           *stage_args(p, tiny_images, files)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "train_blackbox: error: vibi.beta = -1 is out of range; allowed: >= 0"]
+    assert not (tmp_path / "out").exists()

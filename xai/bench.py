@@ -23,7 +23,7 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai.config import Config, load_config
+from xai.config import IMAGE_SHAPES, Config, load_config
 from xai.devices import fast_bf16, select_device, use_bf16
 from xai.io import save_json
 from xai.training import autocast, cpu_threads
@@ -178,10 +178,9 @@ def blackbox_cases(cfg: Config, device: torch.device) -> list[Case]:
 
 
 def _input_shape(cfg: Config) -> tuple[int, int, int]:
-    """The image shape of the configured data set (from the prepared file when it exists)."""
-    known = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-    if cfg.data.dataset in known:
-        return known[cfg.data.dataset]
+    """The image shape of the configured data set (from the prepared file for `folder` data)."""
+    if cfg.data.dataset in IMAGE_SHAPES:
+        return IMAGE_SHAPES[cfg.data.dataset]
     from xai.data import load_dataset
 
     return load_dataset("data/prepared/images.pt").input_shape  # type: ignore[return-value]

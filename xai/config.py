@@ -238,6 +238,10 @@ class RenderConfig:
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
+#: Image shapes of the torchvision data sets, known before any data is read (for `folder` data
+#: the same checks run once the prepared images are loaded).
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -259,6 +263,20 @@ class Config:
             raise ConfigError(
                 f"device = {self.device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
             )
+        shape = IMAGE_SHAPES.get(self.data.dataset)
+        if shape is not None:
+            self._check_chunks(shape)
+
+    def _check_chunks(self, shape: tuple[int, int, int]) -> None:
+        """`vibi.k` and `evaluate.budgets` against the explainer's chunks of these images."""
+        from xai.explainers import check_fits
+
+        v = self.vibi
+        chunks = check_fits(v.explainer_type, v.xpl_channels, v.k, shape, self.data.dataset)
+        shared = chunks // v.xpl_channels  # the evaluation scores chunks shared by the channels
+        if max(self.evaluate.budgets) > shared:
+            raise ConfigError(f"evaluate.budgets = {list(self.evaluate.budgets)} is out of range; "
+                              f"allowed: at most the explainer's {shared} chunks")
 
 
 # ----------------------------------------------------------------------------- building

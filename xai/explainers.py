@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xai.errors import ConfigError
+
 ExplainerType = Literal["Unet", "ResNet_2x", "ResNet_4x", "ResNet_8x"]
 CHUNK_SIZE: dict[str, int] = {"Unet": 1, "ResNet_2x": 2, "ResNet_4x": 4, "ResNet_8x": 8}
 
@@ -34,6 +36,22 @@ def chunk_grid(explainer_type: str, height: int, width: int) -> tuple[int, int]:
     """Rows and columns of chunks the explainer produces for a `height` x `width` input."""
     size = CHUNK_SIZE[explainer_type]
     return math.ceil(height / size), math.ceil(width / size)
+
+
+def check_fits(explainer_type: str, xpl_channels: int, k: int, shape: tuple[int, ...],
+               name: str) -> int:
+    """The number of chunks of `shape` (C x H x W) images; `ConfigError` naming the key when
+    `vibi.xpl_channels` or `vibi.k` do not fit them."""
+    c, h, w = shape
+    if xpl_channels not in (1, c):
+        raise ConfigError(f"vibi.xpl_channels = {xpl_channels} does not fit {name}'s {c}-channel "
+                          f"images; allowed: 1" + (f" or {c}" if c > 1 else ""))
+    rows, cols = chunk_grid(explainer_type, h, w)
+    chunks = xpl_channels * rows * cols
+    if k >= chunks:
+        raise ConfigError(f"vibi.k = {k} is out of range; allowed: below the {chunks} chunks of "
+                          f"{explainer_type} on {name}'s {h} x {w} images")
+    return chunks
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:

@@ -27,10 +27,11 @@ from torch import nn
 from xai.config import VibiConfig
 from xai.data import Dataset
 from xai.devices import use_bf16
-from xai.errors import CheckpointError, ConfigError, DataError
+from xai.errors import CheckpointError, DataError
 from xai.io import load_torch, save_torch
 from xai.training import (Distributed, History, Progress, autocast, check_finite,
                           deferred_interrupts, index_batches, state_dict_cpu, to_unit)
+from xai.explainers import check_fits
 from xai.vibi import Vibi, VibiSpec, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
@@ -73,16 +74,11 @@ def spec_for(settings: VibiConfig, data: Dataset) -> VibiSpec:
     """The model spec for `data`, checking the settings against its image shape."""
     if len(data.input_shape) != 3:
         raise DataError(f"VIBI explains images; {data.name} holds inputs of shape {data.input_shape}")
+    check_fits(settings.explainer_type, settings.xpl_channels, settings.k, data.input_shape,
+               data.name)
     c, h, w = data.input_shape
-    if settings.xpl_channels not in (1, c):
-        raise ConfigError(f"vibi.xpl_channels = {settings.xpl_channels} does not fit {data.name}'s "
-                          f"{c}-channel images; use 1" + (f" or {c}" if c > 1 else ""))
-    spec = VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width, c, h, w,
+    return VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width, c, h, w,
                     data.num_classes, settings.k)
-    if settings.k >= spec.num_chunks:
-        raise ConfigError(f"vibi.k = {settings.k} must be below the number of chunks, "
-                          f"{spec.num_chunks} for {settings.explainer_type} on {h} x {w} images")
-    return spec
 
 
 # ----------------------------------------------------------------------------- evaluation
