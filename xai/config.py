@@ -369,7 +369,7 @@ def _coerce(value: Any, hint: Any, key: str, bounds: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} has the wrong type; expected a finite number")
-        return _check_bounds(float(value), key, bounds)
+        return float(_check_bounds(value, key, bounds))  # messages show the value as written
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} = {value!r} has the wrong type; expected a string")
