@@ -14,11 +14,11 @@ from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.io import save_json, save_torch
+from xai.io import file_md5, save_json, save_torch
 from xai.training import History, distributed_device, init_distributed, seed_everything
 from xai.vibi import Vibi, load_vibi, save_vibi
-from xai.vibi_training import (Targets, entry_settings, explain, explanations_state, file_digest,
-                               spec_for, summarize, train)
+from xai.vibi_training import (Targets, entry_settings, explain, explanations_state, spec_for,
+                               summarize, train)
 
 VAL_TARGET = 0.90  # time-to-quality: first epoch at which validation fidelity reaches this
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise CheckpointError(f"{args.init} was trained for {init.spec}, not {spec}; "
                                       "re-run train_l2x")
             model.load_state_dict(init.state_dict())
-            init_digest = file_digest(args.init)
+            init_digest = file_md5(args.init)
         history = History(run, target_key="val_fidelity", target=VAL_TARGET)
         train(model, settings, Targets(data.train.x, probs["train"]),
               Targets(data.val.x, probs["val"]), seed=cfg.seed, history=history,

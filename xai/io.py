@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -80,6 +81,15 @@ def save_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_bytes(path, out.getvalue().encode())
+
+
+def file_md5(path: str | Path) -> str:
+    """md5 of a file's bytes, the hash DVC records for outputs in dvc.lock."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_torch(path: str | Path, *, kind: str, required: Sequence[str] = ()) -> dict[str, Any]:

@@ -12,7 +12,6 @@ fails within `tracking.timeout_s` instead of hanging.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from xai.config import Config, TrackingConfig
 from xai.errors import TrackingError
+from xai.io import file_md5
 from xai.paths import project_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -250,14 +250,6 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool 
             run.log_metrics({"stage_wall_seconds": time.perf_counter() - started})
         client.set_terminated(run.run_id, status)
         client.set_terminated(parent, status)
-
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_producer(client: Any, output: str | Path) -> str | None:

@@ -28,10 +28,10 @@ from xai.config import VibiConfig
 from xai.data import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, DataError
+from xai.explainers import check_fits
 from xai.io import load_torch, save_torch
 from xai.training import (Distributed, History, Progress, autocast, check_finite,
                           deferred_interrupts, index_batches, state_dict_cpu, to_unit)
-from xai.explainers import check_fits
 from xai.vibi import Vibi, VibiSpec, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
@@ -153,11 +153,6 @@ def fingerprint(settings: VibiConfig, seed: int, **extra: Any) -> str:
     fields = {k: v for k, v in asdict(settings).items() if k not in ("resume", "save_best")}
     text = json.dumps({"settings": fields, "seed": seed, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (to tie a checkpoint to the model it was jump-started from)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def targets_digest(*splits: Targets) -> str:
