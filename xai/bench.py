@@ -1,6 +1,6 @@
 """Benchmark: each training and inference path at its default shapes against the machine's limit.
 
-    python -m xai.bench [--params params.yaml] [--out bench.json] [--seconds 4]
+    python -m xai.bench [--params params.yaml] [--out bench.json] [--seconds 4] [--only vibi]
 
 First measures the ceiling (fp32 matmul GFLOP/s, bf16 too where supported), then runs a fixed
 number of steps of every case on synthetic inputs of the configured shapes and reports images/s,
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing per case")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     device = select_device(cfg.device)
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     ceilings = {"fp32": matmul_ceiling(device, torch.float32, args.seconds),
                 "bf16": matmul_ceiling(device, torch.bfloat16, args.seconds)}
     results = [run_case(case, device, ceilings, args.seconds)
-               for build in CASES for case in build(cfg, device)]
+               for build in CASES for case in build(cfg, device) if args.only in case.name]
     print(f"device: {device} ({platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, native bf16: {fast_bf16(device)}), "
           f"torch {torch.__version__}")
