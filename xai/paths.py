@@ -20,3 +20,9 @@ def resolve_input(path: str | Path) -> Path:
     """An absolute path for an input named in params.yaml (relative paths: to the project root)."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root() / path
+
+
+def in_queued_experiment() -> bool:
+    """Whether DVC runs us in a temporary copy of the repository (`dvc exp run --queue`)."""
+    root = os.environ.get("DVC_ROOT")
+    return bool(root) and Path(root).resolve() != Path.cwd().resolve()
