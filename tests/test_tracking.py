@@ -103,3 +103,18 @@ def test_history_batches_epochs_into_mlflow_and_the_plots_file(tracked, tmp_path
     assert [(p.step, p.value) for p in points] == [(1, 0.2), (2, 0.6), (3, 0.9)]
     assert history.seconds_to_target == history.rows[1]["wall_seconds"]
     assert (tmp_path / "plots.csv").read_text().splitlines()[0].startswith("epoch,val_accuracy")
+
+
+def test_producer_record_finds_the_run_that_wrote_a_file_as_it_is_now(tracked, tmp_path):
+    cfg, _ = tracked
+    model = tmp_path / "vibi.pt"
+    model.write_bytes(b"weights v1")
+    with tracking.stage_run(cfg, "train_vibi", {"vibi.k": 4, "vibi.beta": 0.01}) as run:
+        run.log_metrics({"test_fidelity": 0.9})
+        run.tag_outputs(model)
+    record = tracking.producer_record(cfg.tracking, model)
+    assert record is not None and record.params == {"vibi.k": "4", "vibi.beta": "0.01"}
+    assert record.metrics["test_fidelity"] == 0.9
+    model.write_bytes(b"weights v2")  # changed since: no run wrote it
+    assert tracking.producer_record(cfg.tracking, model) is None
+    assert tracking.producer_record(cfg.tracking, tmp_path / "missing.pt") is None

@@ -1,10 +1,12 @@
 """Plot a VIBI sweep from MLflow: fidelity and KL against beta, one line per k.
 
-    python -m xai.sweep [--baseline REV] [--out figures/sweep_beta.png]
+    python -m xai.sweep [--baseline REV] [--model models/vibi.pt] [--out figures/sweep_beta.png]
 
 Reads the finished `train_vibi` runs of the tracking store named in params.yaml (those of one
-`dvc exp run --queue` sweep when `--baseline` names its baseline commit, else all), keeps the
-newest run per (k, beta), prints the table and writes the figure next to a CSV of it.
+`dvc exp run --queue` sweep when `--baseline` names its baseline commit, else all), plus the run
+that wrote the working directory's model: a queued experiment whose params equal the baseline's
+re-runs nothing and logs no run, so the baseline's own point comes from there. Keeps the newest
+run per (k, beta), prints the table and writes the figure next to a CSV of it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--baseline", help="only the experiments queued from this commit")
+    parser.add_argument("--model", type=Path, default=Path("models/vibi.pt"),
+                        help="also plot the run that wrote this file (the baseline's own point)")
     parser.add_argument("--out", type=Path, default=Path("figures/sweep_beta.png"))
     parser.add_argument("--dpi", type=int, default=120)
     args = parser.parse_args(argv)
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     query = f"tags.`xai.stage` = '{STAGE}' and attributes.status = 'FINISHED'"
     if args.baseline:
         query += f" and tags.`dvc.baseline_rev` LIKE '{args.baseline}%'"
-    rows = sweep_points(tracking.run_records(cfg.tracking, query))
+    records = tracking.run_records(cfg.tracking, query)
+    baseline_run = tracking.producer_record(cfg.tracking, args.model)
+    rows = sweep_points(records + ([baseline_run] if baseline_run else []))
     if not rows:
         raise SystemExit(f"no finished {STAGE} runs in {tracking.tracking_uri(cfg.tracking)}"
                          + (f" for baseline {args.baseline}" if args.baseline else ""))

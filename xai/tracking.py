@@ -285,8 +285,21 @@ class RunRecord:
     tags: dict[str, str]
 
 
+def _record(run: Any) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name or "", run.info.status,
+                     run.info.start_time or 0, dict(run.data.params), dict(run.data.metrics),
+                     dict(run.data.tags))
+
+
 def run_records(cfg: TrackingConfig, filter_string: str = "") -> list[RunRecord]:
     """`find_runs` as plain records (newest first)."""
-    return [RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time or 0,
-                      dict(r.data.params), dict(r.data.metrics), dict(r.data.tags))
-            for r in find_runs(cfg, filter_string)]
+    return [_record(r) for r in find_runs(cfg, filter_string)]
+
+
+def producer_record(cfg: TrackingConfig, output: str | Path) -> RunRecord | None:
+    """The run that wrote `output` as it is now, as a record; None when the file or run is unknown."""
+    if not Path(output).is_file():
+        return None
+    client = client_for(cfg)
+    run_id = find_producer(client, output)
+    return None if run_id is None else _record(client.get_run(run_id))
