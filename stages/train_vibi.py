@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     params = {"seed": cfg.seed, "device": str(device), "method": args.method,
               **flatten(settings, "vibi")}
     with tracking.stage_run(cfg, stage, params, enabled=dist.is_main) as run:
+        blackbox = load_blackbox(args.blackbox, device)  # before seeding; a bad file stops us here
         seed_everything(cfg.seed, device)
         data = load_dataset(args.data, device)
         probs = load_probabilities(args.probs, device)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         if not dist.is_main:
             return
         amp = use_bf16(settings.precision, device)
-        test = explain(model, data.test.x, load_blackbox(args.blackbox, device), amp=amp)
+        test = explain(model, data.test.x, blackbox, amp=amp)
         test_metrics = summarize(test, probs["test"])
         val_metrics = summarize(explain(model, data.val.x, amp=amp), probs["val"])
         save_vibi(model, args.model, method=args.method, beta=settings.beta)

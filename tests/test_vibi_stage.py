@@ -63,3 +63,16 @@ def test_l2x_then_vibi_write_every_output(tiny_images, blackbox, params, tmp_pat
     with pytest.raises(CheckpointError, match="re-run train_l2x"):
         run("vibi", params({**VIBI, "vibi.width": 0.5}), tiny_images, blackbox, tmp_path,
             init=l2x["model"])
+
+
+def test_a_tampered_black_box_stops_the_stage_before_training(tiny_images, blackbox, params,
+                                                               tmp_path, monkeypatch):
+    def must_not_train(*_args, **_kwargs):
+        raise AssertionError("training started before the black box was checked")
+
+    monkeypatch.setattr(train_vibi, "train", must_not_train)
+    good = blackbox["model"].read_bytes()
+    blackbox["model"].write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        run("l2x", params(VIBI), tiny_images, blackbox, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -106,7 +106,8 @@ def load_torch(path: str | Path, *, kind: str, required: Sequence[str] = ()) -> 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable {kind} file ({first})") from None
+        raise CheckpointError(f"{path} is not a readable {kind} file, truncated or corrupt "
+                              f"({first})") from None
     except Exception as exc:  # noqa: BLE001 - the unpickler raises many types for foreign files
         raise CheckpointError(
             f"{path} is not a {kind} file written by xai ({type(exc).__name__})"
