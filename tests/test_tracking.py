@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -64,6 +67,47 @@ def test_unreachable_server_fails_fast_naming_the_uri(params):
     cfg = load_config(params({"tracking.enabled": True, "tracking.uri": "http://127.0.0.1:9",
                               "tracking.timeout_s": 2}))
     with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9 is unreachable"):
+        with tracking.stage_run(cfg, "x", {}):
+            pass
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server answering 200 to /health and `status` to everything else."""
+    servers = []
+
+    def start(health: int, status: int) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.send_response(health if self.path.endswith("/health") else status)
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(("health", "status", "message"), [
+    (404, 404, "answered HTTP 404 to /health: not a working MLflow tracking server"),
+    (200, 500, "MLflow tracking store http://127.0.0.1:\\d+ failed"),
+])
+def test_a_server_that_is_not_mlflow_fails_with_one_message(params, http_server, monkeypatch,
+                                                            health, status, message):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = http_server(health, status)
+    cfg = load_config(params({"tracking.enabled": True, "tracking.uri": uri,
+                              "tracking.timeout_s": 5}))
+    with pytest.raises(TrackingError, match=message):
         with tracking.stage_run(cfg, "x", {}):
             pass
 

@@ -51,8 +51,13 @@ def check_reachable(uri: str, timeout_s: float) -> None:
         return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return  # it answered; auth or routing is MLflow's business from here
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404 or exc.code >= 500:  # a proxy or another service, not MLflow
+            raise TrackingError(
+                f"{uri} answered HTTP {exc.code} to /health: not a working MLflow tracking "
+                "server; fix tracking.uri or set tracking.enabled: false"
+            ) from None
+        # any other answer (401, 403, ...) is an MLflow server behind auth: its business
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
@@ -216,6 +221,27 @@ def _parent_run(client: Any, exp_id: str, pipeline: str, tags: dict[str, str]) -
     return client.create_run(exp_id, tags=parent_tags, run_name=name).info.run_id
 
 
+def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any]
+              ) -> tuple[Any, Run, str]:
+    """Client, the stage's run (params logged) and its parent; a store error is a TrackingError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = client_for(cfg)
+        exp_id = experiment_id(client, cfg)
+        pipeline = pipeline_id()
+        tags = run_tags(stage, pipeline)
+        parent = _parent_run(client, exp_id, pipeline, tags)
+        tags["mlflow.parentRunId"] = parent
+        run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id)
+        run.log_params(params)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"MLflow tracking store {tracking_uri(cfg)} failed: {first}; fix "
+                            "tracking.uri or set tracking.enabled: false") from None
+    return client, run, parent
+
+
 @contextlib.contextmanager
 def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool = True
               ) -> Iterator[Run]:
@@ -229,14 +255,7 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool 
     if not (cfg.tracking.enabled and enabled):
         yield NullRun()
         return
-    client = client_for(cfg.tracking)
-    exp_id = experiment_id(client, cfg.tracking)
-    pipeline = pipeline_id()
-    tags = run_tags(stage, pipeline)
-    parent = _parent_run(client, exp_id, pipeline, tags)
-    tags["mlflow.parentRunId"] = parent
-    run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id)
-    run.log_params(params)
+    client, run, parent = _open_run(cfg.tracking, stage, params)
     status = "FAILED"
     started = time.perf_counter()
     try:
