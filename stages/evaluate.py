@@ -16,6 +16,7 @@ from xai.data import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError
 from xai.evaluation import Settings, evaluate, markdown, table
+from xai.explainers import evaluation_budgets
 from xai.figures import deletion_insertion_figure, measures_figure, save_png
 from xai.invertible import IMAGE_KIND, load_classifier
 from xai.io import save_json, write_bytes
@@ -43,20 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.stage_run(cfg, "evaluate", params) as run:
         started = time.perf_counter()
         seed_everything(ev.seed, device)
-        data = load_dataset(args.data, device)
+        data = load_dataset(args.data)  # on the CPU: only the chosen test images go to the device
         blackbox = load_blackbox(args.blackbox, device)
         vibi, l2x = load_vibi(args.vibi, device), load_vibi(args.l2x, device)
         invertible = load_classifier(args.invertible, IMAGE_KIND, device).eval()
-        chunks, chunk = vibi.spec.num_chunks // vibi.spec.xpl_channels, vibi.spec.chunk
-        budgets = tuple(sorted(set(ev.budgets) | {vibi.spec.k}))
-        if max(budgets) > chunks:
-            raise ConfigError(f"evaluate.budgets = {list(ev.budgets)} is out of range; allowed: "
-                              f"at most the explainer's {chunks} chunks")
+        chunk = vibi.spec.chunk
+        budgets = evaluation_budgets(ev.budgets, vibi.spec.k,
+                                     vibi.spec.num_chunks // vibi.spec.xpl_channels)
         if ev.num_images > len(data.test):
             raise ConfigError(f"evaluate.num_images = {ev.num_images} is out of range; allowed: "
                               f"<= {len(data.test)} test images")
         pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(ev.seed))
-        x = to_unit(data.test.x[pick[:ev.num_images].sort().values.to(device)])
+        x = to_unit(data.test.x[pick[:ev.num_images].sort().values].to(device))
         methods = [
             (VibiAttribution("vibi", vibi, blackbox), "blackbox"),
             (VibiAttribution("l2x", l2x, blackbox), "blackbox"),

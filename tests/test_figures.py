@@ -74,7 +74,7 @@ def test_vibi_grid_and_counterfactuals(tmp_path):
     probs = torch.rand(6, 2, 2, 2, generator=g)
     expl = {"chunk_probs": probs / probs.sum((1, 2, 3), keepdim=True),
             "top_k": probs > 0.5, "approximator_probs": torch.rand(6, 2, generator=g),
-            "js": torch.rand(6, generator=g) * 0.6}
+            "js": torch.rand(6, generator=g) * 0.6, "spec": {"explainer_type": "ResNet_4x"}}
     panels = vibi_panels(test, expl, torch.rand(6, 2, generator=g), [0, 2, 3, 5])
     save_png(vibi_grid(panels, ["a", "b"], k=2, beta=0.01, columns=3), tmp_path / "v.png", 80)
     assert_png(tmp_path / "v.png")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from xai.measures import (auc, chunk_scores, deletion_insertion, expand, posthoc_agreement,
-                          sparseness, top_k_mask)
+from xai.measures import (auc, chunk_areas, chunk_scores, deletion_insertion, expand,
+                          posthoc_agreement, sparseness, top_k_mask)
 
 
 def test_sparseness_of_one_hot_is_one_and_of_uniform_is_zero():
@@ -62,3 +62,25 @@ def test_exact_attribution_beats_random_on_deletion_and_posthoc():
     keep_rand = expand(top_k_mask(random, 1), (1, 8, 8), 2)
     assert posthoc_agreement(model, x, keep_exact, target).float().mean() == 1.0
     assert posthoc_agreement(model, x, keep_rand, target).float().mean() < 0.5
+
+
+def test_partial_chunks_match_the_explainer_grid():
+    # ResNet_8x on 28 x 28: a 4 x 4 grid whose last row and column are 4 px wide
+    from xai.attribution import VibiAttribution
+    from xai.vibi import Vibi, VibiSpec
+
+    vibi = Vibi(VibiSpec("ResNet_8x", 1, 0.25, 1, 28, 28, 10, 3)).eval()
+    areas = chunk_areas((1, 28, 28), 8)
+    assert areas.shape == (1, 16) and areas.sum() == 28 * 28
+    assert areas[0, 0] == 64 and areas[0, 3] == 32 and areas[0, 15] == 16
+    mask = torch.zeros(2, 16)
+    mask[:, 15] = 1  # the bottom-right corner chunk: rows and columns 24-27
+    pixels = expand(mask, (1, 28, 28), 8)
+    assert pixels.shape == (2, 1, 28, 28) and pixels.sum() == 2 * 16
+    assert pixels[:, :, 24:, 24:].all()
+    torch.testing.assert_close(pixels, vibi.pixel_mask(mask), rtol=0, atol=0)
+
+    x = torch.rand(2, 1, 28, 28)
+    attr = VibiAttribution("vibi", vibi, vibi).attribute(x)
+    p = vibi.chunk_logits(x).softmax(1)
+    torch.testing.assert_close(chunk_scores(attr, 8), p)  # the map sums back to p(z | x)

@@ -14,7 +14,7 @@ import torch
 from captum.attr import IntegratedGradients, Saliency
 from torch import nn
 
-from xai.measures import expand
+from xai.measures import chunk_areas, expand
 
 
 class Attribution(Protocol):
@@ -39,10 +39,9 @@ class VibiAttribution:
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         spec = self.vibi.spec
         p = self.vibi.chunk_logits(inputs).softmax(1)
-        per_channel = spec.xpl_channels > 1
-        pixels = expand(p, tuple(inputs.shape[1:]), spec.chunk, per_channel)
-        area = spec.chunk * spec.chunk * (1 if per_channel else inputs.shape[1])
-        return pixels / area
+        shape, per_channel = tuple(inputs.shape[1:]), spec.xpl_channels > 1
+        area = chunk_areas(shape, spec.chunk, per_channel).to(p.device)
+        return expand(p / area, shape, spec.chunk, per_channel)
 
 
 @dataclass
@@ -83,10 +82,11 @@ class RandomChunks:
     name: str = "random"
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        n, c, h, w = inputs.shape
+        shape = tuple(inputs.shape[1:])
+        area = chunk_areas(shape, self.chunk)
         g = torch.Generator().manual_seed(self.seed)
-        scores = torch.rand(n, (h // self.chunk) * (w // self.chunk), generator=g)
-        return expand(scores.to(inputs.device), (c, h, w), self.chunk) / (self.chunk ** 2 * c)
+        scores = torch.rand(len(inputs), area.shape[1], generator=g)
+        return expand((scores / area).to(inputs.device), shape, self.chunk)
 
 
 @dataclass

@@ -269,14 +269,11 @@ class Config:
 
     def _check_chunks(self, shape: tuple[int, int, int]) -> None:
         """`vibi.k` and `evaluate.budgets` against the explainer's chunks of these images."""
-        from xai.explainers import check_fits
+        from xai.explainers import check_fits, evaluation_budgets
 
         v = self.vibi
         chunks = check_fits(v.explainer_type, v.xpl_channels, v.k, shape, self.data.dataset)
-        shared = chunks // v.xpl_channels  # the evaluation scores chunks shared by the channels
-        if max(self.evaluate.budgets) > shared:
-            raise ConfigError(f"evaluate.budgets = {list(self.evaluate.budgets)} is out of range; "
-                              f"allowed: at most the explainer's {shared} chunks")
+        evaluation_budgets(self.evaluate.budgets, v.k, chunks // v.xpl_channels)
 
 
 # ----------------------------------------------------------------------------- building

@@ -89,10 +89,11 @@ def _robustness(attribution: Attribution, model: nn.Module, x: torch.Tensor, tar
 
 
 def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
-                    blackbox_pred: torch.Tensor, judge: nn.Module, s: Settings) -> MethodReport:
-    """All measures of one method on inputs `x` (float [0, 1])."""
+                    pred: torch.Tensor, blackbox_pred: torch.Tensor, judge: nn.Module,
+                    s: Settings) -> MethodReport:
+    """All measures of one method on inputs `x` (float [0, 1]); `pred`: the predictions of the
+    model it explains, `blackbox_pred`: the black box's (what the judge must reproduce)."""
     model = attribution.model
-    pred = predict(model, x, s.batch_size).argmax(1)
     attr = _batched(attribution.attribute, x, pred, s.batch_size)
     scores = chunk_scores(attr, s.chunk)
     shape = tuple(x.shape[1:])
@@ -117,11 +118,11 @@ def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
 def evaluate(methods: Sequence[tuple[Attribution, str]], x: torch.Tensor, blackbox: nn.Module,
              judge: nn.Module, s: Settings) -> list[MethodReport]:
     """Evaluate every (method, name of the model it explains) pair on `x`."""
-    blackbox_pred = predict(blackbox, x, s.batch_size).argmax(1)
-    reports = []
-    for attribution, model_name in tqdm(methods, desc="evaluate", unit="method"):
-        reports.append(evaluate_method(attribution, model_name, x, blackbox_pred, judge, s))
-    return reports
+    models = {id(m): m for m in (blackbox, *(a.model for a, _ in methods))}
+    preds = {key: predict(m, x, s.batch_size).argmax(1) for key, m in models.items()}
+    return [evaluate_method(attribution, model_name, x, preds[id(attribution.model)],
+                            preds[id(blackbox)], judge, s)
+            for attribution, model_name in tqdm(methods, desc="evaluate", unit="method")]
 
 
 def table(reports: Sequence[MethodReport]) -> dict[str, dict[str, float]]:

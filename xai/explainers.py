@@ -15,6 +15,7 @@ chunks.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -52,6 +53,18 @@ def check_fits(explainer_type: str, xpl_channels: int, k: int, shape: tuple[int,
         raise ConfigError(f"vibi.k = {k} is out of range; allowed: below the {chunks} chunks of "
                           f"{explainer_type} on {name}'s {h} x {w} images")
     return chunks
+
+
+def evaluation_budgets(budgets: Sequence[int], k: int, chunks: int) -> tuple[int, ...]:
+    """The evaluation's budgets, `evaluate.budgets` plus `vibi.k`, sorted; `ConfigError` naming
+    the key when one exceeds the `chunks` it scores (chunks shared by the image's channels)."""
+    if max(budgets) > chunks:
+        raise ConfigError(f"evaluate.budgets = {list(budgets)} is out of range; allowed: at most "
+                          f"the explainer's {chunks} chunks")
+    if k > chunks:
+        raise ConfigError(f"vibi.k = {k} is out of range for evaluate, which keeps k chunks shared "
+                          f"by the channels; allowed: at most the explainer's {chunks} such chunks")
+    return tuple(sorted(set(budgets) | {k}))
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:

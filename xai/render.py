@@ -16,7 +16,9 @@ from matplotlib.figure import Figure
 
 from xai.boundary import importance, project
 from xai.data import Split
+from xai.explainers import CHUNK_SIZE
 from xai.figures import new_figure
+from xai.measures import chunks_to_pixels
 from xai.training import to_unit
 
 CLASS_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
@@ -119,16 +121,16 @@ class VibiPanel:
     image: torch.Tensor         # C x H x W in [0, 1]
     chunk_probs: torch.Tensor   # xpl x rows x cols, p(z | x)
     top_k: torch.Tensor         # xpl x rows x cols, bool
+    chunk: int                  # chunk side in pixels
     label: int                  # true class
     blackbox: int               # black-box prediction
     approximator: int           # approximator prediction on the top-k input
     js: float                   # JS(black box || approximator)
 
 
-def _up(grid: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """rows x cols -> H x W by nearest up-sampling (chunk = H / rows)."""
-    return torch.nn.functional.interpolate(grid[None, None].float(), size=shape,
-                                           mode="nearest")[0, 0]
+def _up(grid: torch.Tensor, chunk: int, shape: tuple[int, int]) -> torch.Tensor:
+    """rows x cols -> H x W, each value on its chunk's pixels, as the approximator saw them."""
+    return chunks_to_pixels(grid.float().flatten(), (1, *grid.shape), chunk, shape)[0]
 
 
 def vibi_panels(test: Split, explanations: dict, blackbox_probs: torch.Tensor,
@@ -136,8 +138,9 @@ def vibi_panels(test: Split, explanations: dict, blackbox_probs: torch.Tensor,
     """Panels for test images `indices` from a VIBI explanations file (train_vibi output)."""
     blackbox = blackbox_probs.argmax(1)
     approx = explanations["approximator_probs"].float().argmax(1)
+    chunk = CHUNK_SIZE[explanations["spec"]["explainer_type"]]
     return [VibiPanel(to_unit(test.x[i]), explanations["chunk_probs"][i],
-                      explanations["top_k"][i], int(test.y[i]), int(blackbox[i]),
+                      explanations["top_k"][i], chunk, int(test.y[i]), int(blackbox[i]),
                       int(approx[i]), float(explanations["js"][i])) for i in indices]
 
 
@@ -157,10 +160,10 @@ def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta:
         h, w = p.image.shape[1:]
         _show_image(a_in, p.image)
         probs = p.chunk_probs.float().sum(0)  # shared chunks: one grid; per-channel: summed
-        heat = a_heat.imshow(_up(probs, (h, w)).numpy(), cmap="magma", vmin=0)
+        heat = a_heat.imshow(_up(probs, p.chunk, (h, w)).numpy(), cmap="magma", vmin=0)
         a_heat.set_xticks([])
         a_heat.set_yticks([])
-        keep = _up(p.top_k.any(0), (h, w))
+        keep = _up(p.top_k.any(0), p.chunk, (h, w))
         _show_image(a_top, p.image * keep)
         right = p.blackbox == p.label
         strength = float(max(0.0, min(1.0, 1 - p.js / np.log(2))))

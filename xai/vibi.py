@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from xai.approximator import Approximator
 from xai.errors import CheckpointError
 from xai.explainers import CHUNK_SIZE, build_explainer, chunk_grid
+from xai.measures import chunks_to_pixels
 from xai.io import load_torch, save_torch
 from xai.training import state_dict_cpu
 
@@ -160,10 +161,8 @@ class Vibi(nn.Module):
     def pixel_mask(self, chunk_mask: torch.Tensor) -> torch.Tensor:
         """Chunk masks (... x d) -> pixel masks (... x xpl_channels x H x W), nearest up-sampling."""
         s = self.spec
-        h, w = s.grid
-        grid = chunk_mask.reshape(*chunk_mask.shape[:-1], s.xpl_channels, h, w)
-        pixels = grid.repeat_interleave(s.chunk, dim=-2).repeat_interleave(s.chunk, dim=-1)
-        return pixels[..., :s.height, :s.width_px]
+        return chunks_to_pixels(chunk_mask, (s.xpl_channels, *s.grid), s.chunk,
+                                (s.height, s.width_px))
 
     def masked(self, x: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
         """Inputs times their masks: x (B x C x H x W), masks B x d or B x S x d -> (B*S) x C x H x W."""
