@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.params)
     ev = cfg.evaluate
     device = select_device(cfg.device)
-    params = {"seed": cfg.seed, "device": str(device), **flatten(ev, "evaluate")}
+    params = {"device": str(device), **flatten(ev, "evaluate")}
     with tracking.stage_run(cfg, "evaluate", params) as run:
         started = time.perf_counter()
         seed_everything(ev.seed, device)

@@ -11,6 +11,7 @@ ceiling of the precision the case runs in, and the peak memory the case added.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import threading
@@ -181,6 +182,12 @@ def _input_shape(cfg: Config) -> tuple[int, int, int]:
     """The image shape of the configured data set (from the prepared file for `folder` data)."""
     if cfg.data.dataset in IMAGE_SHAPES:
         return IMAGE_SHAPES[cfg.data.dataset]
+    return _prepared_shape()
+
+
+@functools.cache
+def _prepared_shape() -> tuple[int, int, int]:
+    """The prepared image set's shape, read once for all cases."""
     from xai.data import load_dataset
 
     return load_dataset("data/prepared/images.pt").input_shape  # type: ignore[return-value]

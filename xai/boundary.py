@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from xai.invertible import InvertibleClassifier
+from xai.training import predict
 
 _BATCH = 1024
 
@@ -126,8 +127,7 @@ def project(model: InvertibleClassifier, x: torch.Tensor, *,
 def margin_at(model: InvertibleClassifier, x: torch.Tensor, source: torch.Tensor,
               counterfactual: torch.Tensor, batch_size: int = _BATCH) -> torch.Tensor:
     """`f_c(x) - f_k(x)` per point, from a real forward pass (no gradients)."""
-    with torch.inference_mode():
-        logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    logits = predict(model, x, batch_size)
     return logits.gather(1, source[:, None])[:, 0] - logits.gather(1, counterfactual[:, None])[:, 0]
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from xai.errors import CheckpointError
 from xai.io import load_torch, save_torch
+from xai.training import state_dict_cpu
 
 TOY_KIND = "xai.invertible_toy"
 IMAGE_KIND = "xai.invertible_image"
@@ -233,8 +234,8 @@ def build(spec: dict[str, Any]) -> InvertibleClassifier:
 def save_classifier(model: InvertibleClassifier, path: str | Path, kind: str,
                     extra: dict[str, Any] | None = None) -> None:
     """Write `{"kind", "config", "state_dict", **extra}` atomically; loads with weights_only."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    save_torch({"kind": kind, "config": model.spec, "state_dict": state, **(extra or {})}, path)
+    save_torch({"kind": kind, "config": model.spec, "state_dict": state_dict_cpu(model),
+                **(extra or {})}, path)
 
 
 def load_classifier(path: str | Path, kind: str, device: torch.device | str = "cpu"

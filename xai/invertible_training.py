@@ -27,7 +27,7 @@ from xai.data import Dataset, Split
 from xai.invertible import (InvertibleClassifier, image_classifier, reconstruction_error,
                             toy_classifier)
 from xai.training import (Distributed, History, Progress, check_finite, cpu_threads,
-                          index_batches, to_unit, unwrap)
+                          index_batches, predict, to_unit, unwrap)
 
 PROJECTIONS_KIND = "xai.invertible_projections"
 #: Seed offset between toy restarts; restart 0 is the plain run with the configured seed.
@@ -186,12 +186,8 @@ def _training_flops_per_image(model: InvertibleClassifier, x: torch.Tensor, y: t
 
 def accuracy(model: InvertibleClassifier, split: Split, batch_size: int) -> float:
     """Share of `split` classified correctly (uint8 images or float points), batched."""
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(split), batch_size):
-            logits = model(to_unit(split.x[i:i + batch_size]))
-            correct += int((logits.argmax(dim=1) == split.y[i:i + batch_size]).sum())
-    return correct / len(split)
+    logits = predict(model, split.x, batch_size)
+    return int((logits.argmax(dim=1) == split.y).sum()) / len(split)
 
 
 def check(model: InvertibleClassifier, split: Split, batch_size: int = 1024) -> Check:

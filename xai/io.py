@@ -32,6 +32,9 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+_FILE_MODE = _file_mode()  # read once: flipping the umask is not thread-safe
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
@@ -43,8 +46,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
+            os.fchmod(fh.fileno(), _FILE_MODE)
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

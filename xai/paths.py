@@ -24,5 +24,4 @@ def resolve_input(path: str | Path) -> Path:
 
 def in_queued_experiment() -> bool:
     """Whether DVC runs us in a temporary copy of the repository (`dvc exp run --queue`)."""
-    root = os.environ.get("DVC_ROOT")
-    return bool(root) and Path(root).resolve() != Path.cwd().resolve()
+    return project_root() != Path.cwd().resolve()

@@ -110,7 +110,7 @@ class Run:
         producer = find_producer(self._client, output)
         if producer is None:
             return False
-        self._client.log_artifact(producer, str(artifact), folder)
+        self._client.log_artifact(producer.info.run_id, str(artifact), folder)
         return True
 
 
@@ -271,14 +271,14 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool 
         client.set_terminated(parent, status)
 
 
-def find_producer(client: Any, output: str | Path) -> str | None:
-    """The id of the newest finished run tagged as having written `output` with its current md5."""
+def find_producer(client: Any, output: str | Path) -> Any | None:
+    """The newest finished run tagged as having written `output` with its current md5."""
     key = f"{OUTPUT_TAG}{Path(output).as_posix()}"
     query = f"tags.`{key}` = '{file_md5(output)}' and attributes.status = 'FINISHED'"
     ids = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(ids, filter_string=query, max_results=1,
                                order_by=["attributes.start_time DESC"])
-    return found[0].info.run_id if found else None
+    return found[0] if found else None
 
 
 def find_runs(cfg: TrackingConfig, filter_string: str = "") -> list[Any]:
@@ -319,6 +319,5 @@ def producer_record(cfg: TrackingConfig, output: str | Path) -> RunRecord | None
     """The run that wrote `output` as it is now, as a record; None when the file or run is unknown."""
     if not Path(output).is_file():
         return None
-    client = client_for(cfg)
-    run_id = find_producer(client, output)
-    return None if run_id is None else _record(client.get_run(run_id))
+    run = find_producer(client_for(cfg), output)
+    return None if run is None else _record(run)

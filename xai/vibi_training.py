@@ -277,10 +277,11 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 loss.backward()
                 optimizer.step()
                 loop.step += 1
-                for key, value in (("loss", loss.item()), ("ce", ce.item()), ("kl", kl.item()),
-                                   ("steps", 1.0)):
+                values = torch.stack([loss.detach().float(), ce.detach().float(),
+                                      kl.detach().float()]).tolist()  # one device sync
+                for key, value in zip(("loss", "ce", "kl", "steps"), (*values, 1.0)):
                     loop.sums[key] = loop.sums.get(key, 0.0) + value
-                bar.step(len(batch), loss=loss.item(), tau=tau)
+                bar.step(len(batch), loss=values[0], tau=tau)
                 if loop.step - epoch * steps_per_epoch in eval_at:
                     evaluate(tau, bar.items_per_second)
                     save_checkpoint()
