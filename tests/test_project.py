@@ -1,10 +1,16 @@
-"""The project's own promises: CI runs the README's test command; queued workers share cores well."""
+"""The project's own promises: CI runs the README's test command; queued workers share cores
+well; every stage depends on the code it runs."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import yaml
 
 from tests.conftest import ROOT
 
@@ -31,3 +37,33 @@ def test_queued_workers_wait_passively_unless_the_user_chose(tmp_path):
     assert _wait_policy(ROOT, {"DVC_ROOT": str(ROOT)}) == "unset"  # dvc repro / exp run in place
     assert _wait_policy(tmp_path, {"DVC_ROOT": str(ROOT)}) == "PASSIVE"  # a queue worker's copy
     assert _wait_policy(tmp_path, {"DVC_ROOT": str(ROOT), "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+PLUMBING = {"xai/config.py", "xai/io.py", "xai/tracking.py", "xai/cli.py", "xai/errors.py",
+            "xai/paths.py"}  # validation, file and MLflow plumbing: they do not shape outputs
+
+
+def _xai_imports(path: Path) -> set[str]:
+    """The xai modules a file imports (also inside functions), as repository paths."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("xai"):
+            if node.module == "xai":
+                found |= {f"xai/{a.name}.py" for a in node.names
+                          if (ROOT / f"xai/{a.name}.py").is_file()}
+            else:
+                found.add(node.module.replace(".", "/") + ".py")
+    return found
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        script = "stages/" + re.search(r"stages\.(\w+)", stage["cmd"]).group(1) + ".py"
+        needed, todo = {script}, [script]
+        while todo:
+            for module in _xai_imports(ROOT / todo.pop()) - PLUMBING - needed:
+                needed.add(module)
+                todo.append(module)
+        listed = {d for d in stage["deps"] if d.endswith(".py")}
+        assert listed == needed, f"{name}: missing {needed - listed}, extra {listed - needed}"
