@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -142,9 +143,12 @@ def test_history_batches_epochs_into_mlflow_and_the_plots_file(tracked, tmp_path
         history = History(run, target_key="val_accuracy", target=0.5)
         for epoch, acc in enumerate((0.2, 0.6, 0.9), start=1):
             history.log(epoch, {"val_accuracy": acc})
+            time.sleep(0.005)
         history.save(tmp_path / "plots.csv")
     points = MlflowClient(uri).get_metric_history(run.run_id, "val_accuracy")
     assert [(p.step, p.value) for p in points] == [(1, 0.2), (2, 0.6), (3, 0.9)]
+    stamps = [p.timestamp for p in points]
+    assert stamps == sorted(set(stamps))  # each epoch keeps the time it was logged, not the flush's
     assert history.seconds_to_target == history.rows[1]["wall_seconds"]
     assert (tmp_path / "plots.csv").read_text().splitlines()[0].startswith("epoch,val_accuracy")
 

@@ -66,6 +66,11 @@ def check_reachable(uri: str, timeout_s: float) -> None:
         ) from None
 
 
+def now_ms() -> int:
+    """Wall-clock time in milliseconds, MLflow's metric timestamp."""
+    return int(time.time() * 1000)
+
+
 class Run:
     """A live MLflow run: params, metrics by step, tags and artifacts."""
 
@@ -81,14 +86,14 @@ class Run:
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.log_metric_steps([(step or 0, metrics)])
+        self.log_metric_steps([(step or 0, metrics, now_ms())])
 
-    def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-        """Log metrics of many steps in as few requests as MLflow allows (1000 per batch)."""
+    def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
+        """Log (step, metrics, time in ms) entries recorded earlier in as few requests as MLflow
+        allows (1000 per batch), each with the time it was recorded."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for step, metrics in entries
+        items = [Metric(k, float(v), stamp, step) for step, metrics, stamp in entries
                  for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
@@ -126,7 +131,7 @@ class NullRun(Run):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
 
-    def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+    def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
         pass
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from xai.errors import TrainingError
 from xai.io import save_csv
-from xai.tracking import Run
+from xai.tracking import Run, now_ms
 
 
 def seed_everything(seed: int, device: torch.device) -> torch.Generator:
@@ -175,7 +175,7 @@ class History:
     rows: list[dict[str, float]] = field(default_factory=list)
     seconds_to_target: float | None = None
     _start: float = field(default_factory=time.perf_counter)
-    _pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    _pending: list[tuple[int, dict[str, float], int]] = field(default_factory=list)
     _flushed: float = field(default_factory=time.perf_counter)
 
     @property
@@ -192,7 +192,8 @@ class History:
                 and row.get(self.target_key, -math.inf) >= self.target):
             self.seconds_to_target = row["wall_seconds"]
         self._pending.append((int(epoch) if step is None else step,
-                              {f"{self.prefix}{k}": v for k, v in row.items() if k != "epoch"}))
+                              {f"{self.prefix}{k}": v for k, v in row.items() if k != "epoch"},
+                              now_ms()))
         if time.perf_counter() - self._flushed >= self.FLUSH_SECONDS:
             self.flush()
 
