@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 Model = Callable[[torch.Tensor], torch.Tensor]  # float images -> logits
+Fill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, 0/1 keep mask) -> images
 
 
 def chunk_scores(attribution: torch.Tensor, chunk: int, per_channel: bool = False
@@ -88,12 +89,15 @@ def posthoc_agreement(model: Model, x: torch.Tensor, keep: torch.Tensor,
 @torch.inference_mode()
 def deletion_insertion(model: Model, x: torch.Tensor, scores: torch.Tensor, target: torch.Tensor,
                        chunk: int, per_channel: bool = False, points: int = 17,
-                       batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       batch_size: int = 4096, fill: Fill | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deletion and insertion curves (N x points) over the fraction of chunks, and that fraction.
 
-    At point j the top round(j / (points - 1) * d) chunks are removed from `x` (set to 0, the
-    blank baseline) for deletion, or are the only ones kept for insertion; the curve is the
-    model's softmax probability of `target`.
+    At point j the top round(j / (points - 1) * d) chunks are removed from `x` for deletion, or
+    are the only ones kept for insertion; the curve is the model's softmax probability of
+    `target`. Removed pixels are set to 0 (the blank baseline) or filled by `fill(x, keep)`.
+    Insertion with a fill is ROAD's least-relevant-first curve read from the other end (at a
+    fraction f, LeRF has removed the 1 - f least relevant chunks), so its area is LeRF's.
     """
     n, d = scores.shape
     fractions = torch.linspace(0, 1, points, device=x.device)
@@ -109,7 +113,8 @@ def deletion_insertion(model: Model, x: torch.Tensor, scores: torch.Tensor, targ
             pixels = expand(keep, tuple(x.shape[1:]), chunk, per_channel)
             for i in range(0, n, batch_size):
                 sl = slice(i, i + batch_size)
-                p = model(x[sl] * pixels[sl]).float().softmax(1)
+                filled = x[sl] * pixels[sl] if fill is None else fill(x[sl], pixels[sl])
+                p = model(filled).float().softmax(1)
                 probs[sl, j] = p.gather(1, target[sl, None]).squeeze(1)
         curves.append(probs)
     return curves[0], curves[1], fractions
