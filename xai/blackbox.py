@@ -122,14 +122,17 @@ def save_blackbox(model: nn.Module, spec: Architecture, classes: tuple[str, ...]
 
 
 def load_blackbox(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a saved black box in eval mode; input float [0, 1] N x C x H x W, output logits."""
+    """Rebuild a saved black box in eval mode; input float [0, 1] N x C x H x W, output logits.
+    Its `Architecture` is the model's `architecture` attribute."""
     state = load_torch(path, kind=MODEL_KIND, required=["architecture", "state_dict"])
     try:
-        model = Architecture(**state["architecture"]).build()
+        spec = Architecture(**state["architecture"])
+        model = spec.build()
         model.load_state_dict(state["state_dict"])
     except (TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path} does not match a black-box architecture: "
                               f"{str(exc).splitlines()[0]}") from None
+    model.architecture = spec
     return model.to(device).eval()
 
 

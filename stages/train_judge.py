@@ -1,0 +1,75 @@
+"""DVC stage `train_judge`: the neutral judge every method's fidelity is measured with (EVAL-X)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from xai import cli, tracking
+from xai.blackbox import load_blackbox, load_probabilities
+from xai.config import flatten, load_config
+from xai.data import load_dataset
+from xai.devices import select_device
+from xai.explainers import CHUNK_SIZE
+from xai.io import save_json
+from xai.judge import Judge, JudgeTraining, agreement, num_chunks, save_judge, train_judge
+from xai.training import History, seed_everything
+
+REPORTED_SHARES = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # budgets reported, share of chunks
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="prepared image set (.pt)")
+    parser.add_argument("--probs", required=True, help="the black box's probabilities (.pt)")
+    parser.add_argument("--blackbox", required=True, help="the black box (.pt): architecture, init")
+    parser.add_argument("--model", required=True, help="output: the judge")
+    parser.add_argument("--metrics", required=True, help="output: metrics JSON")
+    parser.add_argument("--timings", required=True, help="output: wall-clock figures JSON")
+    parser.add_argument("--plots", required=True, help="output: per-epoch CSV")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    device = select_device(cfg.device)
+    chunk = CHUNK_SIZE[cfg.vibi.explainer_type]
+    params = {"seed": cfg.seed, "device": str(device), "chunk": chunk,
+              "road_noise_std": cfg.road_noise_std, **flatten(cfg.judge, "judge")}
+    with tracking.stage_run(cfg, "train_judge", params) as run:
+        blackbox = load_blackbox(args.blackbox, device)
+        generator = seed_everything(cfg.seed, device)
+        data = load_dataset(args.data, device)
+        probs = load_probabilities(args.probs, device)
+        judge = Judge(blackbox.architecture, chunk).to(device)
+        if cfg.judge.start_from_blackbox:
+            judge.start_from(blackbox)
+        settings = JudgeTraining(cfg.judge.epochs, cfg.judge.batch_size, cfg.judge.lr,
+                                 cfg.judge.imputed_fraction, cfg.road_noise_std,
+                                 cfg.judge.start_from_blackbox)
+        history = History(run)
+        train_judge(judge, data.train.x, probs["train"], settings, generator, history,
+                    val=(data.val.x, probs["val"]))
+        reference = probs["test"].argmax(1)
+        d = num_chunks(tuple(data.input_shape), chunk)
+        metrics: dict[str, float] = {"num_chunks": d}
+        for imputed in (False, True):
+            suffix = "_imputed" if imputed else ""
+            for b in sorted({round(share * d) for share in REPORTED_SHARES}):
+                g = torch.Generator(device=device).manual_seed(cfg.seed + b)
+                metrics[f"test_agreement{suffix}_k{b}"] = agreement(
+                    judge, data.test.x, reference, g, b, imputed, cfg.road_noise_std
+                ).float().mean().item()
+        save_judge(judge, args.model)
+        history.save(args.plots)
+        timings = {"train_seconds": round(history.elapsed, 2)}
+        save_json(metrics, args.metrics)
+        save_json(timings, args.timings)
+        run.log_metrics({**metrics, **timings})
+        run.tag_outputs(args.model)
+    print("train_judge: test agreement with the black box on random chunk subsets: "
+          + ", ".join(f"{k.removeprefix('test_agreement_')} {v:.3f}" for k, v in metrics.items()
+                      if k.startswith("test_agreement")) + f"; {history.elapsed:.0f} s training")
+
+
+if __name__ == "__main__":
+    cli.run(main, "train_judge")

@@ -1,0 +1,113 @@
+"""The neutral judge: random chunk subsets, a mask channel, black-box init, and that it does not
+reward an explainer that encodes the class in the position of its chunks."""
+
+from __future__ import annotations
+
+import torch
+
+from xai.blackbox import Architecture
+from xai.encoding import encoding_correct
+from xai.judge import (Judge, JudgeTraining, agreement, fill, load_judge, num_chunks,
+                       random_chunk_masks, save_judge, train_judge)
+from xai.measures import expand
+from xai.training import History
+from xai.tracking import NullRun
+
+
+def test_random_masks_keep_the_budget_and_cover_every_size():
+    g = torch.Generator().manual_seed(0)
+    fixed = random_chunk_masks(500, 16, g, budget=5)
+    assert fixed.dtype == torch.bool and (fixed.sum(1) == 5).all()
+    sizes = random_chunk_masks(4000, 16, g).sum(1)
+    assert sizes.min() == 0 and sizes.max() == 16
+    assert abs(sizes.float().mean().item() - 8) < 0.3  # uniform over 0..16
+    per_chunk = random_chunk_masks(4000, 16, g, budget=4).float().mean(0)
+    assert (per_chunk - 0.25).abs().max() < 0.05  # no chunk favoured
+
+
+def test_fill_zero_and_imputed():
+    x = torch.rand(4, 1, 8, 8)
+    keep = torch.zeros(4, 1, 8, 8)
+    keep[..., :4] = 1
+    zero = fill(x, keep)
+    assert torch.equal(zero[..., :4], x[..., :4]) and (zero[..., 4:] == 0).all()
+    both = fill(x, keep, torch.tensor([False, True, False, True]), 0.0)
+    assert torch.equal(both[0], zero[0]) and torch.equal(both[1][..., :4], x[1][..., :4])
+    assert (both[1][..., 4:] > 0).all()  # imputed from the kept half, not 0
+
+
+def test_judge_starts_as_the_black_box_and_round_trips(tmp_path):
+    spec = Architecture("small_cnn", 1, 3, 8, 4)
+    torch.manual_seed(0)
+    blackbox = spec.build().eval()
+    judge = Judge(spec, chunk=2).eval()
+    judge.start_from(blackbox)
+    x = torch.rand(5, 1, 8, 8)
+    keep = torch.ones_like(x)
+    assert torch.allclose(judge(x, keep), blackbox(x), atol=1e-5)
+    path = tmp_path / "judge.pt"
+    save_judge(judge, path)
+    again = load_judge(path)
+    assert again.chunk == 2 and torch.equal(again(x, keep), judge(x, keep))
+
+
+def _cheating_setup(n: int = 600, side: int = 8, chunk: int = 2, seed: int = 0):
+    """Images whose class is a bright quadrant (4 classes); a black box that reads it exactly."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = torch.rand(n, 1, side, side, generator=g) * 0.2
+    h = side // 2
+    for c in range(4):
+        r, col = divmod(c, 2)
+        x[y == c, :, r * h:(r + 1) * h, col * h:(col + 1) * h] += 0.8
+    return x, y
+
+
+class QuadrantBlackbox(torch.nn.Module):
+    """Mean brightness of each quadrant, as logits: reads the content, not any mask."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.nn.functional.avg_pool2d(x[:, :1], x.shape[-1] // 2).flatten(1)
+        return 20 * q
+
+
+def test_cheating_explainer_is_flagged_and_the_judge_gives_it_low_fidelity():
+    torch.manual_seed(0)
+    x, y = _cheating_setup()
+    blackbox = QuadrantBlackbox()
+    probs = blackbox(x).softmax(1)
+    pred = probs.argmax(1)
+    assert (pred == y).float().mean() > 0.99
+    shape, chunk = tuple(x.shape[1:]), 2
+    d = num_chunks(shape, chunk)  # 16 chunks of 2 x 2 on 8 x 8
+    # The cheat: one chunk whose *position* is the class, in the top row, far from the evidence
+    # (the class's quadrant). An approximator trained with it would learn to read the position.
+    cheat = torch.zeros(len(x), d, dtype=torch.bool)
+    cheat[torch.arange(len(x)), pred] = True
+    honest = torch.zeros(len(x), d, dtype=torch.bool)  # the chunk at the centre of the quadrant
+    rows, cols = pred // 2, pred % 2
+    honest[torch.arange(len(x)), (rows * 2 + 1) * 4 + cols * 2 + 1] = True
+    random = random_chunk_masks(len(x), d, torch.Generator().manual_seed(1), budget=1)
+
+    # the encoding check flags the cheat; random masks sit at the floor
+    cheat_enc = encoding_correct(cheat, pred, 4).float().mean().item()
+    random_enc = encoding_correct(random, pred, 4).float().mean().item()
+    assert cheat_enc > 0.95 and random_enc < 0.4
+
+    # the judge, trained on random subsets only, cannot read the cheat's positions
+    judge = Judge(Architecture("small_cnn", 1, 4, 8, 8), chunk)
+    train_judge(judge, (x * 255).to(torch.uint8), probs, JudgeTraining(epochs=12, batch_size=32,
+                lr=3e-3, imputed_fraction=0.0), torch.Generator().manual_seed(0),
+                History(NullRun()), show_progress=False)
+
+    def judged(mask: torch.Tensor) -> float:
+        keep = expand(mask, shape, chunk)
+        with torch.no_grad():
+            return (judge(x * keep, keep).argmax(1) == pred).float().mean().item()
+
+    assert judged(cheat) < 0.5
+    assert judged(honest) > judged(cheat) + 0.3
+    # and its agreement with the black box rises with the budget
+    g = torch.Generator().manual_seed(2)
+    rates = [agreement(judge, x, pred, g, b).float().mean().item() for b in (1, 4, 16)]
+    assert rates[0] < rates[1] < rates[2] and rates[2] > 0.9
