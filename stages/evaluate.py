@@ -8,31 +8,39 @@ import time
 import torch
 
 from xai import cli, tracking
-from xai.attribution import (BoundaryProjection, GradientSaliency, IntegratedGradientsAttribution,
-                             RandomChunks, VibiAttribution)
+from xai.attribution import (BoundaryProjection, GradientSaliency, GradientShapAttribution,
+                             InputTimesGradient, IntegratedGradientsAttribution,
+                             KernelShapAttribution, LimeAttribution, Occlusion, RandomChunks,
+                             SmoothGrad, VibiAttribution)
 from xai.blackbox import load_blackbox
 from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
-from xai.errors import ConfigError
-from xai.evaluation import Settings, evaluate, markdown, table
+from xai.errors import ConfigError, DataError
+from xai.evaluation import Settings, differences, evaluate, markdown, summary
 from xai.explainers import evaluation_budgets
 from xai.figures import deletion_insertion_figure, measures_figure, save_png
 from xai.invertible import IMAGE_KIND, load_classifier
 from xai.io import save_json, write_bytes
+from xai.judge import load_judge
 from xai.training import seed_everything, to_unit
 from xai.vibi import load_vibi
 
-SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "sparseness", "infidelity", "max_sensitivity"]
+SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "deletion_auc_road", "insertion_auc_road",
+                   "encoding_accuracy", "sparseness", "infidelity", "max_sensitivity",
+                   "randomization_spearman_top", "randomization_spearman_all"]
+SHAP_BASELINES = 16  # training images GradientShap integrates from
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    for name in ("data", "blackbox", "vibi", "l2x", "invertible"):
+    for name in ("data", "blackbox", "judge", "vibi", "l2x", "invertible"):
         parser.add_argument(f"--{name}", required=True, help=f"input: {name} file")
     parser.add_argument("--metrics", required=True, help="output: method x measure JSON")
-    parser.add_argument("--table", required=True, help="output: the table as Markdown")
+    parser.add_argument("--differences", required=True,
+                        help="output: VIBI minus each method, paired intervals (JSON)")
+    parser.add_argument("--table", required=True, help="output: the tables as Markdown")
     parser.add_argument("--curves-figure", required=True, help="output: deletion/insertion PNG")
     parser.add_argument("--measures-figure", required=True, help="output: measures PNG")
     parser.add_argument("--timings", required=True, help="output: wall-clock figures JSON")
@@ -40,50 +48,75 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.params)
     ev = cfg.evaluate
     device = select_device(cfg.device)
-    params = {"device": str(device), **flatten(ev, "evaluate")}
+    params = {"device": str(device), "road_noise_std": cfg.road_noise_std,
+              **flatten(ev, "evaluate")}
     with tracking.stage_run(cfg, "evaluate", params) as run:
         started = time.perf_counter()
         seed_everything(ev.seed, device)
         data = load_dataset(args.data)  # on the CPU: only the chosen test images go to the device
         blackbox = load_blackbox(args.blackbox, device)
+        judge = load_judge(args.judge, device)
         vibi, l2x = load_vibi(args.vibi, device), load_vibi(args.l2x, device)
         invertible = load_classifier(args.invertible, IMAGE_KIND, device).eval()
         chunk = vibi.spec.chunk
+        if judge.chunk != chunk:
+            raise DataError(f"{args.judge} was trained on {judge.chunk}-pixel chunks, the explainer "
+                            f"uses {chunk}; re-run train_judge")
         budgets = evaluation_budgets(ev.budgets, vibi.spec.k,
                                      vibi.spec.num_chunks // vibi.spec.xpl_channels)
         if ev.num_images > len(data.test):
             raise ConfigError(f"evaluate.num_images = {ev.num_images} is out of range; allowed: "
                               f"<= {len(data.test)} test images")
-        pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(ev.seed))
+        generator = torch.Generator().manual_seed(ev.seed)
+        pick = torch.randperm(len(data.test), generator=generator)
         x = to_unit(data.test.x[pick[:ev.num_images].sort().values].to(device))
+        references = torch.randperm(len(data.train), generator=generator)[:SHAP_BASELINES]
+        shap_baselines = to_unit(data.train.x[references].to(device))
         methods = [
             (VibiAttribution("vibi", vibi, blackbox), "blackbox"),
             (VibiAttribution("l2x", l2x, blackbox), "blackbox"),
             (GradientSaliency(blackbox), "blackbox"),
-            (IntegratedGradientsAttribution(blackbox, steps=ev.ig_steps), "blackbox"),
+            (InputTimesGradient(blackbox), "blackbox"),
+            (SmoothGrad(blackbox, ev.smoothgrad_samples, ev.smoothgrad_std, ev.batch_size),
+             "blackbox"),
+            (IntegratedGradientsAttribution(blackbox, steps=ev.ig_steps,
+                                            internal_batch_size=ev.batch_size), "blackbox"),
+            (GradientShapAttribution(blackbox, shap_baselines, ev.shap_samples), "blackbox"),
+            (Occlusion(blackbox, chunk, ev.batch_size), "blackbox"),
+            (LimeAttribution(blackbox, chunk, ev.lime_samples), "blackbox"),
+            (KernelShapAttribution(blackbox, chunk, ev.lime_samples), "blackbox"),
             (RandomChunks(blackbox, chunk, ev.seed), "blackbox"),
             (BoundaryProjection(invertible), "invertible"),
+            (GradientSaliency(invertible, name="saliency_invertible"), "invertible"),
         ]
-        settings = Settings(budgets, chunk, ev.curve_points, ev.robustness_images,
+        settings = Settings(budgets, vibi.spec.k, chunk, ev.curve_points, ev.robustness_images,
                             ev.perturbations, ev.sensitivity_radius, ev.noise_std,
-                            ev.batch_size, ev.seed)
-        reports = evaluate(methods, x, blackbox, vibi.approximator, settings)
+                            cfg.road_noise_std, ev.encoding_folds, ev.bootstrap, ev.batch_size,
+                            ev.seed)
+        evaluation = evaluate(methods, x, blackbox, judge, settings)
 
-        results = table(reports)
+        results = summary(evaluation, settings)
+        diffs = differences(evaluation, settings)
         save_json(results, args.metrics)
-        write_bytes(args.table, markdown(reports).encode())
-        curves = {r.name: (r.fractions.tolist(), r.deletion.tolist(), r.insertion.tolist())
-                  for r in reports}
+        save_json(diffs, args.differences)
+        write_bytes(args.table, markdown(results, settings, diffs).encode())
+        curves = {r.name: {"fractions": r.fractions.tolist(),
+                           **{k: v.tolist() for k, v in r.curves.items()}}
+                  for r in evaluation.methods}
         figures = {args.curves_figure: deletion_insertion_figure(curves),
-                   args.measures_figure: measures_figure(results, list(budgets), SCALAR_MEASURES)}
+                   args.measures_figure: measures_figure(results["methods"], list(budgets),
+                                                         SCALAR_MEASURES)}
         for path, fig in figures.items():
             save_png(fig, path, dpi=120)
             run.log_artifact(path, "figures")
         run.log_artifact(args.table, "tables")
         save_json({"evaluate_seconds": round(time.perf_counter() - started, 2)}, args.timings)
-        run.log_metrics({f"{m}.{k}": v for m, row in results.items() for k, v in row.items()
-                         if isinstance(v, float)})
-    print(markdown(reports))
+        run.log_metrics({f"{m}.{k}": v for m, row in results["methods"].items()
+                         for k, v in row.items() if isinstance(v, float)
+                         and not k.endswith(("_ci_low", "_ci_high"))})
+        run.log_metrics({f"judge.{k}": v for k, v in results["judge"].items()
+                         if not k.endswith(("_ci_low", "_ci_high"))})
+    print(markdown(results, settings))
 
 
 if __name__ == "__main__":

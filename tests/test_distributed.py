@@ -13,7 +13,8 @@ from tests.test_blackbox import TINY, run_stage, stage_args, stage_files
 
 
 def test_two_process_ddp_matches_one_process(tiny_images, params, tmp_path):
-    p = params(TINY)
+    # fp32: bf16 autocast (the default where the CPU has native bf16) rounds each shard differently
+    p = params({**TINY, "blackbox.precision": "fp32"})
     single = run_stage(p, tiny_images, tmp_path / "single")
 
     files = stage_files(tmp_path / "ddp")
@@ -80,7 +81,7 @@ def test_two_process_ddp_vibi_runs_and_only_rank_zero_writes(tiny_images, params
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
         sorted(f.name for k, f in ddp.items() if k != "checkpoint")
     metrics = json.loads(ddp["metrics"].read_text())
-    assert 0 <= metrics["test_fidelity"] <= 1
+    assert 0 <= metrics["approximator_fidelity"] <= 1
     one = torch.load(single["model"], weights_only=True)["state_dict"]
     two = torch.load(ddp["model"], weights_only=True)["state_dict"]
     assert one.keys() == two.keys()

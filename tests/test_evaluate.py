@@ -11,21 +11,28 @@ from stages import evaluate
 from tests.test_figures import assert_png
 from xai.blackbox import Architecture, save_blackbox
 from xai.errors import ConfigError
+from xai.judge import Judge, save_judge
 from xai.invertible import IMAGE_KIND, image_classifier, save_classifier
 from xai.vibi import Vibi, VibiSpec, save_vibi
 
 TINY_EVAL = {"device": "cpu", "vibi.k": 1, "evaluate.num_images": 16, "evaluate.budgets": [1, 2],
              "evaluate.curve_points": 5, "evaluate.ig_steps": 4, "evaluate.robustness_images": 4,
              "evaluate.perturbations": 2, "evaluate.batch_size": 8}
-METHODS = {"vibi", "l2x", "saliency", "integrated_gradients", "random", "boundary_projection"}
+METHODS = {"vibi", "l2x", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients",
+           "gradient_shap", "occlusion", "lime", "kernel_shap", "random", "boundary_projection",
+           "saliency_invertible"}
+CI_MEASURES = ("posthoc_accuracy_k1", "fidelity_k2", "deletion_auc", "insertion_auc",
+               "deletion_auc_road", "insertion_auc_road", "encoding_accuracy")
 
 
 @pytest.fixture
 def models(tmp_path):
-    """Untrained but well-formed black box, VIBI, L2X and invertible models for 1 x 8 x 8 inputs."""
-    paths = {name: tmp_path / f"{name}.pt" for name in ("blackbox", "vibi", "l2x", "invertible")}
+    """Untrained but well-formed black box, judge, VIBI, L2X and invertible models for 1 x 8 x 8."""
+    paths = {name: tmp_path / f"{name}.pt"
+             for name in ("blackbox", "judge", "vibi", "l2x", "invertible")}
     spec = Architecture("small_cnn", 1, 2, 8, 4)
     save_blackbox(spec.build(), spec, ("left", "right"), paths["blackbox"])
+    save_judge(Judge(spec, chunk=4), paths["judge"])
     for name in ("vibi", "l2x"):
         save_vibi(Vibi(VibiSpec("ResNet_4x", 1, 0.25, 1, 8, 8, 2, 1)), paths[name])
     net = image_classifier((1, 8, 8), 2, downsample=[2, 4], blocks=[1, 1], hidden=[4, 4],
@@ -35,7 +42,8 @@ def models(tmp_path):
 
 
 def run_evaluate(params_path, data, models, out):
-    outputs = {"metrics": out / "evaluation.json", "table": out / "table.md",
+    outputs = {"metrics": out / "evaluation.json", "differences": out / "differences.json",
+               "table": out / "table.md",
                "curves-figure": out / "curves.png", "measures-figure": out / "measures.png",
                "timings": out / "timings.json"}
     evaluate.main(["--params", str(params_path), "--data", str(data),
@@ -46,18 +54,26 @@ def run_evaluate(params_path, data, models, out):
 def test_every_method_times_every_measure_reproducibly(tiny_images, models, params, tmp_path):
     p = params(TINY_EVAL)
     first = run_evaluate(p, tiny_images, models, tmp_path / "a")
-    table = json.loads(first["metrics"].read_text())
+    result = json.loads(first["metrics"].read_text())
+    table, judge = result["methods"], result["judge"]
     assert set(table) == METHODS
     measures = set(table["vibi"])
     for row in table.values():
         assert set(row) == measures
         assert all(not (isinstance(v, float) and math.isnan(v)) for v in row.values())
-    assert {"posthoc_accuracy_k1", "fidelity_k2", "deletion_auc", "insertion_auc", "sparseness",
-            "infidelity", "max_sensitivity"} <= measures
+    for name in CI_MEASURES:
+        assert {name, f"{name}_ci_low", f"{name}_ci_high"} <= measures
+        low, mean, high = (table["vibi"][f"{name}{s}"] for s in ("_ci_low", "", "_ci_high"))
+        assert low <= mean <= high
+    assert {"sparseness", "infidelity", "max_sensitivity", "randomization_spearman_top"} <= measures
+    assert {"judge_agreement_k1", "judge_agreement_k2"} <= set(judge)
     assert table["boundary_projection"]["explains"] == "invertible"
+    differences = json.loads(first["differences"].read_text())
+    assert "l2x" in differences and "vibi" not in differences
     for figure in ("curves-figure", "measures-figure"):
         assert_png(first[figure])
     assert "| boundary_projection |" in first["table"].read_text()
+    assert math.isfinite(judge["judge_agreement_k1"])
     second = run_evaluate(p, tiny_images, models, tmp_path / "b")
     assert second["metrics"].read_text() == first["metrics"].read_text()
 

@@ -1,54 +1,88 @@
 """Which explanation is best: every method measured the same way on one fixed test subset.
 
 Each method's attribution map is reduced to scores of the same chunks (the VIBI explainer's
-s x s patches); at every pixel budget (a number of chunks kept) the evaluation measures
-- `posthoc_accuracy_k<b>`: the explained model on the kept chunks agrees with its own prediction;
-- `fidelity_k<b>`: one judge for every row, VIBI's trained approximator, on the kept chunks agrees
-  with the black box (so rows are comparable; L2X's own approximator is reported by its stage);
-and, budget-free, the deletion and insertion AUC of the explained model's probability for its
-prediction, the sparseness (Gini) of the chunk scores, and Captum's infidelity and
-max-sensitivity of the normalised attribution maps on a smaller subset.
+s x s patches, shared by the channels); a budget is a number of chunks kept. Per image:
+- `posthoc_accuracy_k<b>`: the explained model, shown only the top-b chunks (the rest 0), agrees
+  with its own prediction on the whole image;
+- `fidelity_k<b>`: the neutral judge (`xai.judge`, trained on random chunk subsets, never on an
+  explainer's) shown the same chunks agrees with the black box;
+- `deletion_auc` / `insertion_auc`: the explained model's probability of its prediction as the
+  top chunks are removed (lower is better) / as only they are kept (higher is better), removed
+  pixels set to 0; `deletion_auc_road` / `insertion_auc_road`: the same with ROAD's noisy linear
+  imputation (Rong et al., 2022): most-relevant-first (MoRF) and least-relevant-first (LeRF);
+- `encoding_accuracy`: the explained model's class predicted from the top-k selection alone
+  (`xai.encoding`); the random method's row is the floor;
+- `sparseness`: the Gini index of the chunk scores;
+and on the first `robustness_images` images: Captum's `infidelity` and `max_sensitivity` of the
+unit-L1 chunk maps (the same resolution for every method), and the parameter-randomisation sanity
+checks `randomization_spearman_top` / `_all` (`xai.sanity`; lower means the map depends on the
+model). The judge's own agreement with the black box on random subsets of each budget is
+`judge_agreement_k<b>`. Every measure has a 95 % bootstrap interval over images, and every method
+a paired interval of its difference to a reference method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 from tqdm import tqdm
 
-from xai.attribution import Attribution
+from xai.attribution import Attribution, spread
+from xai.encoding import encoding_correct
+from xai.imputation import noisy_linear_impute
+from xai.judge import Judge, agreement
 from xai.measures import (auc, chunk_scores, deletion_insertion, expand, posthoc_agreement,
                           sparseness, top_k_mask)
+from xai.sanity import randomised, spearman
 from xai.training import predict
+from xai.uncertainty import bootstrap, paired_difference, resample_indices
+
+#: Measures the headline table shows at the explainer's budget k, and every difference.
+HEADLINE = ("posthoc_accuracy", "fidelity", "deletion_auc", "insertion_auc", "deletion_auc_road",
+            "insertion_auc_road", "encoding_accuracy")
+#: Measures where lower is better (everything else: higher is better).
+LOWER_IS_BETTER = {"deletion_auc", "deletion_auc_road", "encoding_accuracy", "infidelity",
+                   "max_sensitivity", "randomization_spearman_top", "randomization_spearman_all"}
 
 
 @dataclass(frozen=True)
 class Settings:
     budgets: tuple[int, ...]
+    k: int  # the explainer's budget: the encoding check's selections, the headline column
     chunk: int
-    curve_points: int
-    robustness_images: int
-    perturbations: int
-    sensitivity_radius: float
-    noise_std: float
-    batch_size: int
-    seed: int
+    curve_points: int = 17
+    robustness_images: int = 100
+    perturbations: int = 8
+    sensitivity_radius: float = 0.02
+    noise_std: float = 0.1
+    road_noise_std: float = 0.01
+    encoding_folds: int = 5
+    bootstrap: int = 1000
+    batch_size: int = 1024
+    seed: int = 0
 
 
-@dataclass(frozen=True)
-class MethodReport:
-    """One row of the table and the mean deletion / insertion curves behind its AUCs."""
+@dataclass
+class MethodResult:
+    """One method: per-image values of every measure, and the mean curves behind its AUCs."""
 
     name: str
     model_name: str
-    measures: dict[str, float]
-    deletion: torch.Tensor
-    insertion: torch.Tensor
+    per_image: dict[str, torch.Tensor]
+    curves: dict[str, torch.Tensor]  # deletion, insertion, deletion_road, insertion_road
     fractions: torch.Tensor
+
+
+@dataclass
+class Evaluation:
+    """Every method's results and the judge's agreement with the black box on random subsets."""
+
+    methods: list[MethodResult]
+    judge_agreement: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -57,22 +91,24 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
                       for i in range(0, len(x), batch_size)])
 
 
-def _normalised(attribution: Attribution) -> Callable[..., torch.Tensor]:
-    """Attributions scaled to unit L1 norm per image, so robustness is comparable across methods."""
+def _unit_chunk_scores(attribution: Attribution, chunk: int) -> Callable[..., torch.Tensor]:
+    """The method's chunk scores scaled to unit L1 per image (Captum passes a 1-tuple)."""
     def explain(inputs: torch.Tensor | tuple[torch.Tensor], target: torch.Tensor
                 ) -> torch.Tensor | tuple[torch.Tensor]:
-        packed = isinstance(inputs, tuple)  # Captum's sensitivity_max passes a 1-tuple
-        a = attribution.attribute(inputs[0] if packed else inputs, target=target).float()
-        a = a / a.abs().flatten(1).sum(1).clamp_min(1e-12)[:, None, None, None]
-        return (a,) if packed else a
+        packed = isinstance(inputs, tuple)
+        s = chunk_scores(attribution.attribute(inputs[0] if packed else inputs, target=target)
+                         .float(), chunk)
+        s = (s / s.sum(1, keepdim=True).clamp_min(1e-12)).contiguous()
+        return (s,) if packed else s
     return explain
 
 
-def _robustness(attribution: Attribution, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                s: Settings) -> dict[str, float]:
-    """Captum's infidelity (Gaussian perturbations) and max-sensitivity (uniform in a ball)."""
-    explain = _normalised(attribution)
-    attr = explain(x, target)
+def _robustness(attribution: Attribution, scores: torch.Tensor, x: torch.Tensor,
+                target: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
+    """Per image: Captum's infidelity (Gaussian perturbations) and max-sensitivity (uniform in a
+    ball) of the unit-L1 chunk maps."""
+    shape = tuple(x.shape[1:])
+    unit = scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
 
     def perturb(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.randn_like(inputs) * s.noise_std
@@ -80,62 +116,177 @@ def _robustness(attribution: Attribution, model: nn.Module, x: torch.Tensor, tar
 
     torch.manual_seed(s.seed)
     with torch.no_grad():
-        infid = infidelity(model, perturb, x, attr, target=target,
-                           n_perturb_samples=s.perturbations, normalize=True)
+        infid = infidelity(attribution.model, perturb, x, spread(unit, shape, s.chunk),
+                           target=target, n_perturb_samples=s.perturbations, normalize=True)
     torch.manual_seed(s.seed)
-    sens = sensitivity_max(explain, x, perturb_radius=s.sensitivity_radius,
+    sens = sensitivity_max(_unit_chunk_scores(attribution, s.chunk), x,
+                           perturb_radius=s.sensitivity_radius,
                            n_perturb_samples=s.perturbations, target=target)
-    return {"infidelity": infid.mean().item(), "max_sensitivity": sens.mean().item()}
+    return {"infidelity": infid.float(), "max_sensitivity": sens.float()}
+
+
+def _sanity(attribution: Attribution, scores: torch.Tensor, x: torch.Tensor,
+            target: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
+    """Per image: Spearman correlation of the chunk scores on the trained model with those on
+    the model with its top layer, and with all layers, re-initialised."""
+    out = {}
+    for key, top in (("randomization_spearman_top", 1), ("randomization_spearman_all", None)):
+        other = replace(attribution, model=randomised(attribution.model, top, s.seed))
+        rand_scores = chunk_scores(_batched(other.attribute, x, target, s.batch_size), s.chunk)
+        out[key] = spearman(scores, rand_scores).float()
+    return out
+
+
+def _road_fill(s: Settings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    generator = torch.Generator().manual_seed(s.seed)
+
+    def fill(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return noisy_linear_impute(x, keep > 0.5, s.road_noise_std, generator)
+    return fill
 
 
 def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
-                    pred: torch.Tensor, blackbox_pred: torch.Tensor, judge: nn.Module,
-                    s: Settings) -> MethodReport:
+                    pred: torch.Tensor, blackbox_pred: torch.Tensor, judge: Judge,
+                    num_classes: int, s: Settings) -> MethodResult:
     """All measures of one method on inputs `x` (float [0, 1]); `pred`: the predictions of the
     model it explains, `blackbox_pred`: the black box's (what the judge must reproduce)."""
     model = attribution.model
-    attr = _batched(attribution.attribute, x, pred, s.batch_size)
-    scores = chunk_scores(attr, s.chunk)
+    scores = chunk_scores(_batched(attribution.attribute, x, pred, s.batch_size).float(),
+                          s.chunk)
     shape = tuple(x.shape[1:])
-    measures: dict[str, float] = {}
+    per_image: dict[str, torch.Tensor] = {}
     for b in s.budgets:
         keep = expand(top_k_mask(scores, b), shape, s.chunk)
-        measures[f"posthoc_accuracy_k{b}"] = \
-            posthoc_agreement(model, x, keep, pred).float().mean().item()
-        measures[f"fidelity_k{b}"] = \
-            posthoc_agreement(judge, x, keep, blackbox_pred).float().mean().item()
-    deletion, insertion, fractions = deletion_insertion(
-        model, x, scores, pred, s.chunk, points=s.curve_points, batch_size=s.batch_size)
-    measures["deletion_auc"] = auc(deletion, fractions).mean().item()
-    measures["insertion_auc"] = auc(insertion, fractions).mean().item()
-    measures["sparseness"] = sparseness(scores).mean().item()
+        per_image[f"posthoc_accuracy_k{b}"] = posthoc_agreement(model, x, keep, pred).float()
+        with torch.inference_mode():
+            per_image[f"fidelity_k{b}"] = (judge(x * keep, keep).argmax(1)
+                                           == blackbox_pred).float()
+    curves: dict[str, torch.Tensor] = {}
+    for suffix, fill in (("", None), ("_road", _road_fill(s))):
+        deletion, insertion, fractions = deletion_insertion(
+            model, x, scores, pred, s.chunk, points=s.curve_points, batch_size=s.batch_size,
+            fill=fill)
+        per_image[f"deletion_auc{suffix}"] = auc(deletion, fractions)
+        per_image[f"insertion_auc{suffix}"] = auc(insertion, fractions)
+        curves[f"deletion{suffix}"] = deletion.mean(0).cpu()
+        curves[f"insertion{suffix}"] = insertion.mean(0).cpu()
+    per_image["encoding_accuracy"] = encoding_correct(
+        top_k_mask(scores, s.k), pred, num_classes, s.encoding_folds).float()
+    per_image["sparseness"] = sparseness(scores)
     n = s.robustness_images
-    measures.update(_robustness(attribution, model, x[:n], pred[:n], s))
-    return MethodReport(attribution.name, model_name, measures, deletion.mean(0).cpu(),
-                        insertion.mean(0).cpu(), fractions.cpu())
+    per_image.update(_robustness(attribution, scores[:n], x[:n], pred[:n], s))
+    per_image.update(_sanity(attribution, scores[:n], x[:n], pred[:n], s))
+    return MethodResult(attribution.name, model_name,
+                        {k: v.detach().float().cpu() for k, v in per_image.items()}, curves,
+                        fractions.cpu())
 
 
 def evaluate(methods: Sequence[tuple[Attribution, str]], x: torch.Tensor, blackbox: nn.Module,
-             judge: nn.Module, s: Settings) -> list[MethodReport]:
-    """Evaluate every (method, name of the model it explains) pair on `x`."""
+             judge: Judge, s: Settings) -> Evaluation:
+    """Evaluate every (method, name of the model it explains) pair on `x` (float [0, 1])."""
     models = {id(m): m for m in (blackbox, *(a.model for a, _ in methods))}
-    preds = {key: predict(m, x, s.batch_size).argmax(1) for key, m in models.items()}
-    return [evaluate_method(attribution, model_name, x, preds[id(attribution.model)],
-                            preds[id(blackbox)], judge, s)
-            for attribution, model_name in tqdm(methods, desc="evaluate", unit="method")]
+    logits = {key: predict(m, x, s.batch_size) for key, m in models.items()}
+    blackbox_pred = logits[id(blackbox)].argmax(1)
+    num_classes = logits[id(blackbox)].shape[1]
+    results = [evaluate_method(attribution, model_name, x, logits[id(attribution.model)].argmax(1),
+                               blackbox_pred, judge, num_classes, s)
+               for attribution, model_name in tqdm(methods, desc="evaluate", unit="method")]
+    g = torch.Generator(device=x.device).manual_seed(s.seed)
+    judged = {f"judge_agreement_k{b}": agreement(judge, x, blackbox_pred, g, b,
+                                                 batch_size=s.batch_size).float().cpu()
+              for b in s.budgets}
+    return Evaluation(results, judged)
 
 
-def table(reports: Sequence[MethodReport]) -> dict[str, dict[str, float]]:
-    """method -> measure -> value (what `metrics/evaluation.json` holds)."""
-    return {r.name: {"explains": r.model_name, **r.measures} for r in reports}
+# ----------------------------------------------------------------------------- summaries
 
 
-def markdown(reports: Sequence[MethodReport]) -> str:
-    """The table as Markdown, one row per method."""
-    measures = list(reports[0].measures)
-    lines = ["| method | explains | " + " | ".join(measures) + " |",
-             "|---|---|" + "---|" * len(measures)]
-    for r in reports:
-        lines.append(f"| {r.name} | {r.model_name} | "
-                     + " | ".join(f"{r.measures[m]:.4f}" for m in measures) + " |")
+def _with_interval(values: Mapping[str, torch.Tensor], indices: torch.Tensor
+                   ) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for measure, v in values.items():
+        ci = bootstrap(v, indices)
+        out[measure] = ci.mean
+        out[f"{measure}_ci_low"] = ci.low
+        out[f"{measure}_ci_high"] = ci.high
+    return out
+
+
+def summary(ev: Evaluation, s: Settings) -> dict[str, dict]:
+    """What `metrics/evaluation.json` holds: {"judge": {...}, "methods": {name: {"explains",
+    measure, measure_ci_low, measure_ci_high, ...}}}; intervals over images, one resampling for
+    every method."""
+    n = len(next(iter(ev.methods[0].per_image.values())))
+    indices = resample_indices(n, s.bootstrap, s.seed)
+    methods = {r.name: {"explains": r.model_name, **_with_interval(r.per_image, indices)}
+               for r in ev.methods}
+    return {"judge": _with_interval(ev.judge_agreement, indices), "methods": methods}
+
+
+def differences(ev: Evaluation, s: Settings, reference: str = "vibi") -> dict[str, dict]:
+    """`reference` minus every other method on the headline measures at budget k (and every
+    measure at every budget): {method: {measure: {difference, ci_low, ci_high}}}, paired over
+    images."""
+    by_name = {r.name: r for r in ev.methods}
+    ref = by_name[reference].per_image
+    n = len(next(iter(ref.values())))
+    indices = resample_indices(n, s.bootstrap, s.seed)
+    out: dict[str, dict] = {}
+    for r in ev.methods:
+        if r.name == reference:
+            continue
+        rows = {}
+        for measure, v in r.per_image.items():
+            ci = paired_difference(ref[measure], v, indices)
+            rows[measure] = {"difference": ci.mean, "ci_low": ci.low, "ci_high": ci.high}
+        out[r.name] = rows
+    return out
+
+
+def _cell(row: Mapping[str, float], measure: str) -> str:
+    return (f"{row[measure]:.3f} [{row[measure + '_ci_low']:.3f}, "
+            f"{row[measure + '_ci_high']:.3f}]")
+
+
+def _headline(measure: str, k: int) -> str:
+    return f"{measure}_k{k}" if measure in ("posthoc_accuracy", "fidelity") else measure
+
+
+def markdown(table: Mapping[str, dict], s: Settings, diffs: Mapping[str, dict] | None = None
+             ) -> str:
+    """The tables as Markdown: headline measures at k, every budget, the other measures, the
+    judge, and the paired differences to the reference method; each value with its interval."""
+    methods = table["methods"]
+    lines = [f"### At the explainer's budget (k = {s.k} chunks); mean [95 % interval]", "",
+             "| method | explains | " + " | ".join(_headline(m, s.k) for m in HEADLINE) + " |",
+             "|---|---|" + "---|" * len(HEADLINE)]
+    for name, row in methods.items():
+        lines.append(f"| {name} | {row['explains']} | "
+                     + " | ".join(_cell(row, _headline(m, s.k)) for m in HEADLINE) + " |")
+    for measure in ("posthoc_accuracy", "fidelity"):
+        lines += ["", f"### {measure} at every budget", "",
+                  "| method | " + " | ".join(f"k = {b}" for b in s.budgets) + " |",
+                  "|---|" + "---|" * len(s.budgets)]
+        for name, row in methods.items():
+            lines.append(f"| {name} | " + " | ".join(_cell(row, f"{measure}_k{b}")
+                                                      for b in s.budgets) + " |")
+    others = ("sparseness", "infidelity", "max_sensitivity", "randomization_spearman_top",
+              "randomization_spearman_all")
+    lines += ["", f"### Other measures (robustness and sanity on {s.robustness_images} images)",
+              "", "| method | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    for name, row in methods.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(row, m) for m in others) + " |")
+    judge = table["judge"]
+    lines += ["", "### The judge: agreement with the black box on random chunk subsets", "",
+              "| " + " | ".join(f"k = {b}" for b in s.budgets) + " |",
+              "|" + "---|" * len(s.budgets),
+              "| " + " | ".join(_cell(judge, f"judge_agreement_k{b}") for b in s.budgets) + " |"]
+    if diffs:
+        cols = [_headline(m, s.k) for m in HEADLINE]
+        lines += ["", "### VIBI minus each method (paired over images); mean [95 % interval]", "",
+                  "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for name, rows in diffs.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{rows[c]['difference']:+.3f} [{rows[c]['ci_low']:+.3f}, "
+                f"{rows[c]['ci_high']:+.3f}]" for c in cols) + " |")
     return "\n".join(lines) + "\n"

@@ -86,57 +86,75 @@ def training_curves(histories: Mapping[str, list[dict[str, float]]]) -> Figure:
     return fig
 
 
-def deletion_insertion_figure(curves: Mapping[str, tuple[list[float], list[float], list[float]]]
-                              ) -> Figure:
-    """Mean deletion and insertion curves per method: {method: (fractions, deletion, insertion)}."""
-    fig, axes = new_figure(10, 3.6, cols=2)
-    for name, (fractions, deletion, insertion) in curves.items():
-        for ax, curve in zip(axes[0], (deletion, insertion)):
+CURVE_PANELS = (
+    ("deletion", "deletion, removed chunks 0 (lower is better)"),
+    ("insertion", "insertion, removed chunks 0 (higher is better)"),
+    ("deletion_road", "ROAD MoRF: most relevant removed, imputed (lower is better)"),
+    ("insertion_road", "ROAD LeRF: least relevant removed, imputed (higher is better)"),
+)
+
+
+def method_colours(n: int) -> list:
+    """`n` distinct colours (tab20 order: pairs of shades, dark first)."""
+    cmap = plt.get_cmap("tab20")
+    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    return [cmap(order[i % 20]) for i in range(n)]
+
+
+def deletion_insertion_figure(curves: Mapping[str, Mapping[str, list[float]]]) -> Figure:
+    """Mean deletion / insertion curves per method, with 0 fill and with ROAD's imputation:
+    {method: {"fractions": [...], "deletion": [...], "insertion": [...], ...}}."""
+    fig, axes = new_figure(12, 8.5, rows=2, cols=2)
+    colours = method_colours(len(curves))
+    for ax, (key, title) in zip([a for row in axes for a in row], CURVE_PANELS):
+        for colour, (name, c) in zip(colours, curves.items()):
+            fractions, curve = c["fractions"], c[key]
             area = sum((b - a) * (u + v) / 2 for a, b, u, v in
                        zip(fractions, fractions[1:], curve, curve[1:]))
-            ax.plot(fractions, curve, marker=".", label=f"{name} (AUC {area:.3f})")
-    for ax, title in zip(axes[0], ("deletion: most important chunks removed (lower is better)",
-                                   "insertion: most important chunks kept (higher is better)")):
-        ax.set_title(title)
-        ax.set_xlabel("fraction of chunks")
+            ax.plot(fractions, curve, color=colour, marker=".", label=f"{name} ({area:.3f})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("fraction of chunks removed" if "road" in key and "insertion" not in key
+                      else "fraction of chunks (most important first)")
         ax.set_ylabel("probability of the predicted class")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, title="method (AUC)", title_fontsize=7)
     fig.suptitle("Deletion and insertion curves (mean over the evaluation subset)")
     return fig
 
 
 def measures_figure(table: Mapping[str, Mapping[str, float]], budgets: list[int],
                     scalar_measures: list[str]) -> Figure:
-    """Post-hoc accuracy and fidelity against the budget (lines), one bar chart per other
-    measure, methods side by side."""
+    """Post-hoc accuracy and judge fidelity against the budget (lines), one bar chart per other
+    measure with its 95 % interval, methods side by side."""
     methods = list(table)
     panels = 2 + len(scalar_measures)
     cols = 4
     rows = -(-panels // cols)
-    fig, axes = new_figure(3.2 * cols, 2.9 * rows, rows=rows, cols=cols)
+    fig, axes = new_figure(3.4 * cols, 3.1 * rows, rows=rows, cols=cols)
     flat = [ax for row in axes for ax in row]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = method_colours(len(methods))
     for ax, measure in zip(flat[:2], ("posthoc_accuracy", "fidelity")):
         for i, m in enumerate(methods):
             ax.plot(budgets, [table[m][f"{measure}_k{b}"] for b in budgets], marker="o",
-                    color=colours[i % len(colours)], label=m)
+                    color=colours[i], label=m)
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.set_xlabel("chunks kept")
-        ax.set_title(measure.replace("_", " "))
+        ax.set_title("post-hoc accuracy" if measure == "posthoc_accuracy"
+                     else "fidelity (neutral judge)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    flat[0].legend(fontsize=7)
+    flat[0].legend(fontsize=6)
     for ax, measure in zip(flat[2:], scalar_measures):
         values = [table[m][measure] for m in methods]
-        ax.bar(range(len(methods)), values, color=[colours[i % len(colours)]
-                                                   for i in range(len(methods))])
-        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
-        ax.set_title(measure.replace("_", " "))
+        errors = [[v - table[m].get(f"{measure}_ci_low", v) for m, v in zip(methods, values)],
+                  [table[m].get(f"{measure}_ci_high", v) - v for m, v in zip(methods, values)]]
+        ax.bar(range(len(methods)), values, color=colours, yerr=errors, capsize=2)
+        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=6)
+        ax.set_title(measure.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     for ax in flat[panels:]:
         ax.set_visible(False)
-    fig.suptitle("Explanation quality, every method measured the same way")
+    fig.suptitle("Explanation quality, every method measured the same way (95 % intervals)")
     return fig

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -30,8 +31,10 @@ from xai.tracking import Run, now_ms
 
 
 def seed_everything(seed: int, device: torch.device) -> torch.Generator:
-    """Seed torch and make CPU kernels deterministic; returns a generator for batch order."""
+    """Seed torch and numpy (Captum's GradientShap draws its baselines with numpy) and make CPU
+    kernels deterministic; returns a generator for batch order."""
     torch.manual_seed(seed)
+    np.random.seed(seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
