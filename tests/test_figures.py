@@ -30,11 +30,11 @@ def test_sweep_keeps_the_newest_run_per_point_and_plots(tmp_path):
 
     def rec(t, k, beta, fid):
         return RunRecord(str(t), "", "FINISHED", t, {"vibi.k": str(k), "vibi.beta": str(beta)},
-                         {"test_fidelity": fid, "mean_kl": 1.0 - beta}, {})
+                         {"approximator_fidelity": fid, "mean_kl": 1.0 - beta}, {})
 
     rows = sweep_points([rec(1, 4, 0.01, 0.5), rec(2, 4, 0.01, 0.9), rec(3, 4, 0.0, 0.95),
                          rec(4, 8, 0.1, 0.97)])
-    assert [(r["k"], r["beta"], r["test_fidelity"]) for r in rows] == \
+    assert [(r["k"], r["beta"], r["approximator_fidelity"]) for r in rows] == \
         [(4, 0.0, 0.95), (4, 0.01, 0.9), (8, 0.1, 0.97)]
     save_png(beta_figure(rows), tmp_path / "sweep.png", dpi=80)
     assert_png(tmp_path / "sweep.png")

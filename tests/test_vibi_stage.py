@@ -44,10 +44,10 @@ def test_l2x_then_vibi_write_every_output(tiny_images, blackbox, params, tmp_pat
     vibi = run("vibi", path, tiny_images, blackbox, tmp_path, init=l2x["model"])
     for files, beta in ((l2x, 0.0), (vibi, 0.01)):
         metrics = json.loads(files["metrics"].read_text())
-        assert {"test_fidelity", "val_fidelity", "test_posthoc_accuracy", "mean_kl",
+        assert {"approximator_fidelity", "val_approximator_fidelity", "posthoc_accuracy", "mean_kl",
                 "mean_js"} <= set(metrics)
         assert metrics["beta"] == beta and metrics["num_chunks"] == 4  # 8 x 8 in 4 x 4 chunks
-        assert 0 <= metrics["test_fidelity"] <= 1 and metrics["mean_kl"] >= 0
+        assert 0 <= metrics["approximator_fidelity"] <= 1 and metrics["mean_kl"] >= 0
         timings = json.loads(files["timings"].read_text())
         assert timings["train_seconds"] > 0
         assert load_vibi(files["model"]).spec.k == 1

@@ -106,6 +106,7 @@ class BlackboxConfig:
 class VibiConfig:
     """VIBI (and L2X, its beta = 0 entry): explainer, approximator, sampler and training."""
 
+    objective: Literal["published", "blackbox", "realx"]
     explainer_type: Literal["Unet", "ResNet_2x", "ResNet_4x", "ResNet_8x"]
     xpl_channels: Literal[1, 3]
     width: float = bounded(gt=0)
@@ -134,6 +135,17 @@ class VibiConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """The neutral judge: a surrogate of the black box trained on random chunk subsets."""
+
+    epochs: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+    lr: float = bounded(gt=0)
+    imputed_fraction: float = bounded(ge=0, le=1)
+    start_from_blackbox: bool
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """The evaluation: one seeded test subset, the pixel budgets and the measures' knobs."""
 
@@ -142,10 +154,16 @@ class EvaluateConfig:
     budgets: tuple[int, ...] = bounded(ge=1)
     curve_points: int = bounded(ge=2)
     ig_steps: int = bounded(ge=2)
-    robustness_images: int = bounded(ge=1)
+    smoothgrad_samples: int = bounded(ge=1)
+    smoothgrad_std: float = bounded(gt=0)
+    shap_samples: int = bounded(ge=1)
+    lime_samples: int = bounded(ge=2)
+    robustness_images: int = bounded(ge=2)
     perturbations: int = bounded(ge=1)
     sensitivity_radius: float = bounded(gt=0)
     noise_std: float = bounded(gt=0)
+    encoding_folds: int = bounded(ge=2)
+    bootstrap: int = bounded(ge=10)
     batch_size: int = bounded(ge=1)
 
     def __post_init__(self) -> None:
@@ -249,12 +267,14 @@ class Config:
 
     seed: int = bounded(ge=0)
     device: str
+    road_noise_std: float = bounded(ge=0)
     tracking: TrackingConfig
     data: DataConfig
     toy: ToyConfig
     blackbox: BlackboxConfig
     invertible: InvertibleConfig
     vibi: VibiConfig
+    judge: JudgeConfig
     render: RenderConfig
     evaluate: EvaluateConfig
 

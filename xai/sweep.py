@@ -26,12 +26,12 @@ STAGE = "train_vibi"
 
 
 def sweep_points(records: Sequence[tracking.RunRecord]) -> list[dict[str, float]]:
-    """Newest run per (k, beta): rows of k, beta, test_fidelity, mean_kl, sorted by k then beta."""
+    """Newest run per (k, beta): rows of k, beta, approximator_fidelity, mean_kl, sorted by k then beta."""
     newest: dict[tuple[int, float], tracking.RunRecord] = {}
     for r in sorted(records, key=lambda r: r.start_time):
-        if "vibi.k" in r.params and "vibi.beta" in r.params and "test_fidelity" in r.metrics:
+        if "vibi.k" in r.params and "vibi.beta" in r.params and "approximator_fidelity" in r.metrics:
             newest[(int(r.params["vibi.k"]), float(r.params["vibi.beta"]))] = r
-    return [{"k": k, "beta": beta, "test_fidelity": r.metrics["test_fidelity"],
+    return [{"k": k, "beta": beta, "approximator_fidelity": r.metrics["approximator_fidelity"],
              "mean_kl": r.metrics.get("mean_kl", float("nan"))}
             for (k, beta), r in sorted(newest.items())]
 
@@ -43,7 +43,7 @@ def beta_figure(rows: Sequence[dict[str, float]]) -> Figure:
     linthresh = min(positive) if positive else 1e-3
     for k in sorted({int(r["k"]) for r in rows}):
         line = [r for r in rows if r["k"] == k]
-        for ax, key in zip(axes[0], ("test_fidelity", "mean_kl")):
+        for ax, key in zip(axes[0], ("approximator_fidelity", "mean_kl")):
             ax.plot([r["beta"] for r in line], [r[key] for r in line], marker="o", label=f"k = {k}")
     for ax, label in zip(axes[0], ("test fidelity (top-k)", "mean KL(p(z|x) || uniform)")):
         ax.set_xscale("symlog", linthresh=linthresh)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                          + (f" for baseline {args.baseline}" if args.baseline else ""))
     print(f"{'k':>3} {'beta':>8} {'fidelity':>9} {'mean KL':>8}")
     for r in rows:
-        print(f"{r['k']:>3} {r['beta']:>8g} {r['test_fidelity']:>9.4f} {r['mean_kl']:>8.4f}")
+        print(f"{r['k']:>3} {r['beta']:>8g} {r['approximator_fidelity']:>9.4f} {r['mean_kl']:>8.4f}")
     save_png(beta_figure(rows), args.out, args.dpi)
     save_csv(rows, args.out.with_suffix(".csv"))
     print(f"wrote {args.out} and {args.out.with_suffix('.csv')}")

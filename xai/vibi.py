@@ -181,11 +181,14 @@ class Vibi(nn.Module):
         approx = self.approximator(self.masked(x, mask))
         return logits, approx.float().reshape(x.shape[0], num_samples, -1)
 
-    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Test pass: (chunk logits B x d, hard top-k masks B x d, approximator logits B x K)."""
+    def explain(self, x: torch.Tensor, approximator: nn.Module | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Test pass: (chunk logits B x d, hard top-k masks B x d, approximator logits B x K);
+        `approximator` replaces the pair's own (e.g. the black box it was trained against)."""
         logits = self.chunk_logits(x)
         mask = hard_top_k(logits, self.spec.k)
-        return logits, mask, self.approximator(self.masked(x, mask)).float()
+        predictor = self.approximator if approximator is None else approximator
+        return logits, mask, predictor(self.masked(x, mask)).float()
 
 
 def save_vibi(model: Vibi, path: str | Path, **extra: Any) -> None:

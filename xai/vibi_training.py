@@ -32,7 +32,8 @@ from xai.explainers import check_fits
 from xai.io import load_torch, save_torch
 from xai.training import (Distributed, History, Progress, autocast, check_finite,
                           deferred_interrupts, index_batches, state_dict_cpu, to_unit)
-from xai.vibi import Vibi, VibiSpec, js_divergence, kl_to_uniform, soft_cross_entropy, vibi_loss
+from xai.vibi import (Vibi, VibiSpec, js_divergence, kl_to_uniform, relaxed_k_hot,
+                      soft_cross_entropy, vibi_loss)
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
 EXPLANATIONS_KIND = "xai.vibi_explanations"
@@ -97,15 +98,17 @@ class Explanations:
 
 @torch.inference_mode()
 def explain(model: Vibi, x: torch.Tensor, blackbox: Callable[[torch.Tensor], torch.Tensor] | None
-            = None, batch_size: int = 1000, amp: bool = False) -> Explanations:
-    """Run the explainer (hard top-k) and approximator, optionally the black box, on all of `x`."""
+            = None, batch_size: int = 1000, amp: bool = False,
+            approximator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Explanations:
+    """Run the explainer (hard top-k) and approximator, optionally the black box, on all of `x`.
+    `approximator` replaces the pair's own (the `blackbox` objective's frozen black box)."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("p", "m", "q", "kl", "bb")}
     for i in range(0, len(x), batch_size):
         xb = to_unit(x[i:i + batch_size])
         with autocast(xb.device, amp):
-            logits, mask, approx = model.explain(xb)
+            logits, mask, approx = model.explain(xb, approximator)
             if blackbox is not None:
                 parts["bb"].append(blackbox(model.masked(xb, mask)).float().softmax(-1))
         parts["p"].append(logits.softmax(-1))
@@ -166,22 +169,45 @@ def targets_digest(*splits: Targets) -> str:
 
 class _Objective(nn.Module):
     """One training step's loss as a module, so DistributedDataParallel can wrap the whole step
-    (warm-up steps use only the approximator, so the explainer may sit out)."""
+    (warm-up steps use only the approximator, so the explainer may sit out).
 
-    def __init__(self, model: Vibi, beta: float, num_samples: int) -> None:
+    Who predicts the black box from the kept chunks (`objective`):
+    - `published`: the pair's approximator, trained with the explainer (VIBI, L2X);
+    - `blackbox`: the frozen black box itself, so the explainer maximises the black box's own
+      likelihood of its prediction on the kept chunks; no approximator to decode positions;
+    - `realx`: the approximator, first trained alone on random chunk subsets (REAL-X, Jethani et
+      al., 2021) and then frozen, so it cannot learn to read the explainer's positions.
+    """
+
+    def __init__(self, model: Vibi, beta: float, num_samples: int, objective: str = "published",
+                 blackbox: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self.beta = beta
         self.num_samples = num_samples
+        self.objective = objective
+        self.blackbox = [blackbox]  # a list: not a submodule, so DDP and state_dict leave it out
 
     def forward(self, x: torch.Tensor, p: torch.Tensor, tau: float, warm: bool,
                 noise: torch.Generator, shard: tuple[int, int, int] | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, soft cross-entropy, KL) of the batch `x` against black-box probabilities `p`."""
-        if warm:  # the approximator alone, on unmasked inputs
+        if warm:  # the approximator alone: on unmasked inputs, or (REAL-X) on random subsets
+            if self.objective == "realx":
+                d = self.model.spec.num_chunks
+                keep = torch.rand(x.shape[0], d, generator=noise, device=x.device).argsort(1) \
+                    .argsort(1) < torch.randint(0, d + 1, (x.shape[0], 1), generator=noise,
+                                                device=x.device)
+                x = self.model.masked(x, keep.float())
             ce = soft_cross_entropy(p, self.model.approximator(x))
             return ce, ce, torch.zeros((), device=x.device)
-        logits, approx = self.model(x, tau, self.num_samples, noise, shard)
+        if self.objective == "blackbox":
+            logits = self.model.chunk_logits(x)
+            mask = relaxed_k_hot(logits, self.model.spec.k, tau, self.num_samples, noise, shard)
+            approx = self.blackbox[0](self.model.masked(x, mask)).float()
+            approx = approx.reshape(x.shape[0], self.num_samples, -1)
+        else:
+            logits, approx = self.model(x, tau, self.num_samples, noise, shard)
         return vibi_loss(p, approx, logits, self.beta)
 
 
@@ -205,7 +231,8 @@ def evaluation_steps(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
 def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Targets, *,
           seed: int, history: History, checkpoint: str | Path | None = None,
           jump_started: bool = False, run_id: str = "", desc: str = "vibi",
-          show_progress: bool = True, dist: Distributed = Distributed()) -> Vibi:
+          show_progress: bool = True, dist: Distributed = Distributed(),
+          blackbox: nn.Module | None = None) -> Vibi:
     """Train `model` in place for `settings.epochs` epochs; returns it (with `settings.save_best`,
     the weights of the evaluation with the best validation fidelity).
 
@@ -213,18 +240,29 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     `history` (fractional epochs) and a checkpoint. The approximator first trains alone on
     unmasked inputs for `settings.warmup_steps` steps, unless `jump_started` (the pair already
     works on masked inputs). `run_id` goes into the checkpoint fingerprint (e.g. the digest of
-    the jump-start model).
+    the jump-start model). `settings.objective` says who predicts from the kept chunks
+    (`_Objective`); `blackbox` (a frozen model on float [0, 1] images) is needed for `blackbox`.
+    With `blackbox`, the approximator is not trained and validation fidelity is the black box's
+    own agreement on the kept chunks; with `realx`, the approximator is frozen after warm-up.
     """
+    if settings.objective == "blackbox" and blackbox is None:
+        raise ValueError("objective 'blackbox' needs the black box")
     device = train_set.x.device
     amp = use_bf16(settings.precision, device)
     steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
     total = steps_per_epoch * settings.epochs
-    warmup = 0 if jump_started else min(settings.warmup_steps, total)
+    warmup = 0 if jump_started or settings.objective == "blackbox" \
+        else min(settings.warmup_steps, total)
     eval_at = evaluation_steps(steps_per_epoch, settings.evals_per_epoch)
     tag = fingerprint(settings, seed, run=run_id, data=targets_digest(train_set, val_set))
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    objective = dist.wrap(_Objective(model, settings.beta, settings.num_samples), device,
-                          find_unused_parameters=warmup > 0)
+    optimizer = torch.optim.Adam([{"params": model.explainer.parameters(), "name": "explainer"},
+                                  {"params": model.approximator.parameters(),
+                                   "name": "approximator"}], lr=settings.lr)
+    frozen = None if blackbox is None else blackbox.eval().requires_grad_(False)
+    approximator = frozen if settings.objective == "blackbox" else None
+    objective = dist.wrap(_Objective(model, settings.beta, settings.num_samples,
+                                     settings.objective, frozen), device,
+                          find_unused_parameters=warmup > 0 or settings.objective != "published")
     noise = torch.Generator(device=device).manual_seed(seed)
     loop = _Loop()
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -242,7 +280,8 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                     "seconds_to_target": history.seconds_to_target}, ckpt)
 
     def evaluate(tau: float, rate: float) -> None:
-        val = summarize(explain(model, val_set.x, amp=amp), val_set.probs)
+        val = summarize(explain(model, val_set.x, amp=amp, approximator=approximator),
+                        val_set.probs)
         steps = max(loop.sums.pop("steps", 1.0), 1.0)
         history.log(loop.step / steps_per_epoch, {
             "step": loop.step, "tau": tau, "lr": learning_rate(loop.step, total, settings.lr),
@@ -268,7 +307,9 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 shard = (len(batch), dist.rank, dist.world_size) if dist.enabled else None
                 tau = temperature(loop.step, warmup, total, settings.tau_start, settings.tau_end)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(loop.step, total, settings.lr)
+                    trains = group["name"] == "explainer" or settings.objective == "published" \
+                        or (settings.objective == "realx" and loop.step < warmup)
+                    group["lr"] = learning_rate(loop.step, total, settings.lr) if trains else 0.0
                 x, p = to_unit(train_set.x[idx]), train_set.probs[idx]
                 with autocast(device, amp):
                     loss, ce, kl = objective(x, p, tau, loop.step < warmup, noise, shard)
