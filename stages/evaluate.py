@@ -17,7 +17,8 @@ from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError, DataError
-from xai.evaluation import Settings, differences, evaluate, markdown, summary
+from xai.evaluation import (Settings, construction_note, differences, evaluate, markdown,
+                            summary)
 from xai.explainers import evaluation_budgets
 from xai.figures import deletion_insertion_figure, measures_figure, save_png
 from xai.invertible import IMAGE_KIND, load_classifier
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                                             internal_batch_size=ev.batch_size), "blackbox"),
             (GradientShapAttribution(blackbox, shap_baselines, ev.shap_samples), "blackbox"),
             (Occlusion(blackbox, chunk, ev.batch_size), "blackbox"),
-            (LimeAttribution(blackbox, chunk, ev.lime_samples), "blackbox"),
-            (KernelShapAttribution(blackbox, chunk, ev.lime_samples), "blackbox"),
+            (LimeAttribution(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
+            (KernelShapAttribution(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
             (RandomChunks(blackbox, chunk, ev.seed), "blackbox"),
             (BoundaryProjection(invertible), "invertible"),
             (GradientSaliency(invertible, name="saliency_invertible"), "invertible"),
@@ -99,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         diffs = differences(evaluation, settings)
         save_json(results, args.metrics)
         save_json(diffs, args.differences)
-        write_bytes(args.table, markdown(results, settings, diffs).encode())
+        tables = markdown(results, settings.k, budgets, ev.robustness_images, diffs,
+                          construction_note(cfg.vibi.objective, settings.k))
+        write_bytes(args.table, tables.encode())
         curves = {r.name: {"fractions": r.fractions.tolist(),
                            **{k: v.tolist() for k, v in r.curves.items()}}
                   for r in evaluation.methods}
@@ -110,13 +113,15 @@ def main(argv: list[str] | None = None) -> None:
             save_png(fig, path, dpi=120)
             run.log_artifact(path, "figures")
         run.log_artifact(args.table, "tables")
-        save_json({"evaluate_seconds": round(time.perf_counter() - started, 2)}, args.timings)
+        save_json({"evaluate_seconds": round(time.perf_counter() - started, 2),
+                   "method_seconds": {r.name: r.seconds for r in evaluation.methods}},
+                  args.timings)
         run.log_metrics({f"{m}.{k}": v for m, row in results["methods"].items()
                          for k, v in row.items() if isinstance(v, float)
                          and not k.endswith(("_ci_low", "_ci_high"))})
         run.log_metrics({f"judge.{k}": v for k, v in results["judge"].items()
                          if not k.endswith(("_ci_low", "_ci_high"))})
-    print(markdown(results, settings))
+    print(tables)
 
 
 if __name__ == "__main__":

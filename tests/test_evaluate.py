@@ -96,3 +96,31 @@ def test_budget_above_the_chunk_count_is_rejected(tiny_images, models, params, t
     p = params({**TINY_EVAL, "evaluate.budgets": [1, 8]})
     with pytest.raises(ConfigError, match=r"evaluate\.budgets = \[1, 8\].*4 chunks"):
         run_evaluate(p, tiny_images, models, tmp_path)
+
+
+def test_colour_images_with_pixel_chunks_evaluate_completely(tmp_path, params):
+    """The CIFAR-10 shape of the problem (3 channels, `Unet` 1-pixel chunks shared by the
+    channels) once crashed Captum's max-sensitivity on a non-contiguous map."""
+    from tests.conftest import separable
+    from xai.data import Dataset, save_dataset
+
+    data = tmp_path / "colour.pt"
+    save_dataset(Dataset("tiny", ("left", "right"), separable(128, 3), separable(32, 3, seed=1),
+                         separable(32, 3, seed=2)), data)
+    paths = {name: tmp_path / f"{name}.pt"
+             for name in ("blackbox", "judge", "vibi", "l2x", "invertible")}
+    spec = Architecture("small_cnn", 3, 2, 8, 4)
+    save_blackbox(spec.build(), spec, ("left", "right"), paths["blackbox"])
+    save_judge(Judge(spec, chunk=1), paths["judge"])
+    for name in ("vibi", "l2x"):
+        save_vibi(Vibi(VibiSpec("Unet", 1, 0.25, 3, 8, 8, 2, 4)), paths[name])
+    net = image_classifier((3, 8, 8), 2, downsample=[2, 4], blocks=[1, 1], hidden=[4, 4],
+                           kernel=[3, 1])
+    save_classifier(net, paths["invertible"], IMAGE_KIND)
+    p = params({**TINY_EVAL, "vibi.k": 4, "vibi.explainer_type": "Unet",
+                "evaluate.budgets": [2, 8]})
+    out = run_evaluate(p, data, paths, tmp_path / "out")
+    table = json.loads(out["metrics"].read_text())["methods"]
+    assert set(table) == METHODS
+    assert all(math.isfinite(v) for row in table.values() for v in row.values()
+               if isinstance(v, float))

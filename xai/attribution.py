@@ -2,27 +2,24 @@
 
 Every method returns an attribution map the size of the input (N x C x H x W) for the class
 `target` of the model it explains, so the evaluation can reduce any of them to chunk scores and
-measure them the same way. Gradient methods, occlusion, LIME and KernelSHAP are Captum's own;
-the perturbation methods (occlusion, LIME, KernelSHAP) work on the chunk grid of the VIBI
-explainer (removed chunks set to 0), so their features are the chunks every method is scored on.
+measure them the same way. The gradient methods are Captum's; the perturbation methods
+(occlusion, LIME, KernelSHAP) are batched implementations here (Captum fits one surrogate per image
+in a Python loop) and work on the chunk grid of the VIBI explainer (removed chunks set to 0), so
+their features are the chunks every method is scored on.
 `model` is the model the maps explain; replacing it (`dataclasses.replace`) gives the same method
 for another model, which the sanity checks use.
 """
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from captum.attr import (GradientShap, InputXGradient, IntegratedGradients,
-                         KernelShap, Lime, NoiseTunnel, Saliency)
+from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from torch import nn
 
-from xai.measures import chunk_areas, chunk_grid, chunks_to_pixels, expand
+from xai.measures import chunk_areas, chunk_grid, expand
 
 
 class Attribution(Protocol):
@@ -34,39 +31,10 @@ class Attribution(Protocol):
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
-def chunk_ids(shape: tuple[int, ...], chunk: int, device: torch.device | str = "cpu"
-              ) -> torch.Tensor:
-    """1 x 1 x H x W long tensor: the index of the chunk (shared by the channels) of each pixel."""
-    grid = chunk_grid(shape, chunk)
-    ids = torch.arange(grid[1] * grid[2], device=device, dtype=torch.float32)
-    return chunks_to_pixels(ids[None], grid, chunk, shape[1:]).long()
-
-
 def spread(values: torch.Tensor, shape: tuple[int, ...], chunk: int) -> torch.Tensor:
     """N x d chunk values -> N x C x H x W map whose sum over each chunk is the chunk's value."""
     area = chunk_areas(shape, chunk).to(values.device)
     return expand(values / area, shape, chunk).contiguous()
-
-
-def _per_chunk(pixel_map: torch.Tensor, chunk: int) -> torch.Tensor:
-    """A map constant on each chunk (as Captum's grouped methods return) -> N x d values."""
-    ids = chunk_ids(tuple(pixel_map.shape[1:]), chunk, pixel_map.device).flatten()
-    first = torch.zeros(int(ids.max()) + 1, dtype=torch.long, device=ids.device)
-    first.scatter_reduce_(0, ids, torch.arange(len(ids), device=ids.device), "amin",
-                          include_self=False)
-    return pixel_map[:, 0].flatten(1)[:, first]
-
-
-@contextlib.contextmanager
-def _one_surrogate_per_image() -> Iterator[None]:
-    """Silence Captum's warning that a batch fits one surrogate per image: that is what we want."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="You are providing multiple inputs")
-        yield
-
-
-def _probabilities(model: nn.Module) -> nn.Module:
-    return nn.Sequential(model, nn.Softmax(dim=1))
 
 
 @dataclass
@@ -194,45 +162,100 @@ class Occlusion:
         return spread(torch.cat(drops), shape, self.chunk)
 
 
+def _surrogate_coefficients(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
+                            chunk: int, coalitions: torch.Tensor, weights: torch.Tensor,
+                            ridge: float, batch_size: int) -> torch.Tensor:
+    """Per image, the weighted ridge regression of the target-class probability on which chunks
+    are kept: `coalitions` (B x S x d, 1 = kept, the rest 0-filled), `weights` (B x S). All B x S
+    masked copies go through `model` in batches; the B small systems are solved at once.
+    Returns B x d coefficients (the intercept is fitted, not returned)."""
+    b, s, d = coalitions.shape
+    shape = tuple(inputs.shape[1:])
+    pixel = expand(coalitions.flatten(0, 1), shape, chunk).view(b, s, *shape)
+    probs = []
+    images = max(1, batch_size // s)
+    with torch.no_grad():
+        for start in range(0, b, images):
+            x, t = inputs[start:start + images], target[start:start + images]
+            out = model((x[:, None] * pixel[start:start + images]).flatten(0, 1)).float()
+            p = out.softmax(1).view(len(x), s, -1)
+            probs.append(p.gather(2, t[:, None, None].expand(-1, s, 1)).squeeze(2))
+    y = torch.cat(probs)  # B x S
+    design = torch.cat([coalitions.float(), torch.ones(b, s, 1, device=inputs.device)], 2)
+    weighted = design * weights[..., None]
+    gram = weighted.transpose(1, 2) @ design
+    penalty = torch.full((d + 1,), ridge, device=inputs.device)
+    penalty[-1] = 0.0  # the intercept is not shrunk
+    gram = gram + torch.diag(penalty)
+    return torch.linalg.solve(gram, (weighted.transpose(1, 2) @ y[..., None]))[:, :d, 0]
+
+
 @dataclass
 class LimeAttribution:
-    """LIME over the chunk grid (Captum `Lime`, its default Lasso surrogate and cosine kernel;
-    Ribeiro et al., 2016): a sparse linear model of the class probability from which chunks are
-    kept, fitted per image on `samples` random subsets."""
+    """LIME over the chunk grid (Ribeiro et al., 2016), batched: per image, `samples` random chunk
+    subsets (each chunk kept with probability 1/2, the rest 0), weighted by LIME's exponential
+    kernel on their cosine distance to the whole image (width 0.25), and a ridge surrogate of the
+    class probability (where Captum's default is a Lasso: ridge solves every image at once)."""
 
     model: nn.Module
     chunk: int
     samples: int = 100
+    seed: int = 0
+    ridge: float = 1e-2
+    batch_size: int = 4096
     name: str = "lime"
+    generator: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         shape = tuple(inputs.shape[1:])
-        ids = chunk_ids(shape, self.chunk, inputs.device)
-        with torch.no_grad(), _one_surrogate_per_image():
-            a = Lime(_probabilities(self.model)).attribute(
-                inputs, baselines=0.0, target=target, feature_mask=ids, n_samples=self.samples,
-                perturbations_per_eval=self.samples)
-        return spread(_per_chunk(a, self.chunk), shape, self.chunk)
+        d = chunk_areas(shape, self.chunk).shape[1]
+        kept = torch.rand(len(inputs), self.samples, d, generator=self.generator) < 0.5
+        kept = kept.to(inputs.device)
+        distance = 1 - (kept.sum(2).float() / d).sqrt()  # cosine distance to the all-kept mask
+        weights = torch.exp(-distance.square() / 0.25 ** 2)
+        coefficients = _surrogate_coefficients(self.model, inputs, target, self.chunk, kept,
+                                               weights, self.ridge, self.batch_size)
+        return spread(coefficients, shape, self.chunk)
 
 
 @dataclass
 class KernelShapAttribution:
-    """KernelSHAP over the chunk grid (Captum `KernelShap`; Lundberg and Lee, 2017): Shapley
-    values of the chunks for the class probability, estimated from `samples` subsets per image."""
+    """KernelSHAP over the chunk grid (Lundberg and Lee, 2017), batched: per image, `samples`
+    chunk subsets whose sizes follow the Shapley kernel (size s with probability proportional to
+    (d - 1) / (s (d - s))), plus the empty and the full set with a large weight so that the
+    values add up to f(x) - f(0); the least-squares fit of the class probability gives the
+    chunks' Shapley values."""
 
     model: nn.Module
     chunk: int
     samples: int = 100
+    seed: int = 0
+    batch_size: int = 4096
     name: str = "kernel_shap"
+    generator: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         shape = tuple(inputs.shape[1:])
-        ids = chunk_ids(shape, self.chunk, inputs.device)
-        with torch.no_grad(), _one_surrogate_per_image():
-            a = KernelShap(_probabilities(self.model)).attribute(
-                inputs, baselines=0.0, target=target, feature_mask=ids, n_samples=self.samples,
-                perturbations_per_eval=self.samples)
-        return spread(_per_chunk(a, self.chunk), shape, self.chunk)
+        d = chunk_areas(shape, self.chunk).shape[1]
+        n = len(inputs)
+        sizes_allowed = torch.arange(1, d, dtype=torch.float64)
+        kernel = (d - 1) / (sizes_allowed * (d - sizes_allowed))
+        sizes = 1 + torch.multinomial(kernel, n * self.samples, replacement=True,
+                                      generator=self.generator).view(n, self.samples, 1)
+        order = torch.rand(n, self.samples, d, generator=self.generator).argsort(2).argsort(2)
+        kept = torch.cat([order < sizes, torch.zeros(n, 1, d, dtype=torch.bool),
+                          torch.ones(n, 1, d, dtype=torch.bool)], 1).to(inputs.device)
+        weights = torch.ones(n, self.samples + 2, device=inputs.device)
+        weights[:, -2:] = 1e4  # the efficiency constraint, softly
+        coefficients = _surrogate_coefficients(self.model, inputs, target, self.chunk, kept,
+                                               weights, 1e-6, self.batch_size)
+        return spread(coefficients, shape, self.chunk)
 
 
 @dataclass

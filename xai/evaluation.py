@@ -23,6 +23,7 @@ a paired interval of its difference to a reference method.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -75,6 +76,7 @@ class MethodResult:
     per_image: dict[str, torch.Tensor]
     curves: dict[str, torch.Tensor]  # deletion, insertion, deletion_road, insertion_road
     fractions: torch.Tensor
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
 
 
 @dataclass
@@ -145,27 +147,43 @@ def _road_fill(s: Settings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
     return fill
 
 
+class _PhaseClock:
+    """Wall seconds of consecutive phases: what each measure costs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
+
+
 def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
                     pred: torch.Tensor, blackbox_pred: torch.Tensor, judge: Judge,
                     num_classes: int, s: Settings) -> MethodResult:
     """All measures of one method on inputs `x` (float [0, 1]); `pred`: the predictions of the
     model it explains, `blackbox_pred`: the black box's (what the judge must reproduce)."""
-    model = attribution.model
+    clock = _PhaseClock()
     scores = chunk_scores(_batched(attribution.attribute, x, pred, s.batch_size).float(),
                           s.chunk)
+    clock.lap("attribute")
     shape = tuple(x.shape[1:])
     per_image: dict[str, torch.Tensor] = {}
     for b in s.budgets:
         keep = expand(top_k_mask(scores, b), shape, s.chunk)
-        per_image[f"posthoc_accuracy_k{b}"] = posthoc_agreement(model, x, keep, pred).float()
+        per_image[f"posthoc_accuracy_k{b}"] = posthoc_agreement(attribution.model, x, keep,
+                                                                 pred).float()
         with torch.inference_mode():
             per_image[f"fidelity_k{b}"] = (judge(x * keep, keep).argmax(1)
                                            == blackbox_pred).float()
     curves: dict[str, torch.Tensor] = {}
     for suffix, fill in (("", None), ("_road", _road_fill(s))):
         deletion, insertion, fractions = deletion_insertion(
-            model, x, scores, pred, s.chunk, points=s.curve_points, batch_size=s.batch_size,
+            attribution.model, x, scores, pred, s.chunk, points=s.curve_points, batch_size=s.batch_size,
             fill=fill)
+        clock.lap(f"curves{suffix}")
         per_image[f"deletion_auc{suffix}"] = auc(deletion, fractions)
         per_image[f"insertion_auc{suffix}"] = auc(insertion, fractions)
         curves[f"deletion{suffix}"] = deletion.mean(0).cpu()
@@ -174,11 +192,14 @@ def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
         top_k_mask(scores, s.k), pred, num_classes, s.encoding_folds).float()
     per_image["sparseness"] = sparseness(scores)
     n = s.robustness_images
+    clock.lap("judge_encoding_sparseness")
     per_image.update(_robustness(attribution, scores[:n], x[:n], pred[:n], s))
+    clock.lap("robustness")
     per_image.update(_sanity(attribution, scores[:n], x[:n], pred[:n], s))
+    clock.lap("sanity")
     return MethodResult(attribution.name, model_name,
                         {k: v.detach().float().cpu() for k, v in per_image.items()}, curves,
-                        fractions.cpu())
+                        fractions.cpu(), clock.seconds)
 
 
 def evaluate(methods: Sequence[tuple[Attribution, str]], x: torch.Tensor, blackbox: nn.Module,
@@ -252,37 +273,50 @@ def _headline(measure: str, k: int) -> str:
     return f"{measure}_k{k}" if measure in ("posthoc_accuracy", "fidelity") else measure
 
 
-def markdown(table: Mapping[str, dict], s: Settings, diffs: Mapping[str, dict] | None = None
-             ) -> str:
-    """The tables as Markdown: headline measures at k, every budget, the other measures, the
-    judge, and the paired differences to the reference method; each value with its interval."""
+def construction_note(objective: str, k: int) -> str:
+    """What favours VIBI and L2X by construction under their training `objective`."""
+    if objective == "blackbox":
+        return (f"VIBI and L2X are trained to make the black box keep its prediction on their k "
+                f"0-filled chunks (objective `blackbox`), so `posthoc_accuracy_k{k}` and the "
+                f"0-fill curves favour them by construction; the judge's `fidelity_k{k}` and the "
+                f"ROAD curves do not.")
+    return (f"VIBI and L2X are trained with their own approximator (objective `{objective}`): no "
+            f"column here is their training objective; the judge was trained on random chunks.")
+
+
+def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustness_images: int,
+             diffs: Mapping[str, dict] | None = None, note: str = "") -> str:
+    """The tables as Markdown: headline measures at k (under `note`), every budget, the other
+    measures, the judge, and the paired differences to VIBI; each value with its 95 % interval
+    over images."""
     methods = table["methods"]
-    lines = [f"### At the explainer's budget (k = {s.k} chunks); mean [95 % interval]", "",
-             "| method | explains | " + " | ".join(_headline(m, s.k) for m in HEADLINE) + " |",
+    lines = [f"### At the explainer's budget (k = {k} chunks); mean [95 % interval]", "",
+             *([note, ""] if note else []),
+             "| method | explains | " + " | ".join(_headline(m, k) for m in HEADLINE) + " |",
              "|---|---|" + "---|" * len(HEADLINE)]
     for name, row in methods.items():
         lines.append(f"| {name} | {row['explains']} | "
-                     + " | ".join(_cell(row, _headline(m, s.k)) for m in HEADLINE) + " |")
+                     + " | ".join(_cell(row, _headline(m, k)) for m in HEADLINE) + " |")
     for measure in ("posthoc_accuracy", "fidelity"):
         lines += ["", f"### {measure} at every budget", "",
-                  "| method | " + " | ".join(f"k = {b}" for b in s.budgets) + " |",
-                  "|---|" + "---|" * len(s.budgets)]
+                  "| method | " + " | ".join(f"k = {b}" for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
         for name, row in methods.items():
             lines.append(f"| {name} | " + " | ".join(_cell(row, f"{measure}_k{b}")
-                                                      for b in s.budgets) + " |")
+                                                      for b in budgets) + " |")
     others = ("sparseness", "infidelity", "max_sensitivity", "randomization_spearman_top",
               "randomization_spearman_all")
-    lines += ["", f"### Other measures (robustness and sanity on {s.robustness_images} images)",
+    lines += ["", f"### Other measures (robustness and sanity on {robustness_images} images)",
               "", "| method | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     for name, row in methods.items():
         lines.append(f"| {name} | " + " | ".join(_cell(row, m) for m in others) + " |")
     judge = table["judge"]
     lines += ["", "### The judge: agreement with the black box on random chunk subsets", "",
-              "| " + " | ".join(f"k = {b}" for b in s.budgets) + " |",
-              "|" + "---|" * len(s.budgets),
-              "| " + " | ".join(_cell(judge, f"judge_agreement_k{b}") for b in s.budgets) + " |"]
+              "| " + " | ".join(f"k = {b}" for b in budgets) + " |",
+              "|" + "---|" * len(budgets),
+              "| " + " | ".join(_cell(judge, f"judge_agreement_k{b}") for b in budgets) + " |"]
     if diffs:
-        cols = [_headline(m, s.k) for m in HEADLINE]
+        cols = [_headline(m, k) for m in HEADLINE]
         lines += ["", "### VIBI minus each method (paired over images); mean [95 % interval]", "",
                   "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for name, rows in diffs.items():

@@ -7,7 +7,7 @@ neighbours (direct neighbours weight 1/6, diagonal ones 1/12), kept pixels fixed
 filled image smooth across the mask's border, then adds a little Gaussian noise to the removed pixels
 only. The means form a sparse linear system per image and channel (a graph Laplacian on the removed
 pixels, with the kept pixels as boundary values); it is solved here for a whole batch at once by
-Jacobi-preconditioned conjugate gradients with a depthwise 3x3 convolution as the operator, so no
+Jacobi-preconditioned conjugate gradients with a 3x3 neighbour sum as the operator, so no
 pixel or image is looped over in Python.
 """
 from __future__ import annotations
@@ -21,13 +21,16 @@ NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12),
 
 
 def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of each pixel's in-image neighbours, per channel (zero outside the image)."""
-    channels = x.shape[1]
-    kernel = x.new_tensor(NEIGHBOUR_WEIGHTS).expand(channels, 1, 3, 3)
-    return F.conv2d(x, kernel, padding=1, groups=channels)
+    """Weighted sum (`NEIGHBOUR_WEIGHTS`) of each pixel's in-image neighbours, per channel (zero
+    outside the image), as shifted slices: several times faster on a CPU than a depthwise conv."""
+    padded = F.pad(x, (1, 1, 1, 1))
+    vertical = padded[..., :-2, :] + padded[..., 2:, :]  # up + down, H x (W + 2)
+    direct = vertical[..., 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+    diagonal = vertical[..., :-2] + vertical[..., 2:]
+    return direct * NEIGHBOUR_WEIGHTS[0][1] + diagonal * NEIGHBOUR_WEIGHTS[0][0]
 
 
-def linear_impute(x: torch.Tensor, keep: torch.Tensor, tolerance: float = 1e-5,
+def linear_impute(x: torch.Tensor, keep: torch.Tensor, tolerance: float = 1e-3,
                   max_iterations: int = 500) -> torch.Tensor:
     """`x` with every pixel outside `keep` set to the weighted mean of its neighbours.
 
@@ -55,7 +58,7 @@ def linear_impute(x: torch.Tensor, keep: torch.Tensor, tolerance: float = 1e-5,
         step = rz / (direction * a_direction).sum((1, 2, 3), keepdim=True).clamp_min(1e-30)
         solution = solution + step * direction
         residual = residual - step * a_direction
-        if iteration % 10 == 9 and bool((residual.square().sum((1, 2, 3), keepdim=True)
+        if iteration % 5 == 4 and bool((residual.square().sum((1, 2, 3), keepdim=True)
                                          <= threshold).all()):
             break
         z = preconditioner * residual
@@ -67,7 +70,8 @@ def linear_impute(x: torch.Tensor, keep: torch.Tensor, tolerance: float = 1e-5,
 
 def noisy_linear_impute(x: torch.Tensor, keep: torch.Tensor, noise_std: float,
                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """ROAD's fill: `linear_impute`, plus N(0, noise_std^2) noise on the removed pixels only."""
+    """ROAD's fill: `linear_impute`, plus N(0, noise_std^2) noise on the removed pixels only (the
+    default tolerance leaves errors of about 1e-3, below the noise ROAD adds)."""
     filled = linear_impute(x, keep)
     if noise_std <= 0:
         return filled
