@@ -113,6 +113,7 @@ class VibiConfig:
     k: int = bounded(ge=1)
     beta: float = bounded(ge=0)
     num_samples: int = bounded(ge=1)
+    straight_through: bool
     epochs: int = bounded(ge=1)
     l2x_epochs: int = bounded(ge=1)
     evals_per_epoch: int = bounded(ge=1)

@@ -126,6 +126,7 @@ class VibiPanel:
     blackbox: int               # black-box prediction
     approximator: int           # approximator prediction on the top-k input
     js: float                   # JS(black box || approximator)
+    blackbox_on_kept: int | None = None  # the black box's own prediction on the top-k input
 
 
 def _up(grid: torch.Tensor, chunk: int, shape: tuple[int, int]) -> torch.Tensor:
@@ -138,15 +139,20 @@ def vibi_panels(test: Split, explanations: dict, blackbox_probs: torch.Tensor,
     """Panels for test images `indices` from a VIBI explanations file (train_vibi output)."""
     blackbox = blackbox_probs.argmax(1)
     approx = explanations["approximator_probs"].float().argmax(1)
+    on_kept = explanations.get("blackbox_on_kept_probs")
+    on_kept = None if on_kept is None else on_kept.float().argmax(1)
     chunk = CHUNK_SIZE[explanations["spec"]["explainer_type"]]
     return [VibiPanel(to_unit(test.x[i]), explanations["chunk_probs"][i],
                       explanations["top_k"][i], chunk, int(test.y[i]), int(blackbox[i]),
-                      int(approx[i]), float(explanations["js"][i])) for i in indices]
+                      int(approx[i]), float(explanations["js"][i]),
+                      None if on_kept is None else int(on_kept[i])) for i in indices]
 
 
 def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta: float,
               columns: int = 3) -> Figure:
-    """Per test image: input | explanation distribution p(z|x) (heat map) | top-k explanation.
+    """Per test image: input | explanation distribution p(z|x) (heat map) | top-k explanation,
+    titled with the approximator's and the black box's own prediction on the kept chunks (red
+    where the black box changes its mind).
 
     Frames are green where the black box is right, red where it is wrong; their strength grows
     with 1 - JS(black box, approximator), i.e. with how well the kept chunks carry its decision.
@@ -171,7 +177,11 @@ def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta:
             _border(ax, RIGHT if right else WRONG, strength)
         a_in.set_title(f"true {classes[p.label]}\nblack box {classes[p.blackbox]}", fontsize=7)
         a_heat.set_title("p(z | x)", fontsize=7)
-        a_top.set_title(f"top-{k} chunks\napprox. {classes[p.approximator]}", fontsize=7)
+        seen = f"top-{k} chunks\napprox. {classes[p.approximator]}"
+        if p.blackbox_on_kept is not None:  # what the black box itself makes of the kept chunks
+            seen += f", black box {classes[p.blackbox_on_kept]}"
+        a_top.set_title(seen, fontsize=7,
+                        color="black" if p.blackbox_on_kept in (None, p.blackbox) else WRONG)
     for ax in [ax for row in axes for ax in row][3 * len(panels):]:
         ax.set_visible(False)
     if heat is not None:

@@ -60,13 +60,20 @@ def gumbel_softmax_draws(logits: torch.Tensor, k: int, tau: float, num_samples: 
 
 def relaxed_k_hot(logits: torch.Tensor, k: int, tau: float, num_samples: int = 1,
                   generator: torch.Generator | None = None,
-                  shard: tuple[int, int, int] | None = None) -> torch.Tensor:
+                  shard: tuple[int, int, int] | None = None,
+                  straight_through: bool = False) -> torch.Tensor:
     """Relaxed k-hot masks (B x S x d): the element-wise max of k Gumbel-softmax draws.
 
     Every entry is in [0, 1], a mask sums to between 1 and k, and at most k entries exceed 1/2
     (each draw has at most one), so it tends to a mask with at most k chunks on as tau -> 0.
+    `straight_through`: the forward value is the exact k-hot mask of the k largest entries (what
+    the test-time mask looks like: no faint extra chunks), the gradient the relaxed mask's.
     """
-    return gumbel_softmax_draws(logits, k, tau, num_samples, generator, shard).amax(dim=2)
+    soft = gumbel_softmax_draws(logits, k, tau, num_samples, generator, shard).amax(dim=2)
+    if not straight_through:
+        return soft
+    hard = torch.zeros_like(soft).scatter_(-1, soft.topk(k, dim=-1).indices, 1.0)
+    return hard + soft - soft.detach()
 
 
 def hard_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -173,11 +180,13 @@ class Vibi(nn.Module):
 
     def forward(self, x: torch.Tensor, tau: float, num_samples: int,
                 generator: torch.Generator | None = None,
-                shard: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                shard: tuple[int, int, int] | None = None,
+                straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass: (chunk logits B x d, approximator logits B x S x K on relaxed masks);
-        `shard` as in `gumbel_softmax_draws`."""
+        `shard` and `straight_through` as in `gumbel_softmax_draws` and `relaxed_k_hot`."""
         logits = self.chunk_logits(x)
-        mask = relaxed_k_hot(logits, self.spec.k, tau, num_samples, generator, shard)
+        mask = relaxed_k_hot(logits, self.spec.k, tau, num_samples, generator, shard,
+                             straight_through)
         approx = self.approximator(self.masked(x, mask))
         return logits, approx.float().reshape(x.shape[0], num_samples, -1)
 

@@ -145,6 +145,8 @@ def explanations_state(model: Vibi, expl: Explanations, blackbox_probs: torch.Te
         "top_k": expl.top_k.reshape(grid).cpu(),
         "approximator_probs": expl.approx_probs.half().cpu(),
         "js": js_divergence(blackbox_probs.float(), expl.approx_probs).cpu(),
+        **({} if expl.posthoc_probs is None else
+           {"blackbox_on_kept_probs": expl.posthoc_probs.half().cpu()}),
     }
 
 
@@ -180,8 +182,9 @@ class _Objective(nn.Module):
     """
 
     def __init__(self, model: Vibi, beta: float, num_samples: int, objective: str = "published",
-                 blackbox: nn.Module | None = None) -> None:
+                 blackbox: nn.Module | None = None, straight_through: bool = False) -> None:
         super().__init__()
+        self.straight_through = straight_through
         self.model = model
         self.beta = beta
         self.num_samples = num_samples
@@ -203,11 +206,13 @@ class _Objective(nn.Module):
             return ce, ce, torch.zeros((), device=x.device)
         if self.objective == "blackbox":
             logits = self.model.chunk_logits(x)
-            mask = relaxed_k_hot(logits, self.model.spec.k, tau, self.num_samples, noise, shard)
+            mask = relaxed_k_hot(logits, self.model.spec.k, tau, self.num_samples, noise, shard,
+                                 self.straight_through)
             approx = self.blackbox[0](self.model.masked(x, mask)).float()
             approx = approx.reshape(x.shape[0], self.num_samples, -1)
         else:
-            logits, approx = self.model(x, tau, self.num_samples, noise, shard)
+            logits, approx = self.model(x, tau, self.num_samples, noise, shard,
+                                        self.straight_through)
         return vibi_loss(p, approx, logits, self.beta)
 
 
@@ -261,7 +266,8 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     frozen = None if blackbox is None else blackbox.eval().requires_grad_(False)
     approximator = frozen if settings.objective == "blackbox" else None
     objective = dist.wrap(_Objective(model, settings.beta, settings.num_samples,
-                                     settings.objective, frozen), device,
+                                     settings.objective, frozen, settings.straight_through),
+                          device,
                           find_unused_parameters=warmup > 0 or settings.objective != "published")
     noise = torch.Generator(device=device).manual_seed(seed)
     loop = _Loop()
