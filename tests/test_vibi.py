@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from xai import vibi_training
@@ -154,7 +155,8 @@ def position_task(n: int, seed: int) -> Targets:
 
 
 def tiny_settings(params, **overrides):
-    base = {"vibi.explainer_type": "ResNet_4x", "vibi.width": 0.5, "vibi.k": 1,
+    """The paper's training (its own approximator) unless `objective` is overridden."""
+    base = {"vibi.objective": "published", "vibi.explainer_type": "ResNet_4x", "vibi.width": 0.5, "vibi.k": 1,
             "vibi.beta": 0.01, "vibi.batch_size": 32, "vibi.epochs": 4, "vibi.warmup_steps": 10,
             "vibi.lr": 0.003, "vibi.num_samples": 2, "vibi.precision": "fp32",
             "vibi.tau_start": 1.0, "vibi.tau_end": 0.2}
@@ -183,6 +185,29 @@ def test_training_learns_input_dependent_non_uniform_explanations(params):
     chosen = expl.top_k.float().argmax(-1)
     assert len(chosen.unique()) == 9  # the chosen chunk depends on the input ...
     assert (chosen == val_set.probs.argmax(-1)).float().mean() > 0.9  # ... and is the patch
+
+
+class PatchReader(nn.Module):
+    """A black box for `position_task`: the logits are the 9 chunks' mean brightness."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 30 * F.avg_pool2d(x, 4).flatten(1)
+
+
+@pytest.mark.parametrize("objective", ["blackbox", "realx"])
+def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(params, objective):
+    # realx: the approximator's warm-up on random subsets (2 of 6 epochs), then it is frozen
+    settings = tiny_settings(params, objective=objective, epochs=6,
+                             warmup_steps=32 if objective == "realx" else 0)
+    train_set, val_set = position_task(512, 0), position_task(256, 1)
+    blackbox = PatchReader()
+    model = tiny_model(settings)
+    train(model, settings, train_set, val_set, seed=0, history=History(NullRun()),
+          show_progress=False, blackbox=blackbox)
+    expl = explain(model, val_set.x, blackbox)
+    assert summarize(expl, val_set.probs)["posthoc_accuracy"] > 0.9
+    chosen = expl.top_k.float().argmax(-1)
+    assert (chosen == val_set.probs.argmax(-1)).float().mean() > 0.9  # the patch
 
 
 def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monkeypatch):

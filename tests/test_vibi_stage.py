@@ -61,8 +61,8 @@ def test_l2x_then_vibi_write_every_output(tiny_images, blackbox, params, tmp_pat
         assert not files["checkpoint"].exists()  # deleted once training completed
 
     with pytest.raises(CheckpointError, match="re-run train_l2x"):
-        run("vibi", params({**VIBI, "vibi.width": 0.5}), tiny_images, blackbox, tmp_path,
-            init=l2x["model"])
+        run("vibi", params({**VIBI, "vibi.width": 0.5, "vibi.jump_start": True}), tiny_images,
+            blackbox, tmp_path, init=l2x["model"])
 
 
 def test_a_tampered_black_box_stops_the_stage_before_training(tiny_images, blackbox, params,

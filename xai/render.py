@@ -151,8 +151,8 @@ def vibi_panels(test: Split, explanations: dict, blackbox_probs: torch.Tensor,
 def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta: float,
               columns: int = 3) -> Figure:
     """Per test image: input | explanation distribution p(z|x) (heat map) | top-k explanation,
-    titled with the approximator's and the black box's own prediction on the kept chunks (red
-    where the black box changes its mind).
+    titled with the black box's own prediction on the kept chunks (red where it changes its mind;
+    files without it show the approximator's).
 
     Frames are green where the black box is right, red where it is wrong; their strength grows
     with 1 - JS(black box, approximator), i.e. with how well the kept chunks carry its decision.
@@ -177,9 +177,10 @@ def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta:
             _border(ax, RIGHT if right else WRONG, strength)
         a_in.set_title(f"true {classes[p.label]}\nblack box {classes[p.blackbox]}", fontsize=7)
         a_heat.set_title("p(z | x)", fontsize=7)
-        seen = f"top-{k} chunks\napprox. {classes[p.approximator]}"
-        if p.blackbox_on_kept is not None:  # what the black box itself makes of the kept chunks
-            seen += f", black box {classes[p.blackbox_on_kept]}"
+        if p.blackbox_on_kept is None:
+            seen = f"top-{k} chunks\napprox. {classes[p.approximator]}"
+        else:  # what the black box itself makes of the kept chunks (red: it changes its mind)
+            seen = f"top-{k}: black box says\n{classes[p.blackbox_on_kept]}"
         a_top.set_title(seen, fontsize=7,
                         color="black" if p.blackbox_on_kept in (None, p.blackbox) else WRONG)
     for ax in [ax for row in axes for ax in row][3 * len(panels):]:
@@ -189,7 +190,7 @@ def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta:
                      label="explanation probability p(z | x) per chunk")
     legend = [mpatches.Patch(color=RIGHT, label="black box right"),
               mpatches.Patch(color=WRONG, label="black box wrong"),
-              mpatches.Patch(color="grey", alpha=0.4, label="faint frame: approximator disagrees")]
+              mpatches.Patch(color="grey", alpha=0.4, label="faint frame: the predictor on the kept chunks disagrees")]
     fig.legend(handles=legend, loc="lower center", ncols=3, fontsize=7)
     fig.suptitle(f"VIBI explanations (k = {k}, beta = {beta:g})")
     return fig

@@ -1,0 +1,34 @@
+"""The README's results are the committed metrics: no number drifts from its file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from xai.readme import BLOCKS, ROOT, render
+
+
+def test_readme_results_match_the_committed_metrics():
+    readme = (ROOT / "README.md").read_text()
+    assert render(readme) == readme, "README drifted from metrics/: run python -m xai.readme"
+
+
+def test_a_changed_metric_changes_the_readme(tmp_path):
+    for folder in ("metrics", "experiments"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    readme = (ROOT / "README.md").read_text()
+    path = tmp_path / "metrics" / "vibi.json"
+    metrics = json.loads(path.read_text())
+    metrics["posthoc_accuracy"] = 0.123456
+    path.write_text(json.dumps(metrics))
+    changed = render(readme, tmp_path)
+    assert changed != readme and "0.1235" in changed
+
+
+def test_a_missing_block_is_named():
+    with pytest.raises(ValueError, match="results:stages"):
+        render("no blocks here")
+    assert set(BLOCKS) == {"stages", "evaluation", "vibi-variants"}

@@ -1,0 +1,138 @@
+"""The README's results, generated from the committed metrics so no number is typed by hand.
+
+    python -m xai.readme            # rewrite the marked blocks of README.md
+    python -m xai.readme --check    # exit 1 if README.md differs from what the metrics say
+
+A block sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; everything else in the
+README is left alone. `tests/test_readme.py` fails when a block drifts from the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from xai.evaluation import construction_note, markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = "experiments/vibi_variants.jsonl"
+
+
+def _json(root: Path, name: str) -> dict:
+    return json.loads((root / name).read_text())
+
+
+def stages_block(root: Path) -> str:
+    """One row per stage: its headline quality figures from `metrics/*.json`."""
+    bb, inv = _json(root, "metrics/blackbox.json"), _json(root, "metrics/invertible.json")
+    judge, l2x, vibi = (_json(root, f"metrics/{n}.json") for n in ("judge", "l2x", "vibi"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    v = params["vibi"]
+    judge_k = {int(k.rsplit("_k", 1)[1]): val for k, val in judge.items()
+               if k.startswith("test_agreement_k")}
+    judge_row = ", ".join(f"{b} of {judge['num_chunks']}: {judge_k[b]:.3f}"
+                          for b in sorted(judge_k))
+    rows = [
+        ("`train_blackbox`", f"test accuracy {bb['test_accuracy']:.4f} "
+                             f"(validation {bb['val_accuracy']:.4f})"),
+        ("`train_judge`", f"agreement with the black box on random chunk subsets, by chunks "
+                          f"kept: {judge_row}"),
+        ("`train_invertible`, toy", f"test accuracy {inv['toy_test_accuracy']:.4f}; max "
+                                    f"reconstruction error {inv['max_reconstruction_error']:.1e},"
+                                    f" max projection residual "
+                                    f"{inv['max_projection_residual']:.1e}"),
+        ("`train_invertible`, image", f"test accuracy {inv['image_test_accuracy']:.4f}; max "
+                                      f"reconstruction error "
+                                      f"{inv['image_max_reconstruction_error']:.1e}, max "
+                                      f"projection residual "
+                                      f"{inv['image_max_projection_residual']:.1e}"),
+    ]
+    for name, m, epochs in (("l2x", l2x, v["l2x_epochs"]), ("vibi", vibi, v["epochs"])):
+        rows.append((f"`train_{name}` (objective `{v['objective']}`, beta {m['beta']}, "
+                     f"{epochs} epochs)",
+                     f"post-hoc accuracy at k = {m['k']} {m['posthoc_accuracy']:.4f}; its own "
+                     f"approximator's agreement {m['approximator_fidelity']:.4f}; mean KL "
+                     f"{m['mean_kl']:.2f}"))
+    return "\n".join(["| stage | result (test set) |", "|---|---|",
+                      *(f"| {a} | {b} |" for a, b in rows)])
+
+
+def evaluation_block(root: Path) -> str:
+    """`metrics/evaluation.json` and its paired differences as the evaluate stage's tables."""
+    table = _json(root, "metrics/evaluation.json")
+    diffs = _json(root, "metrics/evaluation_differences.json")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    budgets = sorted(int(k.rsplit("_k", 1)[1]) for k in table["judge"]
+                     if re.fullmatch(r"judge_agreement_k\d+", k))
+    k = params["vibi"]["k"]
+    return markdown(table, k, budgets, params["evaluate"]["robustness_images"], diffs,
+                    construction_note(params["vibi"]["objective"], k)).rstrip("\n")
+
+
+def variants_block(root: Path) -> str:
+    """The VIBI training variants (`experiments/vibi_variants.py`): one row per variant, the mean
+    over its seeds with the range when there are several."""
+    runs = [json.loads(line) for line in (root / VARIANTS).read_text().splitlines() if line]
+    by_variant: dict[str, list[dict]] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+
+    def cell(rows: list[dict], key: str) -> str:
+        values = [r[key] for r in rows]
+        mean = sum(values) / len(values)
+        return f"{mean:.3f}" if len(values) == 1 else \
+            f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    lines = ["| variant | changes from the base | seeds | post-hoc accuracy (black box) | own "
+             "approximator's agreement | encoding accuracy |", "|---|---|---|---|---|---|"]
+    for name, rows in by_variant.items():
+        changes = ", ".join(f"{k} {v}" for k, v in rows[0]["settings"].items())
+        seeds = ", ".join(str(r["seed"]) for r in rows)
+        lines.append(f"| {name} | {changes} | {seeds} | {cell(rows, 'posthoc_accuracy')} | "
+                     f"{cell(rows, 'approximator_fidelity')} | {cell(rows, 'encoding')} |")
+    return "\n".join(lines)
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"stages": stages_block,
+                                            "evaluation": evaluation_block,
+                                            "vibi-variants": variants_block}
+
+
+def render(readme: str, root: Path = ROOT) -> str:
+    """`readme` with every marked block replaced by what the metrics under `root` say."""
+    for name, block in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- results:{name} -->\n)(?:.*?\n)?(<!-- /results:{name} -->)",
+                             re.S)
+        if not pattern.search(readme):
+            raise ValueError(f"README has no block <!-- results:{name} --> ... "
+                             f"<!-- /results:{name} -->")
+        text = block(root)
+        readme = pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report drift (exit 1)")
+    args = parser.parse_args(argv)
+    path = ROOT / "README.md"
+    current = path.read_text()
+    wanted = render(current)
+    if args.check:
+        if wanted != current:
+            print("README.md results differ from the metrics: run python -m xai.readme")
+            return 1
+        return 0
+    path.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
