@@ -2,7 +2,8 @@
 
     python experiments/vibi_variants.py experiments/vibi_variants.json [NAME ...] [--seeds 0 1 2]
 
-Needs `dvc repro train_blackbox` first (the prepared data and the black box). Every variant is
+Needs `dvc repro train_blackbox` first (the prepared data and the black box; `--data`, `--probs`,
+`--blackbox` and `--params` point elsewhere, e.g. at a CIFAR-10 run). Every variant is
 `base` with its overrides, trained from scratch; one JSON line per (variant, seed) goes to stdout:
 the black box's post-hoc accuracy on the top-k chunks, the pair's own approximator's agreement
 (the published measure; for objective `blackbox` the approximator is the black box), the
@@ -41,13 +42,17 @@ def main() -> None:
     parser.add_argument("variants", type=Path)
     parser.add_argument("names", nargs="*", help="variants to run (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/prepared/images.pt")
+    parser.add_argument("--probs", default="models/blackbox_probs.pt")
+    parser.add_argument("--blackbox", default="models/blackbox.pt")
     args = parser.parse_args()
     spec = json.loads(args.variants.read_text())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = load_config("params.yaml", {"tracking.enabled": False})
-    data = load_dataset("data/prepared/images.pt", device)
-    probs = load_probabilities("models/blackbox_probs.pt", device)
-    blackbox = load_blackbox("models/blackbox.pt", device)
+    cfg = load_config(args.params, {"tracking.enabled": False})
+    data = load_dataset(args.data, device)
+    probs = load_probabilities(args.probs, device)
+    blackbox = load_blackbox(args.blackbox, device)
     for name in args.names or list(spec["variants"]):
         overrides = spec["variants"][name]
         settings = replace(cfg.vibi, **{**spec["base"], **overrides}, resume=False,

@@ -10,6 +10,7 @@ README is left alone. `tests/test_readme.py` fails when a block drifts from the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -21,7 +22,8 @@ import yaml
 from xai.evaluation import construction_note, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = "experiments/vibi_variants.jsonl"
+VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
+            "cifar-variants": "experiments/cifar_variants.jsonl"}
 
 
 def _json(root: Path, name: str) -> dict:
@@ -75,10 +77,10 @@ def evaluation_block(root: Path) -> str:
                     construction_note(params["vibi"]["objective"], k)).rstrip("\n")
 
 
-def variants_block(root: Path) -> str:
-    """The VIBI training variants (`experiments/vibi_variants.py`): one row per variant, the mean
-    over its seeds with the range when there are several."""
-    runs = [json.loads(line) for line in (root / VARIANTS).read_text().splitlines() if line]
+def variants_block(root: Path, results: str) -> str:
+    """VIBI training variants (`experiments/vibi_variants.py` results in `results`): one row per
+    variant, the mean over its seeds with the range when there are several."""
+    runs = [json.loads(line) for line in (root / results).read_text().splitlines() if line]
     by_variant: dict[str, list[dict]] = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
@@ -99,9 +101,9 @@ def variants_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"stages": stages_block,
-                                            "evaluation": evaluation_block,
-                                            "vibi-variants": variants_block}
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "stages": stages_block, "evaluation": evaluation_block,
+    **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
