@@ -1,0 +1,53 @@
+"""The public API: installable names, VIBI for a user's own model, the example as a test."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+import xai
+import xai.api
+from tests.conftest import ROOT
+
+
+def test_public_names_are_exported():
+    assert set(xai.__all__) >= {"VIBI", "Occlusion", "LimeAttribution", "KernelShapAttribution"}
+    for name in xai.__all__:
+        assert getattr(xai, name) is not None
+
+
+def test_the_module_example_runs():
+    assert doctest.testmod(xai.api).failed == 0
+
+
+def test_the_example_explains_a_user_model():
+    spec = importlib.util.spec_from_file_location("example",
+                                                  ROOT / "examples" / "explain_your_model.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main() > 0.9  # the kept chunks carry the model's decision
+
+
+def test_save_load_and_a_plain_callable_black_box(tmp_path):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 3)
+
+    def blackbox(x: torch.Tensor) -> torch.Tensor:  # not an nn.Module
+        return linear(x.flatten(1))
+
+    x = torch.rand(128, 1, 8, 8)
+    vibi = xai.VIBI(blackbox, k=2, width=0.25, warmup_steps=0)
+    with pytest.raises(RuntimeError, match="call fit"):
+        vibi.attribute(x)
+    vibi.fit(x, epochs=1, show_progress=False)
+    maps = vibi.attribute(x[:5])
+    assert maps.shape == (5, 1, 8, 8)
+    assert torch.allclose(maps.sum((1, 2, 3)), torch.ones(5), atol=1e-5)  # p(z|x) sums to 1
+    assert (vibi.top_k(x[:5]).flatten(1).sum(1) == 2 * 16).all()  # 2 chunks of 4 x 4
+    vibi.save(tmp_path / "vibi.pt")
+    again = xai.VIBI.load(tmp_path / "vibi.pt", blackbox)
+    assert torch.equal(again.attribute(x[:5]), maps)

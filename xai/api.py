@@ -1,0 +1,143 @@
+"""VIBI for your own model, from a notebook: `VIBI(blackbox).fit(x_train).attribute(x)`.
+
+The pipeline's stages train VIBI from params.yaml; this is the same training with library defaults
+(the pipeline's MNIST defaults) and nothing of DVC, MLflow or params.yaml. The black box is any
+`nn.Module` or callable mapping images (N x C x H x W, floats in [0, 1]) to class logits; `fit`
+queries it for the probabilities it explains.
+
+    >>> import torch, xai
+    >>> blackbox = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    >>> x = torch.rand(256, 1, 8, 8)
+    >>> vibi = xai.VIBI(blackbox, k=1, width=0.25).fit(x, epochs=1, show_progress=False)
+    >>> vibi.attribute(x[:3]).shape
+    torch.Size([3, 1, 8, 8])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xai.attribution import VibiAttribution
+from xai.config import VibiConfig
+from xai.errors import DataError
+from xai.explainers import check_fits
+from xai.io import load_torch, save_torch
+from xai.tracking import NullRun
+from xai.training import History, state_dict_cpu
+from xai.vibi import Vibi, VibiSpec, vibi_from_state
+from xai.vibi_training import Targets, train
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+KIND = "xai.api.vibi"
+
+
+class _Callable(nn.Module):
+    """A plain callable as a module, so the training code can freeze and call it."""
+
+    def __init__(self, fn: Model) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class VIBI:
+    """An explainer that keeps the `k` chunks of an image from which the black box still makes its
+    prediction (Bang et al., 2021), trained by default against the black box itself (objective
+    `blackbox`; `published` trains the paper's approximator instead: see the README's VIBI section).
+    """
+
+    def __init__(self, blackbox: Model, *, k: int = 4, beta: float = 0.01,
+                 explainer: str = "ResNet_4x", xpl_channels: int = 1, width: float = 0.5,
+                 objective: str = "blackbox", num_samples: int = 2, lr: float = 1e-3,
+                 batch_size: int = 64, tau: tuple[float, float] = (1.0, 0.3),
+                 warmup_steps: int = 200, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        self.blackbox = blackbox if isinstance(blackbox, nn.Module) else _Callable(blackbox)
+        self.device = torch.device(device) if device is not None else next(
+            (p.device for p in self.blackbox.parameters()), torch.device("cpu"))
+        self.settings = dict(objective=objective, explainer_type=explainer,
+                             xpl_channels=xpl_channels, width=width, k=k, beta=beta,
+                             num_samples=num_samples, straight_through=False, epochs=1,
+                             l2x_epochs=1, evals_per_epoch=1, batch_size=batch_size, lr=lr,
+                             warmup_steps=warmup_steps, tau_start=tau[0], tau_end=tau[1],
+                             precision="fp32", save_best=True, resume=False, jump_start=False)
+        self.seed = seed
+        self.model: Vibi | None = None
+
+    @torch.inference_mode()
+    def _probabilities(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        self.blackbox.eval()
+        return torch.cat([self.blackbox(x[i:i + batch_size].to(self.device)).float().softmax(1)
+                          for i in range(0, len(x), batch_size)])
+
+    def fit(self, x_train: torch.Tensor, x_val: torch.Tensor | None = None, *, epochs: int = 2,
+            show_progress: bool = True) -> VIBI:
+        """Train on images `x_train` (N x C x H x W, floats in [0, 1] or uint8); `x_val` (default:
+        the last tenth of `x_train`) picks the best evaluation. Returns self."""
+        if x_train.dim() != 4:
+            raise DataError(f"VIBI explains images N x C x H x W; got shape {tuple(x_train.shape)}")
+        if x_val is None:
+            cut = max(1, len(x_train) // 10)
+            x_train, x_val = x_train[:-cut], x_train[-cut:]
+        settings = VibiConfig(**{**self.settings, "epochs": epochs})
+        c, h, w = x_train.shape[1:]
+        check_fits(settings.explainer_type, settings.xpl_channels, settings.k, (c, h, w),
+                   "the images")
+        train_probs = self._probabilities(x_train)
+        spec = VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width, c, h, w,
+                        train_probs.shape[1], settings.k)
+        torch.manual_seed(self.seed)
+        self.model = Vibi(spec).to(self.device)
+        train(self.model, settings, Targets(x_train.to(self.device), train_probs),
+              Targets(x_val.to(self.device), self._probabilities(x_val)), seed=self.seed,
+              history=History(NullRun()), show_progress=show_progress,
+              blackbox=self.blackbox.to(self.device))
+        return self
+
+    def _fitted(self) -> Vibi:
+        if self.model is None:
+            raise RuntimeError("call fit (or VIBI.load) before attribute")
+        return self.model.eval()
+
+    def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """Captum's call shape: a map the size of `inputs`, each chunk's explanation probability
+        p(z | x) spread over its pixels. `target` is accepted for the shape and ignored: VIBI
+        explains the black box's own prediction."""
+        explainer = VibiAttribution("vibi", self._fitted(), self.blackbox)
+        return explainer.attribute(inputs.to(self.device).float(), target)
+
+    def top_k(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Boolean pixel masks (N x C x H x W) of the k chunks kept for each image."""
+        model = self._fitted()
+        with torch.inference_mode():
+            _, mask, _ = model.explain(inputs.to(self.device).float())
+            return model.pixel_mask(mask).expand(-1, inputs.shape[1], -1, -1).bool()
+
+    def save(self, path: str | Path) -> None:
+        """Write the trained explainer (weights-only loadable) and the settings."""
+        model = self._fitted()
+        save_torch({"kind": KIND, "spec": asdict(model.spec), "settings": self.settings,
+                    "seed": self.seed, "state_dict": state_dict_cpu(model)}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, blackbox: Model,
+             device: torch.device | str | None = None) -> VIBI:
+        """A VIBI saved by `save`, explaining `blackbox`."""
+        state = load_torch(path, kind=KIND, required=("spec", "settings", "state_dict"))
+        s = state["settings"]
+        vibi = cls(blackbox, k=s["k"], beta=s["beta"], explainer=s["explainer_type"],
+                   xpl_channels=s["xpl_channels"], width=s["width"], objective=s["objective"],
+                   num_samples=s["num_samples"], lr=s["lr"], batch_size=s["batch_size"],
+                   tau=(s["tau_start"], s["tau_end"]), warmup_steps=s["warmup_steps"],
+                   seed=int(state.get("seed", 0)), device=device)
+        vibi.model = vibi_from_state({"spec": state["spec"], "state_dict": state["state_dict"]},
+                                     path).to(vibi.device)
+        return vibi
