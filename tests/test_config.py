@@ -66,3 +66,15 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             select_device("cuda")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("vibi.xpl_channels", 1.0, r"vibi\.xpl_channels = 1\.0 is not allowed; choose one of: 1, 3"),
+    ("vibi.tau_end", 1e-30, r"vibi\.tau_end = 1e-30 is out of range; allowed: >= 0\.001"),
+    ("vibi.tau_end", 2.0, r"vibi\.tau_end = 2\.0 is above vibi\.tau_start"),
+    ("tracking.experiment", "", r"tracking\.experiment = '' .*non-empty string"),
+    ("seed", 2**40, r"seed = 1099511627776 is out of range; allowed: >= 0 and <= 2147483647"),
+])
+def test_values_that_cannot_work_are_rejected_naming_the_key(params, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(params({key: value}))

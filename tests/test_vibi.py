@@ -256,7 +256,7 @@ def test_evaluations_are_spread_over_the_epoch_and_end_it():
 
 
 def test_checkpoint_from_other_settings_is_not_resumed(params, tmp_path, capsys):
-    settings = tiny_settings(params, epochs=1, resume=True)
+    settings = tiny_settings(params, epochs=1, resume=True, warmup_steps=1)
     train_set, val_set = position_task(64, 0), position_task(32, 1)
     checkpoint = tmp_path / "vibi.pt"
     save_torch({"kind": vibi_training.CHECKPOINT_KIND, "fingerprint": "other", "step": 1,
@@ -300,3 +300,11 @@ def test_sharded_draws_equal_the_rows_of_one_global_draw():
         part = gumbel_softmax_draws(logits[rank::2], 3, 0.5, 2, torch.Generator().manual_seed(1),
                                     shard=(6, rank, 2))
         torch.testing.assert_close(part, whole[rank::2])
+
+
+def test_a_warm_up_as_long_as_training_is_rejected_before_training(params):
+    settings = tiny_settings(params, epochs=1, warmup_steps=16)  # 512 / 32 = 16 steps in all
+    with pytest.raises(ConfigError, match=r"vibi\.warmup_steps = 16 is out of range; allowed: "
+                                          r"< 16"):
+        train(tiny_model(settings), settings, position_task(512, 0), position_task(64, 1),
+              seed=0, history=History(NullRun()), show_progress=False)

@@ -27,6 +27,9 @@ def bounded(*, ge: float | None = None, gt: float | None = None,
     return field(metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
 
 
+SEED_MAX = 2**31 - 1  # seeds feed generators seeded with seed + offsets; keep them in int64 range
+TAU_MIN = 1e-3  # below this the relaxed masks' softmax underflows to exact one-hots (no gradient)
+
 _BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 _BOUND_OK = {
     "ge": lambda v, b: v >= b,
@@ -58,7 +61,7 @@ class DataConfig:
     folder: str | None
     download: bool
     val_fraction: float = bounded(gt=0, lt=1)
-    split_seed: int = bounded(ge=0)
+    split_seed: int = bounded(ge=0, le=SEED_MAX)
 
     def __post_init__(self) -> None:
         if self.dataset == "folder" and not self.folder:
@@ -76,9 +79,9 @@ class ToyConfig:
     dataset: Literal["moons", "circles", "blobs"]
     n_samples: int = bounded(ge=10)
     noise: float | None = bounded(ge=0)
-    seed: int = bounded(ge=0)
+    seed: int = bounded(ge=0, le=SEED_MAX)
     test_fraction: float = bounded(gt=0, lt=1)
-    split_seed: int = bounded(ge=0)
+    split_seed: int = bounded(ge=0, le=SEED_MAX)
     circles_factor: float = bounded(gt=0, lt=1)
 
 
@@ -120,8 +123,8 @@ class VibiConfig:
     batch_size: int = bounded(ge=1)
     lr: float = bounded(gt=0)
     warmup_steps: int = bounded(ge=0)
-    tau_start: float = bounded(gt=0)
-    tau_end: float = bounded(gt=0)
+    tau_start: float = bounded(ge=TAU_MIN, le=100)
+    tau_end: float = bounded(ge=TAU_MIN, le=100)
     precision: Literal["auto", "fp32", "bf16"]
     save_best: bool
     resume: bool
@@ -151,7 +154,7 @@ class EvaluateConfig:
     """The evaluation: one seeded test subset, the pixel budgets and the measures' knobs."""
 
     num_images: int = bounded(ge=1)
-    seed: int = bounded(ge=0)
+    seed: int = bounded(ge=0, le=SEED_MAX)
     budgets: tuple[int, ...] = bounded(ge=1)
     curve_points: int = bounded(ge=2)
     ig_steps: int = bounded(ge=2)
@@ -247,7 +250,7 @@ class RenderConfig:
     """The figures: which test items they show and how they are drawn."""
 
     dpi: int = bounded(ge=30, le=600)
-    seed: int = bounded(ge=0)
+    seed: int = bounded(ge=0, le=SEED_MAX)
     toy_points: int = bounded(ge=1)
     vibi_images: int = bounded(ge=1)
     vibi_columns: int = bounded(ge=1)
@@ -266,7 +269,7 @@ IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (
 class Config:
     """All of params.yaml."""
 
-    seed: int = bounded(ge=0)
+    seed: int = bounded(ge=0, le=SEED_MAX)
     device: str
     road_noise_std: float = bounded(ge=0)
     tracking: TrackingConfig
@@ -364,8 +367,7 @@ def _coerce(value: Any, hint: Any, key: str, bounds: Any) -> Any:
         return _coerce(value, inner, key, bounds)
     if origin is Literal:
         choices = get_args(hint)
-        if value not in choices or (isinstance(value, bool)
-                                    and not any(c is value for c in choices)):
+        if not any(c == value and type(c) is type(value) for c in choices):  # 1.0 is not 1
             raise ConfigError(
                 f"{key} = {value!r} is not allowed; choose one of: "
                 + ", ".join(str(c) for c in choices)
@@ -389,8 +391,8 @@ def _coerce(value: Any, hint: Any, key: str, bounds: Any) -> Any:
             raise ConfigError(f"{key} = {value!r} has the wrong type; expected a finite number")
         return float(_check_bounds(value, key, bounds))  # messages show the value as written
     if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a string")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a non-empty string")
         return value
     raise TypeError(f"config field {key}: unsupported type {hint!r}")  # a bug in this module
 
@@ -399,7 +401,8 @@ def _check_bounds(value: float, key: str, bounds: Any) -> float:
     for name, bound in (bounds or {}).items():
         if bound is not None and not _BOUND_OK[name](value, bound):
             limits = " and ".join(
-                f"{_BOUND_TEXT[n]} {b:g}" for n, b in bounds.items() if b is not None
+                f"{_BOUND_TEXT[n]} {int(b) if float(b).is_integer() else f'{b:g}'}"
+                for n, b in bounds.items() if b is not None
             )
             raise ConfigError(f"{key} = {value!r} is out of range; allowed: {limits}")
     return value

@@ -27,7 +27,7 @@ from torch import nn
 from xai.config import VibiConfig
 from xai.data import Dataset
 from xai.devices import use_bf16
-from xai.errors import CheckpointError, DataError
+from xai.errors import CheckpointError, ConfigError, DataError
 from xai.explainers import check_fits
 from xai.io import load_torch, save_torch
 from xai.training import (Distributed, History, Progress, autocast, check_finite,
@@ -256,8 +256,11 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     amp = use_bf16(settings.precision, device)
     steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
     total = steps_per_epoch * settings.epochs
-    warmup = 0 if jump_started or settings.objective == "blackbox" \
-        else min(settings.warmup_steps, total)
+    warmup = 0 if jump_started or settings.objective == "blackbox" else settings.warmup_steps
+    if warmup >= total:  # the explainer would never train
+        raise ConfigError(f"vibi.warmup_steps = {settings.warmup_steps} is out of range; allowed: "
+                          f"< {total} (the training steps: {settings.epochs} epochs of "
+                          f"{steps_per_epoch} batches), or objective blackbox (no warm-up)")
     eval_at = evaluation_steps(steps_per_epoch, settings.evals_per_epoch)
     tag = fingerprint(settings, seed, run=run_id, data=targets_digest(train_set, val_set))
     optimizer = torch.optim.Adam([{"params": model.explainer.parameters(), "name": "explainer"},
