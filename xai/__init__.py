@@ -4,13 +4,28 @@ The public API (see the README's "Python API"):
 
 - `VIBI(blackbox, k=..., beta=...).fit(x_train).attribute(x)`: VIBI for any model;
 - the explanation methods of the evaluation, one call shape each (`xai.attribution`).
+
+Names are imported on first use, so `import xai.boundary` does not load Captum.
 """
 
-from xai.api import VIBI
-from xai.attribution import (GradientSaliency, GradientShapAttribution, InputTimesGradient,
-                             IntegratedGradientsAttribution, KernelShapAttribution,
-                             LimeAttribution, Occlusion, RandomChunks, SmoothGrad)
+from __future__ import annotations
 
-__all__ = ["VIBI", "GradientSaliency", "GradientShapAttribution", "InputTimesGradient",
-           "IntegratedGradientsAttribution", "KernelShapAttribution", "LimeAttribution",
-           "Occlusion", "RandomChunks", "SmoothGrad"]
+import importlib
+from typing import Any
+
+_WHERE = {"VIBI": "xai.api",
+          **{name: "xai.attribution" for name in (
+              "GradientSaliency", "GradientShapAttribution", "InputTimesGradient",
+              "IntegratedGradientsAttribution", "KernelShapAttribution", "LimeAttribution",
+              "Occlusion", "RandomChunks", "SmoothGrad")}}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'xai' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
