@@ -61,3 +61,16 @@ def test_kernel_shap_values_add_up_and_reruns_differ_but_seeds_reproduce():
     again = KernelShapAttribution(net, 2, samples=40, seed=3)
     assert torch.equal(chunk_scores(again.attribute(x, target)), a)
     assert chunk_areas((1, 6, 6), 2).shape[1] == 9
+
+
+def test_surrogates_stay_defined_with_fewer_subsets_than_chunks():
+    """Pixel chunks (CIFAR-10 with `Unet`: 1024 of them) and 100 subsets once made KernelSHAP's
+    system singular."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 4))
+    x = torch.rand(6, 3, 12, 12)
+    target = torch.arange(6) % 4
+    for method in (LimeAttribution(net, 1, samples=20, seed=0),
+                   KernelShapAttribution(net, 1, samples=20, seed=0)):
+        maps = method.attribute(x, target)  # 144 chunks, 20 subsets
+        assert maps.shape == x.shape and torch.isfinite(maps).all(), method.name

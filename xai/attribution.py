@@ -181,13 +181,17 @@ def _surrogate_coefficients(model: nn.Module, inputs: torch.Tensor, target: torc
             p = out.softmax(1).view(len(x), s, -1)
             probs.append(p.gather(2, t[:, None, None].expand(-1, s, 1)).squeeze(2))
     y = torch.cat(probs)  # B x S
-    design = torch.cat([coalitions.float(), torch.ones(b, s, 1, device=inputs.device)], 2)
-    weighted = design * weights[..., None]
+    # float64: with fewer subsets than chunks (pixel chunks) only the ridge keeps the system
+    # definite, and a small ridge next to the large constraint weights is lost in float32
+    design = torch.cat([coalitions.double(), torch.ones(b, s, 1, dtype=torch.float64,
+                                                        device=inputs.device)], 2)
+    weighted = design * weights.double()[..., None]
     gram = weighted.transpose(1, 2) @ design
-    penalty = torch.full((d + 1,), ridge, device=inputs.device)
+    penalty = torch.full((d + 1,), ridge, dtype=torch.float64, device=inputs.device)
     penalty[-1] = 0.0  # the intercept is not shrunk
     gram = gram + torch.diag(penalty)
-    return torch.linalg.solve(gram, (weighted.transpose(1, 2) @ y[..., None]))[:, :d, 0]
+    solution = torch.linalg.solve(gram, weighted.transpose(1, 2) @ y.double()[..., None])
+    return solution[:, :d, 0].float()
 
 
 @dataclass
@@ -233,6 +237,7 @@ class KernelShapAttribution:
     chunk: int
     samples: int = 100
     seed: int = 0
+    ridge: float = 1e-4  # keeps the fit defined with fewer subsets than chunks
     batch_size: int = 4096
     name: str = "kernel_shap"
     generator: torch.Generator = field(init=False, repr=False)
@@ -254,7 +259,7 @@ class KernelShapAttribution:
         weights = torch.ones(n, self.samples + 2, device=inputs.device)
         weights[:, -2:] = 1e4  # the efficiency constraint, softly
         coefficients = _surrogate_coefficients(self.model, inputs, target, self.chunk, kept,
-                                               weights, 1e-6, self.batch_size)
+                                               weights, self.ridge, self.batch_size)
         return spread(coefficients, shape, self.chunk)
 
 
