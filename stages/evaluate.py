@@ -22,7 +22,7 @@ from xai.evaluation import (Settings, construction_note, differences, evaluate, 
 from xai.explainers import evaluation_budgets
 from xai.figures import deletion_insertion_figure, measures_figure, save_png
 from xai.invertible import IMAGE_KIND, load_classifier
-from xai.io import save_json, write_bytes
+from xai.io import save_json, transaction, write_bytes
 from xai.judge import load_judge
 from xai.training import seed_everything, to_unit
 from xai.vibi import load_vibi
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(cfg.device)
     params = {"device": str(device), "road_noise_std": cfg.road_noise_std,
               **flatten(ev, "evaluate")}
-    with tracking.stage_run(cfg, "evaluate", params) as run:
+    with tracking.stage_run(cfg, "evaluate", params) as run, transaction() as outputs:
         started = time.perf_counter()
         seed_everything(ev.seed, device)
         data = load_dataset(args.data)  # on the CPU: only the chosen test images go to the device
@@ -111,11 +111,13 @@ def main(argv: list[str] | None = None) -> None:
                                                          SCALAR_MEASURES)}
         for path, fig in figures.items():
             save_png(fig, path, dpi=120)
-            run.log_artifact(path, "figures")
-        run.log_artifact(args.table, "tables")
         save_json({"evaluate_seconds": round(time.perf_counter() - started, 2),
                    "method_seconds": {r.name: r.seconds for r in evaluation.methods}},
                   args.timings)
+        outputs.commit()
+        for path in figures:
+            run.log_artifact(path, "figures")
+        run.log_artifact(args.table, "tables")
         run.log_metrics({f"{m}.{k}": v for m, row in results["methods"].items()
                          for k, v in row.items() if isinstance(v, float)
                          and not k.endswith(("_ci_low", "_ci_high"))})

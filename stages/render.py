@@ -15,7 +15,7 @@ from xai.errors import ConfigError
 from xai.figures import read_rows, save_png, training_curves
 from xai.invertible import IMAGE_KIND, load_classifier
 from xai.invertible_training import PROJECTIONS_KIND
-from xai.io import load_torch
+from xai.io import load_torch, transaction
 from xai.render import (counterfactual_rows, counterfactuals, toy_boundary, vibi_grid,
                         vibi_panels)
 from xai.training import to_unit
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     r = cfg.render
-    with tracking.stage_run(cfg, "render", flatten(r, "render")) as run:
+    with tracking.stage_run(cfg, "render", flatten(r, "render")) as run, \
+            transaction() as outputs:
         g = torch.Generator().manual_seed(r.seed)
         data = load_dataset(args.data)
         if r.counterfactual_target is not None and r.counterfactual_target >= data.num_classes:
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
         histories = {Path(p).stem: read_rows(p) for p in args.plots}
         save_png(training_curves(histories), args.curves_figure, r.dpi)
+        outputs.commit()
 
         for figure, source in ((args.toy_figure, args.toy_projections),
                                (args.vibi_figure, args.vibi_explanations),

@@ -10,7 +10,7 @@ from xai.blackbox import describe, evaluate, probabilities, save_blackbox, save_
 from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
-from xai.io import save_json
+from xai.io import save_json, transaction
 from xai.training import History, distributed_device, init_distributed, seed_everything
 
 VAL_TARGET = 0.99  # time-to-quality: first epoch at which validation accuracy reaches this
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     device = distributed_device(select_device(cfg.device))
     dist = init_distributed(device)
     params = {"seed": cfg.seed, "device": str(device), **flatten(cfg.blackbox, "blackbox")}
-    with tracking.stage_run(cfg, "train_blackbox", params, enabled=dist.is_main) as run:
+    with tracking.stage_run(cfg, "train_blackbox", params, enabled=dist.is_main) as run, \
+            transaction() as outputs:
         generator = seed_everything(cfg.seed, device)
         data = load_dataset(args.data, device)
         history = History(run, target_key="val_accuracy", target=VAL_TARGET)
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                    "train_images_per_second": round(trained.images_per_second, 1)}
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
+        outputs.commit()
         run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
         run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.augment": trained.augment})
         run.tag_outputs(args.model, args.probs)

@@ -19,7 +19,7 @@ from xai.errors import ConfigError
 from xai.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifier
 from xai.invertible_training import (check, image_projections, toy_projections, train_image,
                                      train_toy)
-from xai.io import save_json, save_torch
+from xai.io import save_json, save_torch, transaction
 from xai.training import (History, cpu_threads, distributed_device, init_distributed,
                           seed_everything)
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
 
     params = {**flatten(inv, "invertible"), "seed": cfg.seed, "device": str(device),
               "toy.dataset": toy.name, "data.dataset": images.name}
-    with tracking.stage_run(cfg, "train_invertible", params, enabled=dist.is_main) as run:
+    with tracking.stage_run(cfg, "train_invertible", params, enabled=dist.is_main) as run, \
+            transaction() as outputs:
         started = time.perf_counter()
         seed_everything(cfg.seed, device)
         toy_history = History(run, prefix="toy/")
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         image_history.save(args.image_plot)
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
+        outputs.commit()
         run.log_metrics({**metrics, **timings})
         for path in (args.metrics, args.toy_plot, args.image_plot):
             run.log_artifact(path, "metrics")

@@ -12,7 +12,7 @@ from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
 from xai.explainers import CHUNK_SIZE
-from xai.io import save_json
+from xai.io import save_json, transaction
 from xai.judge import Judge, JudgeTraining, agreement, num_chunks, save_judge, train_judge
 from xai.training import History, seed_everything
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     chunk = CHUNK_SIZE[cfg.vibi.explainer_type]
     params = {"seed": cfg.seed, "device": str(device), "chunk": chunk,
               "road_noise_std": cfg.road_noise_std, **flatten(cfg.judge, "judge")}
-    with tracking.stage_run(cfg, "train_judge", params) as run:
+    with tracking.stage_run(cfg, "train_judge", params) as run, transaction() as outputs:
         blackbox = load_blackbox(args.blackbox, device)
         generator = seed_everything(cfg.seed, device)
         data = load_dataset(args.data, device)
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         timings = {"train_seconds": round(history.elapsed, 2)}
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
+        outputs.commit()
         run.log_metrics({**metrics, **timings})
         run.tag_outputs(args.model)
     print("train_judge: test agreement with the black box on random chunk subsets: "

@@ -14,7 +14,7 @@ from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.io import file_md5, save_json, save_torch
+from xai.io import file_md5, save_json, save_torch, transaction
 from xai.training import History, distributed_device, init_distributed, seed_everything
 from xai.vibi import Vibi, load_vibi, save_vibi
 from xai.vibi_training import (Targets, entry_settings, explain, explanations_state, spec_for,
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     dist = init_distributed(device)
     params = {"seed": cfg.seed, "device": str(device), "method": args.method,
               **flatten(settings, "vibi")}
-    with tracking.stage_run(cfg, stage, params, enabled=dist.is_main) as run:
+    with tracking.stage_run(cfg, stage, params, enabled=dist.is_main) as run, \
+            transaction() as outputs:
         blackbox = load_blackbox(args.blackbox, device)  # before seeding; a bad file stops us here
         seed_everything(cfg.seed, device)
         data = load_dataset(args.data, device)
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                    "train_images_per_second": round(sum(rates) / max(len(rates), 1), 1)}
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
+        outputs.commit()
         run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
         run.tag_outputs(args.model, args.explanations)
     print(f"{stage}: {spec.explainer_type}, k = {spec.k} of {spec.num_chunks} chunks, "

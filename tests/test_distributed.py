@@ -85,3 +85,48 @@ def test_two_process_ddp_vibi_runs_and_only_rank_zero_writes(tiny_images, params
     one = torch.load(single["model"], weights_only=True)["state_dict"]
     two = torch.load(ddp["model"], weights_only=True)["state_dict"]
     assert one.keys() == two.keys()
+
+
+def test_sigint_on_one_rank_stops_both_at_one_step_and_the_checkpoint_resumes(
+        tiny_images, params, tmp_path):
+    """Ctrl-C reaching only rank 1: both ranks stop after the same step (an all-reduced stop
+    flag; neither waits in a collective for the other), rank 0 saves the checkpoint, and the
+    re-run continues from that step to the end."""
+    import re
+    import signal
+    import time
+
+    import psutil
+
+    from tests.test_vibi_stage import OUTPUTS, VIBI
+
+    p = params({**VIBI, "vibi.warmup_steps": 2, "vibi.jump_start": False,
+                "vibi.l2x_epochs": 12, "vibi.resume": True})
+    bb = run_stage(params(TINY, name="bb.yaml"), tiny_images, tmp_path / "bb")
+    files = {k: tmp_path / "out" / f"l2x_{k}.{ext}" for k, ext in OUTPUTS}
+    argv = ["--params", str(p), "--method", "l2x", "--data", str(tiny_images),
+            "--probs", str(bb["probs"]), "--blackbox", str(bb["model"]),
+            *[a for k, f in files.items() for a in (f"--{k}", str(f))]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "stages.train_vibi", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.monotonic() + 180
+    while "epoch 3/" not in seen and time.monotonic() < deadline and proc.poll() is None:
+        seen += proc.stderr.read(1)
+    workers = {int(w.environ()["RANK"]): w for w in psutil.Process(proc.pid).children(True)
+               if "RANK" in w.environ()}
+    workers[1].send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = seen + err
+    assert proc.returncode != 0
+    stopped = re.findall(r"train_vibi: interrupted \(l2x: interrupted at step (\d+)\)", err)
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err[-3000:]
+    assert "Timeout" not in err and "timed out" not in err
+    assert torch.load(files["checkpoint"], weights_only=True)["step"] == int(stopped[0])
+    assert not files["metrics"].exists()
+
+    resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resume: continuing from step {stopped[0]}" in resumed.stdout + resumed.stderr
+    assert files["metrics"].exists() and not files["checkpoint"].exists()

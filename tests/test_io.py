@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 
 from xai.errors import CheckpointError
-from xai.io import atomic_path, load_torch, save_json, save_torch
+from xai.io import (JOURNAL_SUFFIX, atomic_path, load_torch, recover, save_json, save_torch,
+                    transaction)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -20,8 +24,6 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 
 def test_outputs_get_ordinary_permissions(tmp_path):
-    import os
-
     path = tmp_path / "m.json"
     save_json({}, path)
     umask = os.umask(0)
@@ -72,3 +74,93 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"kind": "xai.model", "x": Evil()}, path)
     with pytest.raises(CheckpointError):
         load_torch(path, kind="xai.model")
+
+
+def test_a_transaction_commits_all_outputs_together(tmp_path):
+    model, metrics = tmp_path / "models" / "m.pt", tmp_path / "metrics" / "m.json"
+    save_json({"old": 1}, metrics)
+    with transaction():
+        save_torch({"w": torch.ones(2)}, model)
+        save_json({"new": 1}, metrics)
+        assert not model.exists() and json.loads(metrics.read_text()) == {"old": 1}
+    assert json.loads(metrics.read_text()) == {"new": 1}
+    assert torch.equal(torch.load(model, weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["m.json", "m.pt"]
+
+
+def test_an_interrupted_transaction_leaves_the_previous_outputs(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "sub" / "b.json"
+    save_json({"v": 1}, a)
+    save_json({"v": 1}, b)
+    with pytest.raises(KeyboardInterrupt):
+        with transaction():
+            save_json({"v": 2}, a)  # written completely, then the stage is interrupted
+            raise KeyboardInterrupt
+    assert json.loads(a.read_text()) == json.loads(b.read_text()) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.json", "b.json"]
+
+
+def test_early_commit_and_unstaged_writes(tmp_path):
+    ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.json"
+    with transaction() as txn:
+        save_torch({"step": 3}, ckpt, staged=False)  # a resume checkpoint: written at once
+        assert ckpt.exists()
+        save_json({"x": 1}, out)
+        txn.commit()
+        assert out.exists()  # readable (e.g. to log it) inside the block after the commit
+
+
+COMMIT_LOOP = """
+import sys
+from pathlib import Path
+from xai.io import save_json, transaction
+folder = Path(sys.argv[1])
+generation = 0
+print("ready", flush=True)
+while True:
+    generation += 1
+    with transaction():
+        for i in range(200):
+            save_json({"generation": generation}, folder / f"{i}.json")
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9])
+def test_sigint_at_any_moment_leaves_one_generation_of_outputs(tmp_path, delay):
+    """Many commits of 200 files, interrupted at a random moment (often mid-rename): every file
+    is from the same commit (a held-back SIGINT takes effect after the last rename)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", COMMIT_LOOP, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    generations = {json.loads(f.read_text())["generation"] for f in tmp_path.glob("*.json")}
+    assert len(generations) <= 1, generations
+    assert not list(tmp_path.glob(".*"))  # no staged file or journal left behind
+
+
+def test_a_commit_cut_short_is_refused_on_load_and_completed_by_the_next(tmp_path):
+    """SIGKILL inside the rename phase: the journal lists the complete staged files."""
+    model, probs = tmp_path / "model.pt", tmp_path / "probs.pt"
+    save_torch({"kind": "xai.model", "v": 1}, model)
+    save_torch({"kind": "xai.probs", "v": 1}, probs)
+    staged = {p: p.with_name(f".{p.name}.x.tmp") for p in (model, probs)}
+    for p, tmp in staged.items():
+        save_torch({"kind": "xai.model" if p == model else "xai.probs", "v": 2}, tmp)
+    journal = tmp_path / f".model.pt{JOURNAL_SUFFIX}"
+    journal.write_text(json.dumps([[str(t), str(p)] for p, t in staged.items()]))
+    os.replace(staged[model], model)  # killed here: model is new, probs still old
+    with pytest.raises(CheckpointError, match="cut short"):
+        load_torch(probs, kind="xai.probs")
+    assert recover(tmp_path) == [model, probs]
+    assert load_torch(model, kind="xai.model")["v"] == load_torch(probs, kind="xai.probs")["v"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "probs.pt"]

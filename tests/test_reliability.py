@@ -6,9 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
 
 from stages import train_blackbox
 from tests.conftest import ROOT
@@ -63,3 +67,36 @@ def test_bad_param_exits_2_with_one_line_and_writes_nothing(tiny_images, params,
     assert proc.stderr.strip().splitlines() == [
         "train_blackbox: error: vibi.beta = -1 is out of range; allowed: >= 0"]
     assert not (tmp_path / "out").exists()
+
+
+class HangingBlackBox(nn.Module):
+    """A black box whose third call hangs (sleeps a minute) after a SIGINT, like a stuck step;
+    a second SIGINT follows half a second into the hang."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 3:
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C: stop at the step boundary
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            time.sleep(60)
+        return 30 * F.avg_pool2d(x, 4).flatten(1)
+
+
+def test_a_second_sigint_stops_a_hung_step_at_once(params):
+    from tests.test_vibi import position_task, tiny_model, tiny_settings
+    from xai.tracking import NullRun
+    from xai.training import History
+    from xai.vibi_training import train
+
+    settings = tiny_settings(params, objective="blackbox", epochs=2, warmup_steps=0)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt, match="SIGINT again: stopping now"):
+        train(tiny_model(settings), settings, position_task(128, 0), position_task(32, 1),
+              seed=0, history=History(NullRun()), show_progress=False,
+              blackbox=HangingBlackBox())
+    assert time.monotonic() - start < 20
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

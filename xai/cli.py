@@ -22,7 +22,7 @@ def run(main: Callable[[list[str] | None], None], name: str) -> None:
     """Call a stage's `main`, turning user errors and interrupts into short messages.
 
     SIGTERM is handled like SIGINT, so `finally` blocks and atomic writers clean up: a killed
-    stage leaves no partial output. User errors (bad params, missing data, foreign checkpoints)
+    stage leaves no partial output (its outputs are committed together, see `xai.io`). User errors (bad params, missing data, foreign checkpoints)
     print one line and exit 2, without a traceback.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -32,6 +32,7 @@ def run(main: Callable[[list[str] | None], None], name: str) -> None:
     except XaiError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted; no partial output was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = f" ({exc})" if str(exc) and str(exc) not in ("SIGINT", "SIGTERM") else ""
+        print(f"{name}: interrupted{where}; no partial output was written", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

@@ -4,17 +4,30 @@ Every output goes to a temporary file in the target's folder and is renamed into
 is complete, so an interrupted stage never leaves a half-written file for DVC to cache. Tensors are
 serialised to memory first: `torch.save` given a path names the archive after the file, which would
 make the bytes depend on the temporary name.
+
+A stage writes several outputs; inside `transaction()` every write is staged (complete and fsynced
+beside its target) and all of them are renamed into place together when the block ends, so an
+interrupted stage leaves its previous outputs as they were. POSIX has no rename of several files at
+once, so the rename phase is made as safe as it can be: SIGINT and SIGTERM are held back during it
+(they take effect once every output is in place), and a journal beside the first output lists the
+staged files first, so that a SIGKILL or power loss inside the phase (microseconds) is completed by
+the next transaction writing into that folder, and `load_torch` refuses a file whose commit is
+pending meanwhile. DVC itself records a stage only after it exits 0, so `dvc repro` re-runs a
+stage killed at any point.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import hashlib
 import io
 import json
 import os
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,28 +48,187 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()  # read once: flipping the umask is not thread-safe
 
 
+JOURNAL_SUFFIX = ".xai-commit"  # `.{first output}.xai-commit`: a commit in progress
+
+
+class Transaction:
+    """Outputs staged by `atomic_path` inside `transaction()`, renamed into place by `commit`."""
+
+    def __init__(self) -> None:
+        self.staged: dict[Path, Path] = {}  # target -> complete temporary file beside it
+        self.committed = False
+
+    def discard(self) -> None:
+        """Remove every staged file; the targets keep their previous contents."""
+        with _signals_held():  # a second interrupt must not leave staged files behind
+            for tmp in self.staged.values():
+                tmp.unlink(missing_ok=True)
+            self.staged = {}
+
+    def commit(self) -> None:
+        """Rename every staged file onto its target (SIGINT/SIGTERM wait until all are done)."""
+        if self.committed:
+            raise RuntimeError("transaction already committed")  # a bug in the caller
+        self.committed = True
+        if not self.staged:
+            return
+        with _signals_held():
+            for folder in {target.parent for target in self.staged}:
+                recover(folder)
+            first = next(iter(self.staged))
+            journal = first.parent / f".{first.name}{JOURNAL_SUFFIX}"
+            entries = [[str(tmp), str(target)] for target, tmp in self.staged.items()]
+            _write_durably(journal, json.dumps(entries).encode())
+            _replace_all(entries)
+            journal.unlink()
+            _sync_folder(journal.parent)
+        self.staged = {}
+
+
+_ACTIVE: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("xai_transaction",
+                                                                             default=None)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+def transaction() -> Iterator[Transaction]:
+    """Stage every output written inside the block; commit them all together when it ends.
+
+    An exception (an interrupt included) discards the staged files, leaving every target as it
+    was. `commit()` may be called early, e.g. before logging the outputs somewhere else; later
+    writes in the block then go straight to their targets (each still atomic).
+    """
+    if _ACTIVE.get() is not None:
+        raise RuntimeError("transactions do not nest")  # a bug in the caller
+    txn = Transaction()
+    token = _ACTIVE.set(txn)
+    try:
+        yield txn
+        _ACTIVE.reset(token)
+        token = None
+        if not txn.committed:
+            txn.commit()
+    finally:
+        if token is not None:
+            _ACTIVE.reset(token)
+        txn.discard()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back inside the block (main thread) and deliver them after it.
+
+    The handlers are swapped, not the signal mask: Python runs a handler some bytecodes after
+    the signal arrived, so one that arrived just before the block would otherwise still fire in it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: arrived.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(arrived):
+            signal.raise_signal(sig)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so the renames in it survive a power loss."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_all(entries: list[list[str]]) -> None:
+    for tmp, target in entries:
+        if os.path.exists(tmp):
+            os.replace(tmp, target)
+    for folder in {Path(target).parent for _, target in entries}:
+        _sync_folder(folder)
+
+
+def recover(folder: str | Path) -> list[Path]:
+    """Complete commits in `folder` that a SIGKILL or power loss cut short; returns the files.
+
+    A journal is written only once every staged file is complete, so rolling forward gives the
+    full new set of outputs.
+    """
+    done: list[Path] = []
+    for journal in sorted(Path(folder).glob(f".*{JOURNAL_SUFFIX}")):
+        try:
+            entries = json.loads(journal.read_text())
+        except (OSError, ValueError):  # cut short while being written: its commit never began
+            journal.unlink(missing_ok=True)
+            continue
+        _replace_all(entries)
+        journal.unlink(missing_ok=True)
+        done += [Path(target) for _, target in entries]
+    return done
+
+
+def pending_commit(path: str | Path) -> Path | None:
+    """The journal of an unfinished commit that includes `path`, if there is one."""
+    path = Path(path)
+    for journal in path.parent.glob(f".*{JOURNAL_SUFFIX}"):
+        try:
+            targets = {Path(target) for _, target in json.loads(journal.read_text())}
+        except (OSError, ValueError):
+            continue
+        if path.resolve() in {t.resolve() for t in targets}:
+            return journal
+    return None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, staged: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    Inside `transaction()` the complete file is staged and replaces `path` at the commit instead;
+    `staged=False` writes through at once (for resume checkpoints, which are not stage outputs).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    txn = _ACTIVE.get() if staged else None
+    tmp: str | None = None
     try:
+        with _signals_held():  # an interrupt inside mkstemp would leave its file behind
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fchmod(fh.fileno(), _FILE_MODE)
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        if txn is None or txn.committed:
+            os.replace(tmp_path, path)
+        else:
+            earlier = txn.staged.pop(path.resolve(), None)
+            if earlier is not None:  # written twice in one transaction: the last one counts
+                earlier.unlink(missing_ok=True)
+            txn.staged[path.resolve()] = tmp_path
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if tmp is not None:
+            with _signals_held():
+                Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | Path, data: bytes, staged: bool = True) -> None:
+    """Write `data` to `path` atomically (staged inside a `transaction`)."""
+    with atomic_path(path, staged) as tmp:
         tmp.write_bytes(data)
 
 
@@ -67,9 +239,9 @@ def torch_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def save_torch(obj: Any, path: str | Path) -> None:
+def save_torch(obj: Any, path: str | Path, staged: bool = True) -> None:
     """torch.save `obj` (tensors, numbers, strings, lists, dicts) to `path` atomically."""
-    write_bytes(path, torch_bytes(obj))
+    write_bytes(path, torch_bytes(obj), staged)
 
 
 def save_json(obj: Any, path: str | Path) -> None:
@@ -103,6 +275,10 @@ def load_torch(path: str | Path, *, kind: str, required: Sequence[str] = ()) -> 
     missing file, a truncated or foreign file, missing keys) raises `CheckpointError`.
     """
     path = Path(path)
+    journal = pending_commit(path)
+    if journal is not None:
+        raise CheckpointError(f"{path} belongs to a commit that was cut short ({journal}); re-run "
+                              "the stage that writes it (dvc repro does)")
     if not path.is_file():
         raise CheckpointError(f"{kind} file {path} not found; run the stage that writes it first")
     try:

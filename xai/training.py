@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -110,19 +111,24 @@ class StopFlag:
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[StopFlag]:
-    """Turn SIGINT/SIGTERM into a flag for the loop to check at a step boundary.
+    """Turn a first SIGINT/SIGTERM into a flag for the loop to check at a step boundary.
 
     A training loop can then save a consistent checkpoint (never half an optimizer step) and
-    raise `KeyboardInterrupt` itself. Outside the main thread signals cannot be caught: the flag
-    just stays unset.
+    raise `KeyboardInterrupt` itself. A second signal raises `KeyboardInterrupt` at once, so a
+    step that hangs can still be stopped from the keyboard. Outside the main thread signals
+    cannot be caught: the flag just stays unset.
     """
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
-    def request(_signum: int, _frame: Any) -> None:
+    def request(signum: int, _frame: Any) -> None:
+        if flag.requested:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopping now")
         flag.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
 
     previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -262,6 +268,19 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is set on any rank (one all-reduce); every rank gets the same answer.
+
+        A stop request (SIGINT on one rank, or on all at slightly different moments) checked
+        this way stops every rank after the same step, so none waits in a collective for a rank
+        that has left.
+        """
+        if not self.enabled:
+            return flag
+        value = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
 
 def init_distributed(device: torch.device) -> Distributed:

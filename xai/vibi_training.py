@@ -286,7 +286,8 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                     "noise": noise.get_state(), "best_fidelity": loop.best_fidelity,
                     "best_state": loop.best_state, "sums": loop.sums, "rows": history.rows,
                     "elapsed": history.elapsed,
-                    "seconds_to_target": history.seconds_to_target}, ckpt)
+                    "seconds_to_target": history.seconds_to_target}, ckpt,
+                   staged=False)  # not a stage output: it must exist now, to resume from
 
     def evaluate(tau: float, rate: float) -> None:
         val = summarize(explain(model, val_set.x, amp=amp, approximator=approximator),
@@ -332,13 +333,15 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                 for key, value in zip(("loss", "ce", "kl", "steps"), (*values, 1.0)):
                     loop.sums[key] = loop.sums.get(key, 0.0) + value
                 bar.step(len(batch), loss=values[0], tau=tau)
+                stopping = dist.any(stop.requested, device)  # same step on every rank
                 if loop.step - epoch * steps_per_epoch in eval_at:
                     evaluate(tau, bar.items_per_second)
                     save_checkpoint()
-                elif stop.requested:
+                elif stopping:
                     save_checkpoint()
-                if stop.requested:
+                if stopping:
                     bar.close()
+                    dist.barrier()  # no rank exits (and gets the others killed) mid-save
                     raise KeyboardInterrupt(f"{desc}: interrupted at step {loop.step}")
             bar.close()
     if settings.save_best and loop.best_state is not None:
