@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +102,66 @@ def test_a_second_sigint_stops_a_hung_step_at_once(params):
               blackbox=HangingBlackBox())
     assert time.monotonic() - start < 20
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def _start_mlflow_server(folder):
+    """A real `mlflow server` on a free local port, in its own process group (to kill it all)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+           "--default-artifact-root", str(folder / "artifacts")]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(uri, timeout_s=180):
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"mlflow server at {uri} did not start")
+
+
+def test_a_tracking_server_lost_mid_stage_still_gives_the_stage_outputs(tiny_images, params,
+                                                                         tmp_path):
+    """The MLflow server is SIGKILLed during training: the stage warns once that tracking was
+    lost, exits 0 and writes the same outputs as a run without tracking."""
+    server, uri = _start_mlflow_server(tmp_path)
+    try:
+        reference = stage_files(tmp_path / "reference")
+        train_blackbox.main(stage_args(params({**TINY, "blackbox.epochs": 2}, name="ref.yaml"),
+                                       tiny_images, reference))
+        _wait_healthy(uri)
+        files = stage_files(tmp_path / "out")
+        p = params({**TINY, "blackbox.epochs": 2, "tracking.enabled": True, "tracking.uri": uri,
+                    "tracking.timeout_s": 5})
+        proc = subprocess.Popen([sys.executable, "-m", "stages.train_blackbox",
+                                 *stage_args(p, tiny_images, files)], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        seen, deadline = "", time.monotonic() + 120
+        while "epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:
+            seen += proc.stderr.read(1)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+    assert proc.returncode == 0, seen + err
+    assert (seen + err).count("warning: tracking lost") == 1, seen + err
+    assert "Traceback" not in err
+    for name in ("model", "probs", "metrics"):  # (plots and timings hold wall times)
+        assert files[name].read_bytes() == reference[name].read_bytes(), name
+    assert files["plots"].exists() and files["timings"].exists()

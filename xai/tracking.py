@@ -7,21 +7,27 @@ baseline, and grouped under one parent run per pipeline execution (tag `xai.pipe
 the project root as an absolute URI, so queued experiments in temporary folders log to the same
 store; `tracking.uri` may name a server instead, which is probed first so an unreachable server
 fails within `tracking.timeout_s` instead of hanging.
+
+A store that fails once the stage has started (the server goes away mid-stage) does not fail the
+stage: the first failure prints one "tracking lost" warning, every later MLflow call is skipped,
+and the stage writes its DVC outputs and exits 0; its MLflow run is left unfinished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xai.config import Config, TrackingConfig
 from xai.errors import TrackingError
@@ -71,13 +77,49 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _store_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the tracking store failing (unreachable, refusing), not a bug of ours."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, (MlflowException, OSError))
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _tolerant(method: _Method) -> _Method:
+    """A `Run` method that, once the store has failed mid-stage, warns once and does nothing."""
+    @functools.wraps(method)
+    def call(self: Run, *args: Any, **kwargs: Any) -> Any:
+        if self.lost is None:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - only store failures are swallowed
+                if not _store_failure(exc):
+                    raise
+                self.lose(exc)
+        return False if method.__name__ == "log_to_producer" else None
+    return call  # type: ignore[return-value]
+
+
 class Run:
     """A live MLflow run: params, metrics by step, tags and artifacts."""
 
     def __init__(self, client: Any, run_id: str) -> None:
         self._client = client
         self.run_id = run_id
+        self.lost: str | None = None  # why the store stopped answering mid-stage
 
+    def lose(self, exc: BaseException) -> None:
+        """Stop tracking after a store failure, with one warning on stderr."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.lost = first
+        uri = getattr(self._client, "tracking_uri", "")
+        print(f"warning: tracking lost: the MLflow store {uri} failed mid-stage ({first[:300]}); "
+              "the stage goes on without it and writes its DVC outputs, its MLflow run stays "
+              "unfinished", file=sys.stderr, flush=True)
+
+    @_tolerant
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -85,9 +127,11 @@ class Run:
         for i in range(0, len(items), 100):  # MLflow's per-batch limit
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
+    @_tolerant
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.log_metric_steps([(step or 0, metrics, now_ms())])
 
+    @_tolerant
     def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
         """Log (step, metrics, time in ms) entries recorded earlier in as few requests as MLflow
         allows (1000 per batch), each with the time it was recorded."""
@@ -98,18 +142,22 @@ class Run:
         for i in range(0, len(items), 1000):
             self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
+    @_tolerant
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self._client.set_tag(self.run_id, key, str(value))
 
+    @_tolerant
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """Copy a file (a figure, a table) into the run's artifacts, under `folder` if given."""
         self._client.log_artifact(self.run_id, str(path), folder)
 
+    @_tolerant
     def tag_outputs(self, *paths: str | Path) -> None:
         """Record the md5 of output files, so later stages can find the run that made them."""
         self.set_tags({f"{OUTPUT_TAG}{Path(p).as_posix()}": file_md5(p) for p in paths})
 
+    @_tolerant
     def log_to_producer(self, output: str | Path, artifact: str | Path, folder: str) -> bool:
         """Also log `artifact` to the run that wrote `output` (as it is now); False if none."""
         producer = find_producer(self._client, output)
@@ -124,6 +172,7 @@ class NullRun(Run):
 
     def __init__(self) -> None:
         self.run_id = ""
+        self.lost = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
@@ -272,8 +321,20 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool 
     finally:
         with contextlib.suppress(Exception):
             run.log_metrics({"stage_wall_seconds": time.perf_counter() - started})
-        client.set_terminated(run.run_id, status)
-        client.set_terminated(parent, status)
+        _terminate(run, client, [run.run_id, parent], status)
+
+
+def _terminate(run: Run, client: Any, run_ids: list[str], status: str) -> None:
+    """End the stage's runs; a store lost mid-stage leaves them as they are (see the module)."""
+    for run_id in run_ids:
+        if run.lost is not None:
+            return
+        try:
+            client.set_terminated(run_id, status)
+        except Exception as exc:  # noqa: BLE001 - only store failures are swallowed
+            if not _store_failure(exc):
+                raise
+            run.lose(exc)
 
 
 def find_producer(client: Any, output: str | Path) -> Any | None:
