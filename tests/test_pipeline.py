@@ -45,7 +45,7 @@ def test_stage_reruns_only_when_its_params_change(project):
     image_bytes = (project / "data/prepared/images.pt").read_bytes()
 
     out = run([DVC, "repro", "prepare", "prepare_toy"], project)
-    assert "Running stage" not in out
+    assert "Running stage 'prepare'" not in out and "Running stage 'prepare_toy'" not in out
 
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("n_samples: 1000", "n_samples: 500"))
@@ -54,6 +54,28 @@ def test_stage_reruns_only_when_its_params_change(project):
 
     run([DVC, "repro", "--force", "prepare"], project)
     assert (project / "data/prepared/images.pt").read_bytes() == image_bytes
+
+
+def test_changed_raw_data_reruns_prepare_and_an_equal_copy_does_not(project, tmp_path):
+    """raw_data fingerprints the raw files at every repro; prepare depends on the fingerprint."""
+    from tests.conftest import image_tree, write_tar
+
+    out = run([DVC, "repro", "prepare"], project)
+    assert "Running stage 'raw_data'" in out and "Running stage 'prepare'" in out
+    archive = tmp_path / "tiny.tar.gz"
+    shutil.copy(archive, tmp_path / "copy")
+    archive.unlink()
+    shutil.copy(tmp_path / "copy", archive)  # a new copy of the same data set (new timestamps)
+    out = run([DVC, "repro", "prepare"], project)
+    assert "Running stage 'prepare'" not in out
+
+    files = image_tree()
+    files["tree/train/cat/000.png"] = files["tree/train/cat/001.png"]  # one image replaced
+    write_tar(archive, files)
+    images = (project / "data/prepared/images.pt").read_bytes()
+    out = run([DVC, "repro", "prepare"], project)
+    assert "Running stage 'prepare'" in out
+    assert (project / "data/prepared/images.pt").read_bytes() != images
 
 
 def test_two_queued_experiments_log_their_own_runs(project, tmp_path):

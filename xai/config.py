@@ -62,6 +62,7 @@ class DataConfig:
     download: bool
     val_fraction: float = bounded(gt=0, lt=1)
     split_seed: int = bounded(ge=0, le=SEED_MAX)
+    image_size: int | tuple[int, ...] | None = bounded(ge=2, le=4096)
 
     def __post_init__(self) -> None:
         if self.dataset == "folder" and not self.folder:
@@ -70,6 +71,22 @@ class DataConfig:
                 "tree with train/ and test/ inside, or a .tar.gz/.tgz/.tar/.zip of one "
                 "(relative to data.root, or absolute)"
             )
+        size = self.image_size
+        if isinstance(size, tuple) and len(size) != 2:
+            raise ConfigError(f"data.image_size = {list(size)} is not allowed; use null (keep "
+                              "the images' size), a side length N or [height, width]")
+        if size is not None and self.dataset != "folder":
+            shown = list(size) if isinstance(size, tuple) else size
+            raise ConfigError(f"data.image_size = {shown} is not allowed with data.dataset = "
+                              f"{self.dataset!r} (its images have one size); allowed: null, or "
+                              "a size with data.dataset = 'folder'")
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """`image_size` as (height, width), or None to keep the images' own size."""
+        size = self.image_size
+        return None if size is None else (size, size) if isinstance(size, int) else \
+            (size[0], size[1])
 
 
 @dataclass(frozen=True)
@@ -363,7 +380,11 @@ def _coerce(value: Any, hint: Any, key: str, bounds: Any) -> Any:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None
-        (inner,) = [o for o in options if o is not type(None)]
+        inner, *others = [o for o in options if o is not type(None)]
+        if others:  # e.g. int | tuple[int, ...]: a list takes the sequence type
+            sequences = [o for o in (inner, *others) if get_origin(o) in (tuple, list)]
+            scalars = [o for o in (inner, *others) if get_origin(o) not in (tuple, list)]
+            inner = sequences[0] if isinstance(value, (list, tuple)) and sequences else scalars[0]
         return _coerce(value, inner, key, bounds)
     if origin is Literal:
         choices = get_args(hint)

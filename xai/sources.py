@@ -4,6 +4,12 @@ Each source returns whole splits as uint8 tensors (N x C x H x W) plus class nam
 own dataset classes read their on-disk layout under `data.root` and download when the files are
 missing and `data.download` is on; a class-per-folder tree (`train/<class>/*`, `test/<class>/*`)
 may also be a .tar.gz/.tgz/.tar/.zip archive, read without extracting it.
+
+In a folder tree, grey, palette and RGBA images are converted to the set's channels (grey when
+every image is grey, else RGB; alpha is dropped), files that are not images by their suffix are
+skipped (and counted), and images of another size are resized to `data.image_size` when it is
+set. A file that does not decode, images of mixed sizes without `data.image_size`, and an empty
+class folder stop `prepare` with a message naming the file or folder.
 """
 
 from __future__ import annotations
@@ -47,12 +53,38 @@ def load_images(cfg: DataConfig, root: Path) -> Dataset:
     """Read the configured image source under `root` and split off the validation set."""
     if cfg.dataset == "folder":
         folder = Path(cfg.folder)  # type: ignore[arg-type]  # required by DataConfig
-        raw = read_folder(folder if folder.is_absolute() else root / folder)
+        raw = read_folder(folder if folder.is_absolute() else root / folder, cfg.size)
         name = _archive_stem(folder)
     else:
         raw, name = read_torchvision(cfg.dataset, root, cfg.download), cfg.dataset
     train, val = train_val_split(raw.train_x, raw.train_y, cfg.val_fraction, cfg.split_seed)
     return Dataset(name, raw.classes, train, val, Split(raw.test_x, raw.test_y))
+
+
+def raw_files(cfg: DataConfig, root: Path) -> dict[str, Path]:
+    """The raw files `load_images` reads, by a name that does not depend on where they are."""
+    if cfg.dataset != "folder":
+        spec = TORCHVISION_SETS[cfg.dataset]
+        return {f"{spec.folder}/{f}": root / spec.folder / f for f in spec.files}
+    folder = Path(cfg.folder)  # type: ignore[arg-type]  # required by DataConfig
+    path = folder if folder.is_absolute() else root / folder
+    if path.is_dir():
+        return {f"{path.name}/{p.relative_to(path).as_posix()}": p
+                for p in sorted(path.rglob("*")) if p.is_file()}
+    return {path.name: path}
+
+
+def raw_fingerprint(cfg: DataConfig, root: Path) -> dict[str, object]:
+    """md5 of every raw file `prepare` reads (None where one is missing, e.g. before a download).
+
+    Equal raw data gives an equal fingerprint wherever it lies and whatever its timestamps, so a
+    fresh copy of the same data set invalidates nothing.
+    """
+    from xai.io import file_md5
+
+    files = raw_files(cfg, root)
+    return {"dataset": cfg.dataset,
+            "files": {name: file_md5(p) if p.is_file() else None for name, p in files.items()}}
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -135,8 +167,9 @@ def _tensors(ds: object) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------- folder tree
 
 
-def read_folder(path: Path) -> RawImages:
-    """Read a class-per-folder tree with train/ and test/ inside (a folder or an archive)."""
+def read_folder(path: Path, size: tuple[int, int] | None = None) -> RawImages:
+    """Read a class-per-folder tree with train/ and test/ inside (a folder or an archive);
+    `size` (height, width) resizes every image to it, None keeps their (one) size."""
     if not path.exists():
         raise DataError(
             f"image folder {path} not found; expected a folder (or {'/'.join(ARCHIVE_SUFFIXES)} "
@@ -145,15 +178,32 @@ def read_folder(path: Path) -> RawImages:
         )
     entries: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
     prefixes: set[PurePosixPath] = set()
+    class_folders: dict[tuple[str, str], str] = {}  # (split, class) -> its path in the tree
+    skipped: list[str] = []
     for name, read in tqdm(_members(path), desc=f"reading {path.name}", unit="img",
                            mininterval=1.0):
         parts = PurePosixPath(name)
-        if parts.suffix.lower() not in IMAGE_SUFFIXES or len(parts.parts) < 3:
+        if read is None:  # a folder: train/<class> may turn out to hold no image
+            if len(parts.parts) >= 2 and parts.parts[-2] in entries:
+                class_folders[(parts.parts[-2], parts.parts[-1])] = name
+            continue
+        if len(parts.parts) < 3 or parts.parts[-3] not in entries:
             continue
         split, label = parts.parts[-3], parts.parts[-2]
-        if split in entries:
-            prefixes.add(parts.parent.parent.parent)
-            entries[split].append((label, name, read()))
+        class_folders[(split, label)] = str(parts.parent)
+        if parts.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(name)
+            continue
+        prefixes.add(parts.parent.parent.parent)
+        entries[split].append((label, name, read()))
+    if skipped:
+        print(f"{path.name}: skipped {len(skipped)} files that are not images by their suffix "
+              f"(e.g. {skipped[0]}); images end in {', '.join(sorted(IMAGE_SUFFIXES))}")
+    filled = {(split, label) for split, items in entries.items() for label, _, _ in items}
+    empty = sorted(set(class_folders) - filled)
+    if empty and entries["train"] and entries["test"]:
+        raise DataError(f"{path}: class folder {class_folders[empty[0]]} holds no images; add "
+                        "images or remove the folder")
     if not entries["train"] or not entries["test"]:
         raise DataError(
             f"{path} holds no images in train/<class>/<image> and test/<class>/<image> "
@@ -165,13 +215,15 @@ def read_folder(path: Path) -> RawImages:
     unknown = sorted({label for label, _, _ in entries["test"]} - set(classes))
     if unknown:
         raise DataError(f"{path}: test classes {unknown} have no training images")
-    train_x, train_y = _decode(entries["train"], classes)
-    test_x, test_y = _decode(entries["test"], classes)
+    train_x, train_y = _decode(entries["train"], classes, size)
+    test_x, test_y = _decode(entries["test"], classes, size)
     if train_x.shape[1:] != test_x.shape[1:]:
         train_x, test_x = _common_channels(train_x), _common_channels(test_x)
     if train_x.shape[1:] != test_x.shape[1:]:
-        raise DataError(f"{path}: train images are {tuple(train_x.shape[2:])}, test images "
-                        f"{tuple(test_x.shape[2:])}; all images must have one size")
+        h, w = train_x.shape[2:]
+        raise DataError(f"{path}: train images are {(h, w)}, test images "
+                        f"{tuple(test_x.shape[2:])}; all images must have one size: set "
+                        f"data.image_size (e.g. [{h}, {w}]) to resize them")
     return RawImages(classes, train_x, train_y, test_x, test_y)
 
 
@@ -183,25 +235,34 @@ def _archive_stem(path: Path) -> str:
     return path.name
 
 
-def _members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """Yield (relative posix name, reader of its bytes) for every file in a folder or archive."""
+def _members(path: Path) -> Iterator[tuple[str, Callable[[], bytes] | None]]:
+    """Yield (relative posix name, reader of its bytes) for every file in a folder or archive,
+    and (name, None) for every folder in it."""
     name = path.name.lower()
     if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            yield file.relative_to(path).as_posix(), file.read_bytes
+        for file in sorted(path.rglob("*")):
+            rel = file.relative_to(path).as_posix()
+            if file.is_dir():
+                yield rel, None
+            elif file.is_file():
+                yield rel, file.read_bytes
     elif name.endswith((".tar.gz", ".tgz", ".tar")):
         try:
             with tarfile.open(path, "r:*") as tar:
                 for member in tar:
                     if member.isfile():
                         yield member.name, tar.extractfile(member).read  # type: ignore[union-attr]
+                    elif member.isdir():
+                        yield member.name, None
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DataError(f"{path} is not a readable tar archive ({exc})") from None
     elif name.endswith(".zip"):
         try:
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
-                    if not info.is_dir():
+                    if info.is_dir():
+                        yield info.filename.rstrip("/"), None
+                    else:
                         yield info.filename, lambda info=info: zf.read(info)
         except (zipfile.BadZipFile, OSError) as exc:
             raise DataError(f"{path} is not a readable zip archive ({exc})") from None
@@ -209,24 +270,30 @@ def _members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         raise DataError(f"{path} is neither a folder nor a {'/'.join(ARCHIVE_SUFFIXES)} archive")
 
 
-def _decode(entries: list[tuple[str, str, bytes]], classes: tuple[str, ...]
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode images in (class, name) order, so archive order never changes the result."""
+def _decode(entries: list[tuple[str, str, bytes]], classes: tuple[str, ...],
+            size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode images in (class, name) order, so archive order never changes the result;
+    `size` (height, width) resizes them (bilinear, with Pillow's antialiasing)."""
     index = {c: i for i, c in enumerate(classes)}
     entries = sorted(entries, key=lambda e: (e[0], e[1]))
     arrays = []
     for _, name, data in entries:
         try:
             with Image.open(io.BytesIO(data)) as img:
-                grey = img.mode in ("1", "L", "I", "I;16", "F")
-                arrays.append(np.asarray(img.convert("L" if grey else "RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
+                grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+                img = img.convert("L" if grey else "RGB")  # alpha dropped
+                if size is not None and img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                arrays.append(np.asarray(img))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"cannot decode image {name}: {exc}") from None
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1:
         first = arrays[0].shape[:2]
-        odd = next(n for (_, n, _), a in zip(entries, arrays) if a.shape[:2] != first)
-        raise DataError(f"all images must have one size: {entries[0][1]} is {first}, {odd} is not")
+        odd, shape = next((n, a.shape[:2]) for (_, n, _), a in zip(entries, arrays)
+                          if a.shape[:2] != first)
+        raise DataError(f"all images must have one size: {entries[0][1]} is {first}, {odd} is "
+                        f"{shape}; set data.image_size (e.g. {list(first)}) to resize them")
     colour = any(a.ndim == 3 for a in arrays)
     if colour:
         arrays = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]
