@@ -1,0 +1,382 @@
+"""Fault injection on a tiny pipeline: kills, bad inputs, bad data sets, bad params.
+
+Every case ends in a clear message (a `XaiError`, exit code 2, naming the file or key) or in a
+documented conversion, and after each kill `dvc repro` brings the pipeline back to the same
+metrics bit for bit. The case lists below are what `experiments/faults.py` counts for the
+README's reliability section (`tests/test_readme.py` keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import ROOT, image_tree, write_params, write_tar
+from xai.blackbox import load_blackbox, load_probabilities
+from xai.config import load_config
+from xai.data import load_dataset
+from xai.errors import ConfigError, DataError, XaiError
+from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier
+from xai.invertible_training import PROJECTIONS_KIND
+from xai.io import load_torch
+from xai.judge import load_judge
+from xai.sources import read_folder
+from xai.vibi import load_vibi
+from xai.vibi_training import EXPLANATIONS_KIND
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+# ----------------------------------------------------------------------------- the tiny pipeline
+
+TINY_PIPELINE = {
+    "device": "cpu", "data.dataset": "folder", "data.val_fraction": 0.25,
+    "blackbox.width": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
+    "blackbox.schedule": "constant",
+    "toy.n_samples": 90, "toy.dataset": "blobs",
+    "invertible.toy.epochs": 4, "invertible.toy.milestones": [2, 3],
+    "invertible.toy.restarts": 2, "invertible.toy.batch_size": 16,
+    "invertible.image.downsample": [2, 4], "invertible.image.blocks": [1, 1],
+    "invertible.image.hidden": [4, 4], "invertible.image.kernel": [3, 1],
+    "invertible.image.epochs": 1, "invertible.image.batch_size": 16,
+    "invertible.image.eval_batch_size": 16,
+    "vibi.width": 0.25, "vibi.k": 1, "vibi.epochs": 1, "vibi.l2x_epochs": 1,
+    "vibi.batch_size": 16, "vibi.warmup_steps": 0, "vibi.precision": "fp32",
+    "judge.epochs": 1, "judge.batch_size": 16,
+    "render.dpi": 40, "render.vibi_images": 2, "render.vibi_columns": 2,
+    "render.counterfactual_images": 1, "render.counterfactual_target": None,
+    "render.toy_points": 2,
+    "evaluate.num_images": 8, "evaluate.budgets": [1, 2], "evaluate.curve_points": 3,
+    "evaluate.ig_steps": 2, "evaluate.smoothgrad_samples": 2, "evaluate.shap_samples": 2,
+    "evaluate.lime_samples": 8, "evaluate.robustness_images": 4, "evaluate.perturbations": 2,
+    "evaluate.encoding_folds": 2, "evaluate.bootstrap": 10, "evaluate.batch_size": 64,
+}
+#: every stage of dvc.yaml, in pipeline order: each is SIGKILLed once at a random moment
+KILL_STAGES = ["raw_data", "prepare", "prepare_toy", "train_blackbox", "train_judge",
+               "train_invertible", "train_l2x", "train_vibi", "render", "evaluate"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "OMP_NUM_THREADS": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _dvc(project: Path, *args: str) -> str:
+    proc = subprocess.run([DVC, *args], cwd=project, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def _metrics(project: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((project / "metrics").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A git + DVC copy of the project on a tiny grey folder data set, reproduced once."""
+    base = tmp_path_factory.mktemp("faults")
+    write_tar(base / "tiny.tar.gz", image_tree(colour=False, per_class=32,
+                                               classes=("left", "right")))
+    project = base / "repo"
+    project.mkdir()
+    for name in ("dvc.yaml", "stages", "xai"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
+    write_params(project / "params.yaml", {**TINY_PIPELINE, "data.root": str(base),
+                                           "data.folder": "tiny.tar.gz"})
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    _dvc(project, "init", "-q")
+    seconds = {}
+    for stage in KILL_STAGES:  # one by one, to learn how long each takes
+        start = time.monotonic()
+        _dvc(project, "repro", "--single-item", stage)
+        seconds[stage] = time.monotonic() - start
+    assert "changed" not in _dvc(project, "status").replace("always changed", "")
+    return project, _metrics(project), seconds
+
+
+def _kill_stage_at(project: Path, stage: str, seconds: float) -> bool:
+    """Run `dvc repro --force <stage>` and SIGKILL the stage's process `seconds` after DVC
+    started; False if the stage ended first."""
+    dvc = subprocess.Popen([DVC, "repro", "--force", "--single-item", stage], cwd=project,
+                           env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + seconds
+    killed = False
+    while dvc.poll() is None and not killed:
+        if time.monotonic() >= deadline:
+            for p in psutil.Process(dvc.pid).children(recursive=True):
+                if any(a.startswith("stages.") for a in _cmdline(p)):
+                    p.kill()
+                    killed = True
+        time.sleep(0.005)
+    dvc.wait(timeout=300)
+    return killed
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+@pytest.mark.parametrize("stage", KILL_STAGES)
+def test_sigkill_at_a_random_point_then_dvc_repro_restores_the_same_metrics(pipeline, stage):
+    """The moment is uniform over the stage's run (DVC's start-up included); printed."""
+    project, metrics, seconds = pipeline
+    at = random.Random(f"{stage}-{time.time_ns()}").uniform(0.05, 0.9) * seconds[stage]
+    print(f"SIGKILL of {stage} {at:.2f} s into its {seconds[stage]:.2f} s")
+    assert _kill_stage_at(project, stage, at), f"{stage} ended within {at:.2f} s"
+    _dvc(project, "repro")
+    assert _metrics(project) == metrics
+    status = _dvc(project, "status")
+    assert "changed" not in status.replace("always changed", ""), status
+    assert not list(project.rglob(".*.tmp")) and not list(project.rglob(".*.xai-commit"))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+#: every file a stage reads, by its path in dvc.yaml, with the loader the stages use for it
+LOADERS = {
+    "data/prepared/images.pt": load_dataset,
+    "data/prepared/toy.pt": load_dataset,
+    "models/blackbox.pt": load_blackbox,
+    "models/blackbox_probs.pt": load_probabilities,
+    "models/judge.pt": load_judge,
+    "models/l2x.pt": load_vibi,
+    "models/vibi.pt": load_vibi,
+    "models/invertible_toy.pt": lambda p: load_classifier(p, TOY_KIND),
+    "models/invertible_image.pt": lambda p: load_classifier(p, IMAGE_KIND),
+    "outputs/invertible_toy_projections.pt": lambda p: load_torch(p, kind=PROJECTIONS_KIND),
+    "outputs/vibi_test_explanations.pt": lambda p: load_torch(p, kind=EXPLANATIONS_KIND),
+}
+INPUT_FAULTS = ["missing", "empty", "truncated", "garbage", "foreign_torch", "other_kind"]
+INPUT_CASES = [(path, fault) for path in LOADERS for fault in INPUT_FAULTS]
+
+
+def _damage(path: Path, fault: str, other: Path) -> None:
+    data = path.read_bytes()
+    if fault == "missing":
+        path.unlink()
+    elif fault == "empty":
+        path.write_bytes(b"")
+    elif fault == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif fault == "garbage":
+        path.write_bytes(random.Random(0).randbytes(len(data)))
+    elif fault == "foreign_torch":  # a torch file, but not one of ours
+        torch.save([torch.ones(3)], path)
+    elif fault == "other_kind":  # one of ours, of another kind
+        shutil.copy(other, path)
+
+
+@pytest.mark.parametrize(("path", "fault"), INPUT_CASES)
+def test_a_damaged_input_gives_a_clear_error_naming_it(pipeline, tmp_path, path, fault):
+    project = pipeline[0]
+    target = tmp_path / Path(path).name
+    shutil.copy(project / path, target)
+    other = project / ("models/judge.pt" if "judge" not in path else "models/blackbox.pt")
+    _damage(target, fault, other)
+    with pytest.raises(XaiError) as error:
+        LOADERS[path](target)
+    message = str(error.value)
+    assert str(target) in message and "\n" not in message and "Traceback" not in message
+
+
+def test_a_damaged_input_stops_the_real_stage_with_exit_2_and_one_line(pipeline, tmp_path):
+    project = pipeline[0]
+    model = tmp_path / "blackbox.pt"
+    model.write_bytes((project / "models/blackbox.pt").read_bytes()[:1000])
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.train_judge", "--params", str(project / "params.yaml"),
+         "--data", str(project / "data/prepared/images.pt"),
+         "--probs", str(project / "models/blackbox_probs.pt"), "--blackbox", str(model),
+         *[a for name in ("model", "metrics", "timings", "plots")
+           for a in (f"--{name}", str(tmp_path / f"out_{name}"))]],
+        cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"train_judge: error: {model} is not a readable xai.blackbox file, truncated or corrupt "
+        + proc.stderr.split("corrupt ", 1)[1].strip()]
+    assert not list(tmp_path.glob("out_*"))
+
+
+# ----------------------------------------------------------------------------- folder data sets
+
+
+def _png(pixels: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(pixels)
+    (image.convert(mode) if mode else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tree(**changes: bytes | None) -> dict[str, bytes]:
+    """A colour 8 x 8 tree with `changes` (name relative to tree/, None removes the file)."""
+    files = image_tree()
+    for name, data in changes.items():
+        key = f"tree/{name.replace('__', '/')}"
+        if data is None:
+            files.pop(key, None)
+        else:
+            files[key] = data
+    return files
+
+
+GREY = np.full((8, 8), 90, np.uint8)
+RGB = np.full((8, 8, 3), 90, np.uint8)
+#: (case, files of the tree, extra empty folders, image_size, expected: a shape or an error)
+FOLDER_CASES = [
+    ("corrupt_image", _tree(**{"train/cat/bad.png": b"\x89PNG garbage"}),
+     [], None, r"cannot decode image tree/train/cat/bad\.png"),
+    ("truncated_image", _tree(**{"train/dog/000.png": _png(RGB)[:40]}), [], None,
+     r"cannot decode image tree/train/dog/000\.png"),
+    ("empty_image_file", _tree(**{"test/emu/000.png": b""}), [], None,
+     r"cannot decode image tree/test/emu/000\.png"),
+    ("image_suffix_on_text", _tree(**{"train/cat/notes.jpg": b"just text"}), [], None,
+     r"cannot decode image tree/train/cat/notes\.jpg"),
+    ("grey_among_colour", _tree(**{"train/cat/000.png": _png(GREY)}), [], None, (3, 8, 8)),
+    ("rgba_among_colour", _tree(**{"train/dog/001.png": _png(RGB, "RGBA")}), [], None,
+     (3, 8, 8)),
+    ("palette_image", _tree(**{"test/cat/000.png": _png(RGB, "P")}), [], None, (3, 8, 8)),
+    ("grey_with_alpha", _tree(**{"train/emu/002.png": _png(GREY, "LA")}), [], None, (3, 8, 8)),
+    ("non_image_files_skipped", _tree(**{"train/cat/Thumbs.db": b"x", "README.txt": b"x",
+                                         "train/dog/.DS_Store": b"x"}), [], None, (3, 8, 8)),
+    ("mixed_size", _tree(**{"train/cat/000.png": _png(np.zeros((10, 12, 3), np.uint8))}), [],
+     None, r"all images must have one size: .*set data\.image_size"),
+    ("mixed_size_resized", _tree(**{"train/cat/000.png": _png(np.zeros((10, 12, 3), np.uint8))}),
+     [], (6, 7), (3, 6, 7)),
+    ("test_size_differs", {k: (_png(np.zeros((9, 9, 3), np.uint8)) if "/test/" in k else v)
+                           for k, v in image_tree().items()}, [], None,
+     r"train images are \(8, 8\), test images \(9, 9\).*data\.image_size"),
+    ("empty_class_folder", _tree(), ["tree/train/fox"], None,
+     r"class folder tree/train/fox holds no images"),
+    ("class_folder_without_images", _tree(**{"train/fox/notes.txt": b"x"}), [], None,
+     r"class folder tree/train/fox holds no images"),
+    ("test_class_without_training_images", _tree(**{"test/fox/000.png": _png(RGB)}), [], None,
+     r"test classes \['fox'\] have no training images"),
+    ("no_test_split", {k: v for k, v in image_tree().items() if "/test/" not in k}, [], None,
+     r"holds no images in train/<class>/<image> and test/<class>/<image>"),
+    ("two_trees", {**image_tree(), **{k.replace("tree/", "copy/"): v
+                                      for k, v in image_tree().items()}}, [], None,
+     r"more than one train/test tree"),
+]
+
+
+@pytest.mark.parametrize("form", ["folder", "archive"])
+@pytest.mark.parametrize(("case", "files", "folders", "size", "expected"), FOLDER_CASES,
+                         ids=[c[0] for c in FOLDER_CASES])
+def test_a_faulty_folder_data_set_is_converted_or_named(tmp_path, form, case, files, folders,
+                                                        size, expected):
+    if form == "folder":
+        path = tmp_path / "set"
+        for name, data in files.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+        for folder in folders:
+            (path / folder).mkdir(parents=True)
+    else:
+        path = tmp_path / "set.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name in sorted(files):
+                info = tarfile.TarInfo(name)
+                info.size = len(files[name])
+                tar.addfile(info, io.BytesIO(files[name]))
+            for folder in folders:  # an empty folder is a directory entry of its own
+                info = tarfile.TarInfo(folder)
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+    if isinstance(expected, str):
+        with pytest.raises(DataError, match=expected):
+            read_folder(path, size)
+    else:
+        raw = read_folder(path, size)
+        assert tuple(raw.train_x.shape[1:]) == tuple(raw.test_x.shape[1:]) == expected
+        assert raw.classes == ("cat", "dog", "emu")
+
+
+def test_corrupt_archives_are_named(tmp_path):
+    for name in ("set.tar.gz", "set.zip"):
+        path = tmp_path / name
+        path.write_bytes(b"not an archive at all")
+        with pytest.raises(DataError, match=f"{path} is not a readable"):
+            read_folder(path)
+
+
+# ----------------------------------------------------------------------------- params.yaml
+
+#: (case, params.yaml text or dotted overrides, the start of the one-line message)
+PARAM_CASES = [
+    ("not_yaml", "seed: [0\n", "is not valid YAML"),
+    ("a_list", "- 1\n- 2\n", "params.yaml must be a mapping"),
+    ("a_scalar", "42\n", "params.yaml must be a mapping"),
+    ("section_not_mapping", {"vibi": 3}, "vibi must be a mapping"),
+    ("unknown_key", {"vibi.kk": 3}, "unknown key 'vibi.kk'"),
+    ("float_for_int", {"vibi.k": 2.0}, "vibi.k = 2.0 has the wrong type"),
+    ("float_for_choice", {"vibi.xpl_channels": 1.0}, "vibi.xpl_channels = 1.0 is not allowed"),
+    ("string_for_float", {"vibi.lr": "fast"}, "vibi.lr = 'fast' has the wrong type"),
+    ("bool_for_int", {"seed": True}, "seed = True has the wrong type"),
+    ("nan", {"vibi.lr": float("nan")}, "vibi.lr = nan has the wrong type"),
+    ("infinite", {"blackbox.lr": float("inf")}, "blackbox.lr = inf has the wrong type"),
+    ("negative", {"blackbox.epochs": 0}, "blackbox.epochs = 0 is out of range"),
+    ("seed_too_large", {"seed": 2**40}, f"seed = {2**40} is out of range"),
+    ("tau_too_small", {"vibi.tau_end": 1e-30}, "vibi.tau_end = 1e-30 is out of range"),
+    ("tau_rises", {"vibi.tau_start": 0.5, "vibi.tau_end": 0.9}, "vibi.tau_end = 0.9 is above"),
+    ("empty_string", {"tracking.experiment": " "}, "tracking.experiment = ' ' has the wrong"),
+    ("unknown_choice", {"blackbox.arch": "vgg"}, "blackbox.arch = 'vgg' is not allowed"),
+    ("bad_device", {"device": "gpu"}, "device = 'gpu' is not allowed"),
+    ("k_beyond_chunks", {"vibi.k": 100}, "vibi.k = 100"),
+    ("budget_beyond_chunks", {"evaluate.budgets": [1, 1000]}, "evaluate.budgets"),
+    ("robustness_beyond_images", {"evaluate.robustness_images": 600},
+     "evaluate.robustness_images = 600 is out of range"),
+    ("image_size_three_numbers", {"data.dataset": "folder", "data.folder": "x.tar.gz",
+                                  "data.image_size": [8, 8, 3]},
+     "data.image_size = [8, 8, 3] is not allowed"),
+    ("image_size_too_small", {"data.dataset": "folder", "data.folder": "x.tar.gz",
+                              "data.image_size": 1}, "data.image_size = 1 is out of range"),
+    ("image_size_for_mnist", {"data.image_size": 32}, "data.image_size = 32 is not allowed"),
+    ("folder_without_path", {"data.dataset": "folder"}, "data.folder is required"),
+    ("milestones_unsorted", {"invertible.toy.milestones": [40, 20]},
+     "invertible.toy.milestones = [40, 20] is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("case", "params_text", "message"), PARAM_CASES,
+                         ids=[c[0] for c in PARAM_CASES])
+def test_malformed_params_name_key_value_and_what_is_allowed(tmp_path, case, params_text,
+                                                             message):
+    path = tmp_path / "params.yaml"
+    if isinstance(params_text, str):
+        path.write_text(params_text)
+    else:
+        write_params(path, params_text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value) or case == "not_yaml"
+
+
+def test_malformed_params_stop_a_real_stage_with_exit_2_before_any_work(tmp_path):
+    path = write_params(tmp_path / "params.yaml", {"vibi.xpl_channels": 1.0})
+    proc = subprocess.run([sys.executable, "-m", "stages.prepare_toy", "--params", str(path),
+                           "--out", str(tmp_path / "toy.pt")], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "prepare_toy: error: vibi.xpl_channels = 1.0 is not allowed; choose one of: 1, 3"]
+    assert not (tmp_path / "toy.pt").exists()
