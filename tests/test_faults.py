@@ -380,3 +380,16 @@ def test_malformed_params_stop_a_real_stage_with_exit_2_before_any_work(tmp_path
     assert proc.stderr.strip().splitlines() == [
         "prepare_toy: error: vibi.xpl_channels = 1.0 is not allowed; choose one of: 1, 3"]
     assert not (tmp_path / "toy.pt").exists()
+
+
+def test_the_committed_counts_in_the_readme_match_these_case_lists():
+    """experiments/reliability.json (the README's table) was made from the cases above."""
+    results = json.loads((ROOT / "experiments/reliability.json").read_text())
+    tried = {t["test"]: t["cases"] for t in results["tests"]
+             if t["file"] == "tests/test_faults.py"}
+    assert tried["test_sigkill_at_a_random_point_then_dvc_repro_restores_the_same_metrics"] == \
+        len(KILL_STAGES)
+    assert tried["test_a_damaged_input_gives_a_clear_error_naming_it"] == len(INPUT_CASES)
+    assert tried["test_a_faulty_folder_data_set_is_converted_or_named"] == 2 * len(FOLDER_CASES)
+    assert tried["test_malformed_params_name_key_value_and_what_is_allowed"] == len(PARAM_CASES)
+    assert results["failures"] == 0

@@ -31,4 +31,5 @@ def test_a_changed_metric_changes_the_readme(tmp_path):
 def test_a_missing_block_is_named():
     with pytest.raises(ValueError, match="results:stages"):
         render("no blocks here")
-    assert set(BLOCKS) == {"stages", "evaluation", "vibi-variants", "cifar-variants"}
+    assert set(BLOCKS) == {"stages", "evaluation", "reliability", "vibi-variants",
+                           "cifar-variants"}

@@ -101,8 +101,19 @@ def variants_block(root: Path, results: str) -> str:
     return "\n".join(lines)
 
 
+def reliability_block(root: Path) -> str:
+    """`experiments/reliability.json` (`experiments/reliability.py`): cases tried per test."""
+    results = _json(root, "experiments/reliability.json")
+    lines = ["| test | cases tried | failures |", "|---|---|---|"]
+    for t in results["tests"]:
+        lines.append(f"| `{t['file']}::{t['test']}` | {t['cases']} | {t['failures']} |")
+    lines.append(f"| all | {results['cases']} | {results['failures']} |")
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "stages": stages_block, "evaluation": evaluation_block,
+    "reliability": reliability_block,
     **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
 
 
