@@ -17,7 +17,7 @@ from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError, DataError
-from xai.evaluation import Settings, construction_note, evaluate
+from xai.evaluation import HEADLINE, Settings, construction_note, evaluate, headline_key
 from xai.explainers import evaluation_budgets
 from xai.figures import deletion_insertion_figure, measures_figure, save_png
 from xai.invertible import IMAGE_KIND, load_classifier
@@ -114,9 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         save_json({"evaluate_seconds": round(time.perf_counter() - started, 2),
                    "method_seconds": {r.name: r.seconds for r in evaluation.methods}},
                   args.timings)
-        run.log_metrics({f"{m}.{k}": v for m, row in results["methods"].items()
-                         for k, v in row.items() if isinstance(v, float)
-                         and not k.endswith(("_ci_low", "_ci_high"))})
+        means = {f"{m}.{k}": v for m, row in results["methods"].items()
+                 for k, v in row.items() if isinstance(v, float)
+                 and not k.endswith(("_ci_low", "_ci_high"))}
+        headline = {f"{m}.{headline_key(h, settings.k)}" for m in results["methods"]
+                    for h in HEADLINE}
+        run.log_headline({k: v for k, v in means.items() if k in headline})
+        run.log_metrics({k: v for k, v in means.items() if k not in headline})
         run.log_metrics({f"judge.{k}": v for k, v in results["judge"].items()
                          if not k.endswith(("_ci_low", "_ci_high"))})
     print(tables)

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
                    "train_images_per_second": round(trained.images_per_second, 1)}
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
-        run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
+        run.log_headline(metrics)
+        run.log_metrics({k: v for k, v in timings.items() if v is not None})
         run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.augment": trained.augment})
         run.tag_outputs(args.model, args.probs)
     print(f"train_blackbox: {trained.spec.arch} on {data.name}: test accuracy {test_acc:.4f}, "
@@ -91,7 +92,8 @@ def user_blackbox(cfg: Config, device: torch.device, args: argparse.Namespace,
         timings = {"load_seconds": round(time.perf_counter() - started, 2)}
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
-        run.log_metrics({**metrics, **timings})
+        run.log_headline(metrics)
+        run.log_metrics(timings)
         run.set_tags({"xai.blackbox_arch": f"user {model.format}", "xai.blackbox_source": source})
         run.tag_outputs(args.model, args.probs)
     print(f"train_blackbox: the user's {model.format} model {source} on {data.name}: test "

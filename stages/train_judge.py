@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         timings = {"train_seconds": round(history.elapsed, 2)}
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
-        run.log_metrics({**metrics, **timings})
+        run.log_headline(metrics)
+        run.log_metrics(timings)
         run.tag_outputs(args.model)
     print("train_judge: test agreement with the black box on random chunk subsets: "
           + ", ".join(f"{k.removeprefix('test_agreement_')} {v:.3f}" for k, v in metrics.items()

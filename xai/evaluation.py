@@ -369,7 +369,8 @@ def _cell(row: Mapping[str, float], measure: str) -> str:
             f"{row[measure + '_ci_high']:.3f}]")
 
 
-def _headline(measure: str, k: int) -> str:
+def headline_key(measure: str, k: int) -> str:
+    """A headline measure's key in the table: at budget `k` for the per-budget measures."""
     return f"{measure}_k{k}" if measure in ("posthoc_accuracy", "fidelity") else measure
 
 
@@ -393,13 +394,15 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
     a judge."""
     methods = table["methods"]
     judged = bool(table["judge"])
+    cols = [headline_key(m, k) for m in HEADLINE
+            if any(headline_key(m, k) in row for row in methods.values())]
     lines = [f"### At the explainer's budget (k = {k} chunks); mean [95 % interval]", "",
              *([note, ""] if note else []),
-             "| method | explains | " + " | ".join(_headline(m, k) for m in HEADLINE) + " |",
-             "|---|---|" + "---|" * len(HEADLINE)]
+             "| method | explains | " + " | ".join(cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
     for name, row in methods.items():
         lines.append(f"| {name} | {row['explains']} | "
-                     + " | ".join(_cell(row, _headline(m, k)) for m in HEADLINE) + " |")
+                     + " | ".join(_cell(row, c) for c in cols) + " |")
     for measure in ("posthoc_accuracy", "fidelity") if judged else ("posthoc_accuracy",):
         lines += ["", f"### {measure} at every budget", "",
                   "| method | " + " | ".join(f"k = {b}" for b in budgets) + " |",
@@ -425,7 +428,6 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
                   "| " + " | ".join(_cell(judge, f"judge_agreement_k{b}") for b in budgets)
                   + " |"]
     if diffs:
-        cols = [_headline(m, k) for m in HEADLINE]
         label = "VIBI" if reference == "vibi" else f"`{reference}`"
         lines += ["", f"### {label} minus each method (paired over images); mean [95 % interval]",
                   "",
