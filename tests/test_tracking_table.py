@@ -36,6 +36,15 @@ def test_parent_runs_carry_params_and_headline_metrics(tiny_images, params, tmp_
         assert not any(key.startswith("tracking.") for key in parent.params)
         assert parent.metrics["train_blackbox.test_accuracy"] == metrics[pipeline]["test_accuracy"]
         assert "train_blackbox.train_seconds" not in parent.metrics  # timings stay on the stage
+    # the runs view the UI opens from `runs_url`: the differing param and the headline metrics
+    view = json.loads(client.get_experiment(experiment.experiment_id).tags[tracking.VIEW_TAG])
+    columns = view["selectedColumns"]
+    assert "params.`blackbox.lr`" in columns and "params.`seed`" not in columns
+    assert "metrics.`train_blackbox.test_accuracy`" in columns
+    assert "metrics.`evaluate.vibi.fidelity_k4`" in columns
+    url = tracking.runs_url(experiment.experiment_id, "http://127.0.0.1:5000")
+    assert url.endswith(f"/#/experiments/{experiment.experiment_id}/runs?"
+                        f"workflowType=machine_learning&viewStateShareKey={tracking.VIEW_KEY}")
 
 
 def test_an_existing_experiment_gets_the_kind_tag(params, tmp_path):

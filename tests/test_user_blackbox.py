@@ -111,7 +111,8 @@ def test_dvc_repro_runs_every_stage_on_the_users_torchscript_model(project):  # 
     (project / "blackboxes").mkdir()
     torchscript(SmallNet(3, 3), project / "blackboxes" / "mine.pt")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    overrides = {**VIBI, **TINY_INVERTIBLE, "device": "cpu", "blackbox.source": "blackboxes/mine.pt",
+    overrides = {**VIBI, **TINY_INVERTIBLE, "device": "cpu",
+                 "blackbox.source": "blackboxes/mine.pt",
                  "judge.epochs": 1, "judge.batch_size": 8, "evaluate.num_images": 6,
                  "evaluate.budgets": [1, 2], "evaluate.curve_points": 3, "evaluate.ig_steps": 2,
                  "evaluate.robustness_images": 3, "evaluate.perturbations": 2,

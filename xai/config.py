@@ -107,8 +107,9 @@ class BlackboxConfig:
 
     def __post_init__(self) -> None:
         if self.source != "train" and Path(self.source).suffix not in (".pt", ".pt2"):
-            raise ConfigError(f"blackbox.source = {self.source!r} is not allowed; allowed: 'train', "
-                              "or the path of a TorchScript .pt or torch.export .pt2 model file")
+            raise ConfigError(f"blackbox.source = {self.source!r} is not allowed; allowed: "
+                              "'train', or the path of a TorchScript .pt or torch.export .pt2 "
+                              "model file")
 
 
 @dataclass(frozen=True)

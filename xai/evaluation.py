@@ -389,9 +389,9 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
              diffs: Mapping[str, dict] | None = None, note: str = "", reference: str = "vibi"
              ) -> str:
     """The tables as Markdown: headline measures at k (under `note`), every budget, the other
-    measures, the judge, and the paired differences to `reference`; each value with its 95 % interval
-    over images; "n/a" where a method lacks a measure, and no fidelity or judge tables without
-    a judge."""
+    measures, the judge, and the paired differences to `reference`; each value with its 95 %
+    interval over images; "n/a" where a method lacks a measure, and no fidelity or judge tables
+    without a judge."""
     methods = table["methods"]
     judged = bool(table["judge"])
     cols = [headline_key(m, k) for m in HEADLINE

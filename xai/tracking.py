@@ -4,9 +4,9 @@ Every stage opens one run (`stage_run`) that records its params, metrics (per ep
 epochs) and figures. Runs are tagged with the stage, the git commit, the DVC experiment name and
 baseline, and grouped under one parent run per pipeline execution (tag `xai.pipeline`): one
 `dvc exp run` experiment, or one `dvc repro` invocation. The parent run carries the flattened
-params.yaml and each stage's headline metrics (`<stage>.<metric>`), so the experiment's runs table
-compares pipelines and `dvc exp` sweeps side by side without expanding them; the experiment is
-tagged as a machine-learning one (`mlflow.experimentKind`). The default store is sqlite `mlflow.db` at
+params.yaml and each stage's headline metrics (`<stage>.<metric>`), and the experiment keeps a
+runs-table view of the params that differ and those metrics (`runs_url` opens it), so pipelines and
+`dvc exp` sweeps compare side by side without expanding. The default store is sqlite `mlflow.db` at
 the project root as an absolute URI, so queued experiments in temporary folders log to the same
 store; `tracking.uri` may name a server instead, which is probed first so an unreachable server
 fails within `tracking.timeout_s` instead of hanging.
@@ -14,7 +14,9 @@ fails within `tracking.timeout_s` instead of hanging.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xai.config import Config, TrackingConfig, flatten
+from xai.config import Config, TrackingConfig, flatten, load_config
 from xai.errors import TrackingError
 from xai.io import file_md5
 from xai.paths import project_root
@@ -37,6 +39,17 @@ OUTPUT_TAG = "xai.output."
 PIPELINE_TAG = "xai.pipeline"
 #: MLflow's experiment type: a machine-learning experiment (runs), not a GenAI one (traces).
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+#: A view of the runs table the MLflow UI opens from a link (`runs_url`): an experiment tag
+#: `mlflow.sharedViewState.<key>` holding the columns to show.
+VIEW_KEY = "xai-pipelines"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+#: Params shown in the view even when every pipeline has the same value.
+VIEW_PARAMS = ("data.dataset", "blackbox.source", "vibi.k", "vibi.beta")
+#: Headline metrics of the parent runs shown in the view; {k} is the pipeline's vibi.k.
+VIEW_METRICS = ("train_blackbox.test_accuracy", "train_l2x.posthoc_accuracy",
+                "train_vibi.posthoc_accuracy", "evaluate.vibi.fidelity_k{k}",
+                "evaluate.vibi.insertion_auc_road", "evaluate.l2x.fidelity_k{k}",
+                "evaluate.saliency.fidelity_k{k}")
 ROLE_TAG = "xai.role"
 STAGE_TAG = "xai.stage"
 
@@ -202,6 +215,29 @@ def experiment_id(client: Any, cfg: TrackingConfig) -> str:
         return found.experiment_id
 
 
+def update_runs_view(client: Any, exp_id: str, k: Any) -> None:
+    """Point the experiment's runs view at what tells pipelines apart: the params that differ
+    between its parent runs (and `VIEW_PARAMS`) and the headline metrics (`VIEW_METRICS`)."""
+    query = f"tags.`{ROLE_TAG}` = 'pipeline'"
+    parents = client.search_runs([exp_id], filter_string=query, max_results=500)
+    keys = sorted({key for run in parents for key in run.data.params})
+    differing = [key for key in keys if key not in VIEW_PARAMS
+                 and len({run.data.params.get(key) for run in parents}) > 1]
+    columns = ([f"params.`{key}`" for key in (*VIEW_PARAMS, *differing)]
+               + [f"metrics.`{name.format(k=k)}`" for name in VIEW_METRICS])
+    view = {"selectedColumns": columns, "orderByKey": "attributes.start_time",
+            "orderByAsc": False}
+    client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(view))
+
+
+def runs_url(experiment: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI address that opens `experiment` on its runs table with the pipelines' view
+    (MLflow 3's UI otherwise opens on its GenAI overview: the UI-wide workflow type, not the
+    experiment's kind tag, decides)."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
 def pipeline_id() -> str:
     """One id per pipeline execution: `XAI_PIPELINE_ID`, the DVC experiment, the `dvc` process."""
     if os.environ.get("XAI_PIPELINE_ID"):
@@ -270,6 +306,7 @@ def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any],
         pipeline = pipeline_id()
         tags = run_tags(stage, pipeline)
         parent = _parent_run(client, exp_id, pipeline, tags, pipeline_params or {})
+        update_runs_view(client, exp_id, (pipeline_params or {}).get("vibi.k", ""))
         tags["mlflow.parentRunId"] = parent
         run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id,
                   parent, stage)
@@ -365,3 +402,17 @@ def producer_record(cfg: TrackingConfig, output: str | Path) -> RunRecord | None
         return None
     run = find_producer(client_for(cfg), output)
     return None if run is None else _record(run)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the MLflow UI address of the configured experiment's runs table."""
+    parser = argparse.ArgumentParser(description="The MLflow UI address of the runs table.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--ui", default="http://127.0.0.1:5000", help="where `mlflow ui` serves")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params).tracking
+    print(runs_url(experiment_id(client_for(cfg), cfg), args.ui))
+
+
+if __name__ == "__main__":
+    main()
