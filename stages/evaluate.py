@@ -17,8 +17,7 @@ from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError, DataError
-from xai.evaluation import (Settings, construction_note, differences, evaluate, markdown,
-                            summary)
+from xai.evaluation import HEADLINE, Settings, construction_note, evaluate, headline_key
 from xai.explainers import evaluation_budgets
 from xai.figures import deletion_insertion_figure, measures_figure, save_png
 from xai.invertible import IMAGE_KIND, load_classifier
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         x = to_unit(data.test.x[pick[:ev.num_images].sort().values].to(device))
         references = torch.randperm(len(data.train), generator=generator)[:SHAP_BASELINES]
         shap_baselines = to_unit(data.train.x[references].to(device))
-        methods = [
+        explainers = [
             (VibiAttribution("vibi", vibi, blackbox), "blackbox"),
             (VibiAttribution("l2x", l2x, blackbox), "blackbox"),
             (GradientSaliency(blackbox), "blackbox"),
@@ -94,14 +93,13 @@ def main(argv: list[str] | None = None) -> None:
                             ev.perturbations, ev.sensitivity_radius, ev.noise_std,
                             cfg.road_noise_std, ev.encoding_folds, ev.bootstrap, ev.batch_size,
                             ev.seed)
-        evaluation = evaluate(methods, x, blackbox, judge, settings)
-
-        results = summary(evaluation, settings)
-        diffs = differences(evaluation, settings)
+        report = evaluate({method.name: (method, model) for method, model in explainers},
+                          {"blackbox": blackbox, "invertible": invertible}, x, judge=judge,
+                          reference="vibi", settings=settings)
+        evaluation, results = report.evaluation, report.table
         save_json(results, args.metrics)
-        save_json(diffs, args.differences)
-        tables = markdown(results, settings.k, budgets, ev.robustness_images, diffs,
-                          construction_note(cfg.vibi.objective, settings.k))
+        save_json(report.differences, args.differences)
+        tables = report.markdown(construction_note(cfg.vibi.objective, settings.k))
         write_bytes(args.table, tables.encode())
         curves = {r.name: {"fractions": r.fractions.tolist(),
                            **{k: v.tolist() for k, v in r.curves.items()}}
@@ -118,9 +116,13 @@ def main(argv: list[str] | None = None) -> None:
         for path in figures:
             run.log_artifact(path, "figures")
         run.log_artifact(args.table, "tables")
-        run.log_metrics({f"{m}.{k}": v for m, row in results["methods"].items()
-                         for k, v in row.items() if isinstance(v, float)
-                         and not k.endswith(("_ci_low", "_ci_high"))})
+        means = {f"{m}.{k}": v for m, row in results["methods"].items()
+                 for k, v in row.items() if isinstance(v, float)
+                 and not k.endswith(("_ci_low", "_ci_high"))}
+        headline = {f"{m}.{headline_key(h, settings.k)}" for m in results["methods"]
+                    for h in HEADLINE}
+        run.log_headline({k: v for k, v in means.items() if k in headline})
+        run.log_metrics({k: v for k, v in means.items() if k not in headline})
         run.log_metrics({f"judge.{k}": v for k, v in results["judge"].items()
                          if not k.endswith(("_ci_low", "_ci_high"))})
     print(tables)

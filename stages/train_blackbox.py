@@ -1,13 +1,19 @@
-"""DVC stage `train_blackbox`: train the classifier the explanations explain."""
+"""DVC stage `train_blackbox`: train the classifier the explanations explain, or read the user's
+(`blackbox.source`); either way write it and its probabilities on every split."""
 
 from __future__ import annotations
 
 import argparse
+import time
+from typing import Any
+
+import torch
 
 from xai import cli, tracking
-from xai.blackbox import describe, evaluate, probabilities, save_blackbox, save_probabilities, \
-    train_blackbox
-from xai.config import flatten, load_config
+from xai.blackbox import (TRAIN, architecture, check_outputs, describe, evaluate,
+                          load_user_model, parameter_count, probabilities, save_blackbox,
+                          save_probabilities, train_blackbox)
+from xai.config import Config, flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
 from xai.io import save_json, transaction
@@ -30,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     device = distributed_device(select_device(cfg.device))
     dist = init_distributed(device)
     params = {"seed": cfg.seed, "device": str(device), **flatten(cfg.blackbox, "blackbox")}
+    if cfg.blackbox.source != TRAIN:
+        user_blackbox(cfg, device, args, params)
+        return
     with tracking.stage_run(cfg, "train_blackbox", params, enabled=dist.is_main) as run, \
             transaction() as outputs:
         generator = seed_everything(cfg.seed, device)
@@ -54,11 +63,44 @@ def main(argv: list[str] | None = None) -> None:
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         outputs.commit()
-        run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
+        run.log_headline(metrics)
+        run.log_metrics({k: v for k, v in timings.items() if v is not None})
         run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.augment": trained.augment})
         run.tag_outputs(args.model, args.probs)
     print(f"train_blackbox: {trained.spec.arch} on {data.name}: test accuracy {test_acc:.4f}, "
           f"loss {test_loss:.4f}, {train_seconds:.0f} s training")
+
+
+def user_blackbox(cfg: Config, device: torch.device, args: argparse.Namespace,
+                  params: dict[str, Any]) -> None:
+    """The user's model as the black box: checked against the data, measured, its probabilities
+    written like a trained one's. The judge's architecture is the one training would have used."""
+    source = cfg.blackbox.source
+    model = load_user_model(source)  # before any work: a bad file stops us here
+    with tracking.stage_run(cfg, "train_blackbox", params) as run, transaction() as outputs:
+        started = time.perf_counter()
+        data = load_dataset(args.data, device)
+        model = model.to(device).eval()
+        check_outputs(model, data.val.x, data.num_classes, source)
+        spec = architecture(cfg.blackbox, data.input_shape, data.num_classes)
+        batch = cfg.blackbox.eval_batch_size
+        test_loss, test_acc = evaluate(model, data.test.x, data.test.y, batch)
+        val_loss, val_acc = evaluate(model, data.val.x, data.val.y, batch)
+        save_blackbox(model, spec, data.classes, args.model)
+        save_probabilities(probabilities(model, data, batch), args.probs)
+        History(run).save(args.plots)  # no training, no epochs: an empty plots file
+        metrics = {"test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc,
+                   "val_loss": val_loss, "parameters": parameter_count(model)}
+        timings = {"load_seconds": round(time.perf_counter() - started, 2)}
+        save_json(metrics, args.metrics)
+        save_json(timings, args.timings)
+        outputs.commit()
+        run.log_headline(metrics)
+        run.log_metrics(timings)
+        run.set_tags({"xai.blackbox_arch": f"user {model.format}", "xai.blackbox_source": source})
+        run.tag_outputs(args.model, args.probs)
+    print(f"train_blackbox: the user's {model.format} model {source} on {data.name}: test "
+          f"accuracy {test_acc:.4f}, loss {test_loss:.4f}")
 
 
 if __name__ == "__main__":

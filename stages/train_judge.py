@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from xai import cli, tracking
-from xai.blackbox import load_blackbox, load_probabilities
+from xai.blackbox import UserModel, load_blackbox, load_probabilities
 from xai.config import flatten, load_config
 from xai.data import load_dataset
 from xai.devices import select_device
@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> None:
         data = load_dataset(args.data, device)
         probs = load_probabilities(args.probs, device)
         judge = Judge(blackbox.architecture, chunk).to(device)
-        if cfg.judge.start_from_blackbox:
+        # the user's black box has other weights than the judge's architecture: from scratch
+        start = cfg.judge.start_from_blackbox and not isinstance(blackbox, UserModel)
+        if start:
             judge.start_from(blackbox)
+        run.log_params({"judge.started_from_blackbox": start})
         settings = JudgeTraining(cfg.judge.epochs, cfg.judge.batch_size, cfg.judge.lr,
-                                 cfg.judge.imputed_fraction, cfg.road_noise_std,
-                                 cfg.judge.start_from_blackbox)
+                                 cfg.judge.imputed_fraction, cfg.road_noise_std, start)
         history = History(run)
         train_judge(judge, data.train.x, probs["train"], settings, generator, history,
                     val=(data.val.x, probs["val"]))
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         outputs.commit()
-        run.log_metrics({**metrics, **timings})
+        run.log_headline(metrics)
+        run.log_metrics(timings)
         run.tag_outputs(args.model)
     print("train_judge: test agreement with the black box on random chunk subsets: "
           + ", ".join(f"{k.removeprefix('test_agreement_')} {v:.3f}" for k, v in metrics.items()

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         outputs.commit()
-        run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
+        run.log_headline(metrics)
+        run.log_metrics({k: v for k, v in timings.items() if v is not None})
         run.tag_outputs(args.model, args.explanations)
     print(f"{stage}: {spec.explainer_type}, k = {spec.k} of {spec.num_chunks} chunks, "
           f"beta = {settings.beta}, objective {settings.objective}: test approximator fidelity "

@@ -3,7 +3,10 @@
 The public API (see the README's "Python API"):
 
 - `VIBI(blackbox, k=..., beta=...).fit(x_train).attribute(x)`: VIBI for any model;
-- the explanation methods of the evaluation, one call shape each (`xai.attribution`).
+- the explanation methods of the evaluation, one call shape each (`xai.attribution`);
+- `evaluate(methods, model, x)`: every method measured the same way, a table with intervals;
+- `project(model, x)` and `BoundaryImportance(model)`: projections onto the decision boundary of
+  any classifier that follows the `Invertible` protocol (`InvertibleClassifier` is one).
 
 Names are imported on first use, so `import xai.boundary` does not load Captum.
 """
@@ -14,6 +17,11 @@ import importlib
 from typing import Any
 
 _WHERE = {"VIBI": "xai.api",
+          "evaluate": "xai.evaluation", "Report": "xai.evaluation",
+          **{name: "xai.boundary" for name in (
+              "AffineHead", "BoundaryImportance", "Invertible", "Projection", "importance",
+              "project")},
+          "InvertibleClassifier": "xai.invertible",
           **{name: "xai.attribution" for name in (
               "GradientSaliency", "GradientShapAttribution", "InputTimesGradient",
               "IntegratedGradientsAttribution", "KernelShapAttribution", "LimeAttribution",

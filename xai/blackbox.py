@@ -5,10 +5,15 @@ Two architectures, picked by `blackbox.arch` (`auto`: by input size and channels
 - `resnet`, for 32 x 32 colour images: a ResNet-9-style net (conv-BN-ReLU stages with residual
   blocks), `width` channels in its first layer.
 A saved model carries its rebuild config, so `load_blackbox` needs nothing else.
+
+Or the user's own model (`blackbox.source`: a TorchScript `.pt` or a `torch.export` `.pt2` file):
+the stage copies its bytes into the saved black box, which `load_blackbox` turns back into a
+module, so every later stage explains it unchanged.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +34,8 @@ from xai.training import (Distributed, History, Progress, autocast, check_finite
 
 MODEL_KIND = "xai.blackbox"
 PROBS_KIND = "xai.blackbox_probs"
+TRAIN = "train"  # `blackbox.source` that trains the black box here
+FORMATS = {".pt": "torchscript", ".pt2": "export"}  # the user's model file, by its suffix
 
 
 # ----------------------------------------------------------------------------- architectures
@@ -115,21 +122,99 @@ def architecture(cfg: BlackboxConfig, input_shape: tuple[int, ...], num_classes:
     return Architecture(arch, channels, num_classes, size, cfg.width)
 
 
+# ----------------------------------------------------------------------------- the user's model
+
+
+def _program(data: bytes, fmt: str) -> nn.Module:
+    """The module in a TorchScript or torch.export archive (neither runs pickled Python)."""
+    if fmt == "torchscript":
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
+    return torch.export.load(io.BytesIO(data)).module()
+
+
+class UserModel(nn.Module):
+    """The user's black box from its TorchScript or torch.export archive: float [0, 1]
+    N x C x H x W in, logits out. It keeps the archive's bytes, which `save_blackbox` writes."""
+
+    def __init__(self, data: bytes, fmt: str, source: str) -> None:
+        super().__init__()
+        self.data, self.format, self.source = data, fmt, source
+        self.net = _program(data, fmt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> UserModel:
+        """An exported graph is fixed in the mode it was exported in; TorchScript switches."""
+        self.training = mode
+        if self.format == "torchscript":
+            self.net.train(mode)
+        return self
+
+
+def load_user_model(source: str | Path) -> UserModel:
+    """The user's model file named by `blackbox.source`; ConfigError naming key and path when it
+    is missing or not a TorchScript / torch.export model."""
+    path = Path(source)
+    fmt = FORMATS.get(path.suffix)
+    what = {"torchscript": "a TorchScript model (torch.jit.save)",
+            "export": "a torch.export program (torch.export.save)"}
+    if fmt is None or not path.is_file():
+        raise ConfigError(f"blackbox.source = {str(source)!r}: no such file; allowed: 'train', or "
+                          f"the path of a TorchScript .pt or torch.export .pt2 model file")
+    try:
+        return UserModel(path.read_bytes(), fmt, str(source))
+    except Exception as exc:  # noqa: BLE001 - the loaders raise many types for foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"blackbox.source = {str(source)!r} is not {what[fmt]}: {first}"
+                          ) from None
+
+
+def check_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, source: str) -> None:
+    """The user's model must map batches of any size of these images to `num_classes` logits."""
+    for n in (2, 3):  # two batch sizes: a program exported with a fixed batch fails here
+        try:
+            with torch.inference_mode():
+                out = model(to_unit(x[:n]))
+        except Exception as exc:  # noqa: BLE001 - whatever the user's program raises
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"blackbox.source = {source!r} fails on a batch of {n} images of "
+                              f"shape {tuple(x.shape[1:])} (float in [0, 1]; export with a "
+                              f"dynamic batch dimension): {first}") from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x[:n]), num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"blackbox.source = {source!r} returns {shape} for {len(x[:n])} "
+                              f"images; the data has {num_classes} classes, so it must return "
+                              f"logits of shape ({len(x[:n])}, {num_classes})")
+
+
+# ----------------------------------------------------------------------------- saving, loading
+
+
 def save_blackbox(model: nn.Module, spec: Architecture, classes: tuple[str, ...],
                   path: str | Path) -> None:
-    save_torch({"kind": MODEL_KIND, "architecture": asdict(spec), "classes": list(classes),
-                "state_dict": state_dict_cpu(model)}, path)
+    """Write the black box: its rebuild config and weights, or the user's archive. `spec` is the
+    architecture (of the judge, for the user's model) that later stages build."""
+    state = {"kind": MODEL_KIND, "architecture": asdict(spec), "classes": list(classes)}
+    if isinstance(model, UserModel):
+        state |= {"source": model.source, "format": model.format, "program": model.data}
+    else:
+        state["state_dict"] = state_dict_cpu(model)
+    save_torch(state, path)
 
 
 def load_blackbox(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a saved black box in eval mode; input float [0, 1] N x C x H x W, output logits.
-    Its `Architecture` is the model's `architecture` attribute."""
-    state = load_torch(path, kind=MODEL_KIND, required=["architecture", "state_dict"])
+    """Rebuild a saved black box (trained here or the user's) in eval mode; input float [0, 1]
+    N x C x H x W, output logits. Its `Architecture` is the model's `architecture` attribute."""
+    state = load_torch(path, kind=MODEL_KIND, required=["architecture"])
     try:
         spec = Architecture(**state["architecture"])
-        model = spec.build()
-        model.load_state_dict(state["state_dict"])
-    except (TypeError, RuntimeError) as exc:
+        if "program" in state:
+            model: nn.Module = UserModel(state["program"], state["format"], state["source"])
+        else:
+            model = spec.build()
+            model.load_state_dict(state["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path} does not match a black-box architecture: "
                               f"{str(exc).splitlines()[0]}") from None
     model.architecture = spec
@@ -252,6 +337,10 @@ def probabilities(model: nn.Module, data: Dataset, batch_size: int) -> dict[str,
             for s in ("train", "val", "test")}
 
 
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def describe(spec: Architecture) -> dict[str, Any]:
     """Architecture fields and parameter count, for logging."""
-    return {**asdict(spec), "parameters": sum(p.numel() for p in spec.build().parameters())}
+    return {**asdict(spec), "parameters": parameter_count(spec.build())}

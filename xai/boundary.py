@@ -16,7 +16,9 @@ the margin at `x`. `c` is the predicted class and `k` the runner-up unless the c
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -24,6 +26,32 @@ from xai.invertible import InvertibleClassifier
 from xai.training import predict
 
 _BATCH = 1024
+
+
+class AffineHead(Protocol):
+    """A classifier head that is affine in the features: `logits = (weight * z).sum + bias`."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def affine(self, feature_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(weight, bias)`: classes x *feature_shape and classes, so that each class's logit of
+        one feature tensor `z` is `(weight[c] * z).sum() + bias[c]`."""
+        ...
+
+
+class Invertible(Protocol):
+    """What projection and boundary importance need of a classifier `f(x) = head(T(x))`: the
+    features `T(x)`, their inverse, an affine head, and the logits `f(x)` (differentiable in x).
+    `xai.invertible.InvertibleClassifier` is one; any invertible network with these members works.
+    """
+
+    head: AffineHead
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +93,7 @@ def runner_up(logits: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return logits.scatter(1, source[:, None], float("-inf")).argmax(dim=1)
 
 
-def hyperplane(model: InvertibleClassifier, source: torch.Tensor, counterfactual: torch.Tensor,
+def hyperplane(model: Invertible, source: torch.Tensor, counterfactual: torch.Tensor,
                feature_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per point `(w, b')` of the boundary `w·z + b' = 0` between `source` and `counterfactual`.
 
@@ -89,7 +117,7 @@ def project_features(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch
 
 
 @torch.no_grad()  # not inference_mode: `importance` takes gradients at the projections
-def _project_batch(model: InvertibleClassifier, x: torch.Tensor, source: torch.Tensor | None,
+def _project_batch(model: Invertible, x: torch.Tensor, source: torch.Tensor | None,
                    counterfactual: torch.Tensor | None) -> Projection:
     z = model.features(x)
     logits = model.head(z)
@@ -101,7 +129,7 @@ def _project_batch(model: InvertibleClassifier, x: torch.Tensor, source: torch.T
     return Projection(x, model.inverse(z_p), z, z_p, c, k, margin)
 
 
-def project(model: InvertibleClassifier, x: torch.Tensor, *,
+def project(model: Invertible, x: torch.Tensor, *,
             counterfactual: int | torch.Tensor | None = None,
             source: int | torch.Tensor | None = None, batch_size: int = _BATCH) -> Projection:
     """Project float inputs `x` onto a decision boundary, in batches of `batch_size`.
@@ -124,21 +152,21 @@ def project(model: InvertibleClassifier, x: torch.Tensor, *,
         "margin")))
 
 
-def margin_at(model: InvertibleClassifier, x: torch.Tensor, source: torch.Tensor,
+def margin_at(model: Invertible, x: torch.Tensor, source: torch.Tensor,
               counterfactual: torch.Tensor, batch_size: int = _BATCH) -> torch.Tensor:
     """`f_c(x) - f_k(x)` per point, from a real forward pass (no gradients)."""
     logits = predict(model, x, batch_size)
     return logits.gather(1, source[:, None])[:, 0] - logits.gather(1, counterfactual[:, None])[:, 0]
 
 
-def projection_residual(model: InvertibleClassifier, projection: Projection,
+def projection_residual(model: Invertible, projection: Projection,
                         batch_size: int = _BATCH) -> torch.Tensor:
     """`|f_c(x_p) - f_k(x_p)|` per point: 0 up to float error when `x_p` is on the boundary."""
     return margin_at(model, projection.projected, projection.source, projection.counterfactual,
                      batch_size).abs()
 
 
-def importance(model: InvertibleClassifier, projection: Projection,
+def importance(model: Invertible, projection: Projection,
                batch_size: int = _BATCH) -> torch.Tensor:
     """`|d(f_c - f_k)/dx (x_p) * (x - x_p)|`, shaped like the inputs.
 
@@ -168,7 +196,7 @@ class BoundaryImportance:
     `|d(f_t - f_k)/dx (x_p) * (x - x_p)|`, a tensor shaped like `inputs`.
     """
 
-    def __init__(self, model: InvertibleClassifier) -> None:
+    def __init__(self, model: Invertible) -> None:
         self.model = model
 
     def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None,

@@ -104,8 +104,9 @@ class ToyConfig:
 
 @dataclass(frozen=True)
 class BlackboxConfig:
-    """The black-box classifier and how it is trained."""
+    """The black-box classifier and how it is trained, or the user's model file (`source`)."""
 
+    source: str
     arch: Literal["auto", "small_cnn", "resnet"]
     width: int = bounded(ge=1)
     optimizer: Literal["adam", "adamw", "sgd"]
@@ -120,6 +121,12 @@ class BlackboxConfig:
     label_smoothing: float = bounded(ge=0, lt=1)
     precision: Literal["auto", "fp32", "bf16"]
     eval_batch_size: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        if self.source != "train" and Path(self.source).suffix not in (".pt", ".pt2"):
+            raise ConfigError(f"blackbox.source = {self.source!r} is not allowed; allowed: "
+                              "'train', or the path of a TorchScript .pt or torch.export .pt2 "
+                              "model file")
 
 
 @dataclass(frozen=True)

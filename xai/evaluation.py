@@ -23,21 +23,23 @@ a paired interval of its difference to a reference method.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 from tqdm import tqdm
 
-from xai.attribution import Attribution, spread
+from xai.attribution import spread
 from xai.encoding import encoding_correct
 from xai.imputation import noisy_linear_impute
 from xai.judge import Judge, agreement
-from xai.measures import (auc, chunk_scores, deletion_insertion, expand, posthoc_agreement,
-                          sparseness, top_k_mask)
+from xai.measures import (auc, chunk_areas, chunk_scores, deletion_insertion, expand,
+                          posthoc_agreement, sparseness, top_k_mask)
 from xai.sanity import randomised, spearman
 from xai.training import predict
 from xai.uncertainty import bootstrap, paired_difference, resample_indices
@@ -50,11 +52,22 @@ LOWER_IS_BETTER = {"deletion_auc", "deletion_auc_road", "encoding_accuracy", "in
                    "max_sensitivity", "randomization_spearman_top", "randomization_spearman_all"}
 
 
+class Method(Protocol):
+    """An explanation method in Captum's call shape: a map the size of `inputs` for the classes
+    `target` (one per image). Methods that are dataclasses with a `model` field (those of
+    `xai.attribution`) are also re-run on randomised copies of their model (the sanity checks)."""
+
+    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class Settings:
-    budgets: tuple[int, ...]
-    k: int  # the explainer's budget: the encoding check's selections, the headline column
-    chunk: int
+    """How the evaluation measures: budgets in chunks of `chunk` x `chunk` pixels, the headline
+    budget `k`, curve resolution, subset sizes, perturbations, intervals, batching and the seed."""
+
+    budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
+    k: int = 4  # the explainer's budget: the encoding check's selections, the headline column
+    chunk: int = 4
     curve_points: int = 17
     robustness_images: int = 100
     perturbations: int = 8
@@ -87,13 +100,23 @@ class Evaluation:
     judge_agreement: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Explained:
+    """One method under evaluation: its name, the model it explains and that model's name."""
+
+    name: str
+    method: Method
+    model: nn.Module
+    model_name: str
+
+
 def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
              target: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch_size], target[i:i + batch_size])
                       for i in range(0, len(x), batch_size)])
 
 
-def _unit_chunk_scores(attribution: Attribution, chunk: int) -> Callable[..., torch.Tensor]:
+def _unit_chunk_scores(attribution: Method, chunk: int) -> Callable[..., torch.Tensor]:
     """The method's chunk scores scaled to unit L1 per image (Captum passes a 1-tuple)."""
     def explain(inputs: torch.Tensor | tuple[torch.Tensor], target: torch.Tensor
                 ) -> torch.Tensor | tuple[torch.Tensor]:
@@ -105,7 +128,7 @@ def _unit_chunk_scores(attribution: Attribution, chunk: int) -> Callable[..., to
     return explain
 
 
-def _robustness(attribution: Attribution, scores: torch.Tensor, x: torch.Tensor,
+def _robustness(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
                 target: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
     """Per image: Captum's infidelity (Gaussian perturbations) and max-sensitivity (uniform in a
     ball) of the unit-L1 chunk maps."""
@@ -118,22 +141,31 @@ def _robustness(attribution: Attribution, scores: torch.Tensor, x: torch.Tensor,
 
     torch.manual_seed(s.seed)
     with torch.no_grad():
-        infid = infidelity(attribution.model, perturb, x, spread(unit, shape, s.chunk),
+        infid = infidelity(entry.model, perturb, x, spread(unit, shape, s.chunk),
                            target=target, n_perturb_samples=s.perturbations, normalize=True)
     torch.manual_seed(s.seed)
-    sens = sensitivity_max(_unit_chunk_scores(attribution, s.chunk), x,
+    sens = sensitivity_max(_unit_chunk_scores(entry.method, s.chunk), x,
                            perturb_radius=s.sensitivity_radius,
                            n_perturb_samples=s.perturbations, target=target)
     return {"infidelity": infid.float(), "max_sensitivity": sens.float()}
 
 
-def _sanity(attribution: Attribution, scores: torch.Tensor, x: torch.Tensor,
+def _rebuildable(method: Method) -> bool:
+    """Whether `dataclasses.replace(method, model=...)` gives the method for another model."""
+    return dataclasses.is_dataclass(method) and any(
+        f.name == "model" for f in dataclasses.fields(method))
+
+
+def _sanity(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
             target: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
     """Per image: Spearman correlation of the chunk scores on the trained model with those on
-    the model with its top layer, and with all layers, re-initialised."""
-    out = {}
+    the model with its top layer, and with all layers, re-initialised (nothing for a method that
+    cannot be rebuilt on another model)."""
+    out: dict[str, torch.Tensor] = {}
+    if not _rebuildable(entry.method):
+        return out
     for key, top in (("randomization_spearman_top", 1), ("randomization_spearman_all", None)):
-        other = replace(attribution, model=randomised(attribution.model, top, s.seed))
+        other = dataclasses.replace(entry.method, model=randomised(entry.model, top, s.seed))
         rand_scores = chunk_scores(_batched(other.attribute, x, target, s.batch_size), s.chunk)
         out[key] = spearman(scores, rand_scores).float()
     return out
@@ -160,28 +192,30 @@ class _PhaseClock:
         self._last = now
 
 
-def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
-                    pred: torch.Tensor, blackbox_pred: torch.Tensor, judge: Judge,
-                    num_classes: int, s: Settings) -> MethodResult:
+def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
+                    blackbox_pred: torch.Tensor, judge: Judge | None, num_classes: int,
+                    s: Settings) -> MethodResult:
     """All measures of one method on inputs `x` (float [0, 1]); `pred`: the predictions of the
-    model it explains, `blackbox_pred`: the black box's (what the judge must reproduce)."""
+    model it explains, `blackbox_pred`: the black box's (what the judge must reproduce; without a
+    judge there is no `fidelity_k<b>`)."""
     clock = _PhaseClock()
-    scores = chunk_scores(_batched(attribution.attribute, x, pred, s.batch_size).float(),
+    model = entry.model
+    scores = chunk_scores(_batched(entry.method.attribute, x, pred, s.batch_size).float(),
                           s.chunk)
     clock.lap("attribute")
     shape = tuple(x.shape[1:])
     per_image: dict[str, torch.Tensor] = {}
     for b in s.budgets:
         keep = expand(top_k_mask(scores, b), shape, s.chunk)
-        per_image[f"posthoc_accuracy_k{b}"] = posthoc_agreement(attribution.model, x, keep,
-                                                                 pred).float()
-        with torch.inference_mode():
-            per_image[f"fidelity_k{b}"] = (judge(x * keep, keep).argmax(1)
-                                           == blackbox_pred).float()
+        per_image[f"posthoc_accuracy_k{b}"] = posthoc_agreement(model, x, keep, pred).float()
+        if judge is not None:
+            with torch.inference_mode():
+                per_image[f"fidelity_k{b}"] = (judge(x * keep, keep).argmax(1)
+                                               == blackbox_pred).float()
     curves: dict[str, torch.Tensor] = {}
     for suffix, fill in (("", None), ("_road", _road_fill(s))):
         deletion, insertion, fractions = deletion_insertion(
-            attribution.model, x, scores, pred, s.chunk, points=s.curve_points, batch_size=s.batch_size,
+            model, x, scores, pred, s.chunk, points=s.curve_points, batch_size=s.batch_size,
             fill=fill)
         clock.lap(f"curves{suffix}")
         per_image[f"deletion_auc{suffix}"] = auc(deletion, fractions)
@@ -193,30 +227,92 @@ def evaluate_method(attribution: Attribution, model_name: str, x: torch.Tensor,
     per_image["sparseness"] = sparseness(scores)
     n = s.robustness_images
     clock.lap("judge_encoding_sparseness")
-    per_image.update(_robustness(attribution, scores[:n], x[:n], pred[:n], s))
+    per_image.update(_robustness(entry, scores[:n], x[:n], pred[:n], s))
     clock.lap("robustness")
-    per_image.update(_sanity(attribution, scores[:n], x[:n], pred[:n], s))
+    per_image.update(_sanity(entry, scores[:n], x[:n], pred[:n], s))
     clock.lap("sanity")
-    return MethodResult(attribution.name, model_name,
+    return MethodResult(entry.name, entry.model_name,
                         {k: v.detach().float().cpu() for k, v in per_image.items()}, curves,
                         fractions.cpu(), clock.seconds)
 
 
-def evaluate(methods: Sequence[tuple[Attribution, str]], x: torch.Tensor, blackbox: nn.Module,
-             judge: Judge, s: Settings) -> Evaluation:
-    """Evaluate every (method, name of the model it explains) pair on `x` (float [0, 1])."""
-    models = {id(m): m for m in (blackbox, *(a.model for a, _ in methods))}
+def run_methods(entries: Sequence[Explained], x: torch.Tensor, blackbox: nn.Module,
+                judge: Judge | None, s: Settings) -> Evaluation:
+    """Evaluate every method on `x` (float [0, 1]); `blackbox` is the model the judge mimics."""
+    models = {id(m): m for m in (blackbox, *(e.model for e in entries))}
     logits = {key: predict(m, x, s.batch_size) for key, m in models.items()}
     blackbox_pred = logits[id(blackbox)].argmax(1)
     num_classes = logits[id(blackbox)].shape[1]
-    results = [evaluate_method(attribution, model_name, x, logits[id(attribution.model)].argmax(1),
-                               blackbox_pred, judge, num_classes, s)
-               for attribution, model_name in tqdm(methods, desc="evaluate", unit="method")]
-    g = torch.Generator(device=x.device).manual_seed(s.seed)
-    judged = {f"judge_agreement_k{b}": agreement(judge, x, blackbox_pred, g, b,
-                                                 batch_size=s.batch_size).float().cpu()
-              for b in s.budgets}
+    results = [evaluate_method(entry, x, logits[id(entry.model)].argmax(1), blackbox_pred, judge,
+                               num_classes, s)
+               for entry in tqdm(entries, desc="evaluate", unit="method")]
+    judged = {}
+    if judge is not None:
+        g = torch.Generator(device=x.device).manual_seed(s.seed)
+        judged = {f"judge_agreement_k{b}": agreement(judge, x, blackbox_pred, g, b,
+                                                     batch_size=s.batch_size).float().cpu()
+                  for b in s.budgets}
     return Evaluation(results, judged)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `evaluate` returns: the method x measure `table` (what `metrics/evaluation.json`
+    holds), the paired `differences` to the reference method, and the per-image `evaluation`
+    (curves, timings) behind both."""
+
+    table: dict[str, dict]
+    differences: dict[str, dict]
+    evaluation: Evaluation
+    settings: Settings
+    reference: str | None = None
+
+    def markdown(self, note: str = "") -> str:
+        """The tables as Markdown (see `markdown`)."""
+        s = self.settings
+        return markdown(self.table, s.k, s.budgets, s.robustness_images, self.differences, note,
+                        self.reference or "")
+
+
+def evaluate(methods: Mapping[str, Method | tuple[Method, str]],
+             model: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, *,
+             judge: Judge | None = None, reference: str | None = None,
+             settings: Settings | None = None, **changes: Any) -> Report:
+    """Measure every explanation method the same way on images `x` (N x C x H x W, floats in
+    [0, 1]) and return the method x measure table with 95 % bootstrap intervals over images.
+
+    `methods` maps a name to a method (anything with `attribute(inputs, target)`, e.g. the classes
+    of `xai.attribution` or `xai.VIBI`) explaining `model`. With several models, `model` maps
+    names to models (the first is the black box the judge mimics) and each method is given as
+    `(method, model name)`. `judge` (`xai.judge.Judge`) adds the fidelity columns; `reference`
+    names the method every other is compared with, paired over images. `settings` (or keyword
+    changes to its defaults, e.g. `chunk=4, k=4, budgets=(1, 4)`) say how to measure; `k` is
+    always one of the budgets.
+    """
+    models = dict(model) if isinstance(model, Mapping) else {"model": model}
+    if not models:
+        raise ValueError("evaluate needs a model")
+    default = next(iter(models))
+    entries = []
+    for name, given in methods.items():
+        method, model_name = given if isinstance(given, tuple) else (given, default)
+        if model_name not in models:
+            raise ValueError(f"method {name!r} explains {model_name!r}; the models are "
+                             f"{sorted(models)}")
+        entries.append(Explained(name, method, models[model_name], model_name))
+    if not entries:
+        raise ValueError("evaluate needs at least one method")
+    if reference is not None and reference not in methods:
+        raise ValueError(f"reference {reference!r} is not one of the methods {sorted(methods)}")
+    s = dataclasses.replace(settings or Settings(), **changes)
+    chunks = chunk_areas(tuple(x.shape[1:]), s.chunk).shape[1]
+    if max(*s.budgets, s.k) > chunks:
+        raise ValueError(f"budgets {list(s.budgets)} and k = {s.k} must be at most the "
+                         f"{chunks} chunks of {s.chunk} x {s.chunk} pixels in the images")
+    s = dataclasses.replace(s, budgets=tuple(sorted(set(s.budgets) | {s.k})))
+    evaluation = run_methods(entries, x, models[default], judge, s)
+    diffs = differences(evaluation, s, reference) if reference is not None else {}
+    return Report(summary(evaluation, s), diffs, evaluation, s, reference)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -258,6 +354,8 @@ def differences(ev: Evaluation, s: Settings, reference: str = "vibi") -> dict[st
             continue
         rows = {}
         for measure, v in r.per_image.items():
+            if measure not in ref:  # e.g. a sanity check one of the two methods cannot run
+                continue
             ci = paired_difference(ref[measure], v, indices)
             rows[measure] = {"difference": ci.mean, "ci_low": ci.low, "ci_high": ci.high}
         out[r.name] = rows
@@ -265,11 +363,14 @@ def differences(ev: Evaluation, s: Settings, reference: str = "vibi") -> dict[st
 
 
 def _cell(row: Mapping[str, float], measure: str) -> str:
+    if measure not in row:
+        return "n/a"
     return (f"{row[measure]:.3f} [{row[measure + '_ci_low']:.3f}, "
             f"{row[measure + '_ci_high']:.3f}]")
 
 
-def _headline(measure: str, k: int) -> str:
+def headline_key(measure: str, k: int) -> str:
+    """A headline measure's key in the table: at budget `k` for the per-budget measures."""
     return f"{measure}_k{k}" if measure in ("posthoc_accuracy", "fidelity") else measure
 
 
@@ -285,19 +386,24 @@ def construction_note(objective: str, k: int) -> str:
 
 
 def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustness_images: int,
-             diffs: Mapping[str, dict] | None = None, note: str = "") -> str:
+             diffs: Mapping[str, dict] | None = None, note: str = "", reference: str = "vibi"
+             ) -> str:
     """The tables as Markdown: headline measures at k (under `note`), every budget, the other
-    measures, the judge, and the paired differences to VIBI; each value with its 95 % interval
-    over images."""
+    measures, the judge, and the paired differences to `reference`; each value with its 95 %
+    interval over images; "n/a" where a method lacks a measure, and no fidelity or judge tables
+    without a judge."""
     methods = table["methods"]
+    judged = bool(table["judge"])
+    cols = [headline_key(m, k) for m in HEADLINE
+            if any(headline_key(m, k) in row for row in methods.values())]
     lines = [f"### At the explainer's budget (k = {k} chunks); mean [95 % interval]", "",
              *([note, ""] if note else []),
-             "| method | explains | " + " | ".join(_headline(m, k) for m in HEADLINE) + " |",
-             "|---|---|" + "---|" * len(HEADLINE)]
+             "| method | explains | " + " | ".join(cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
     for name, row in methods.items():
         lines.append(f"| {name} | {row['explains']} | "
-                     + " | ".join(_cell(row, _headline(m, k)) for m in HEADLINE) + " |")
-    for measure in ("posthoc_accuracy", "fidelity"):
+                     + " | ".join(_cell(row, c) for c in cols) + " |")
+    for measure in ("posthoc_accuracy", "fidelity") if judged else ("posthoc_accuracy",):
         lines += ["", f"### {measure} at every budget", "",
                   "| method | " + " | ".join(f"k = {b}" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
@@ -306,24 +412,28 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
                                                       for b in budgets) + " |")
     others = ("sparseness", "infidelity", "max_sensitivity", "randomization_spearman_top",
               "randomization_spearman_all")
+    blind = [name for name in ("vibi", "l2x", "random") if name in methods]
     lines += ["", f"### Other measures (robustness and sanity on {robustness_images} images)",
-              "", "VIBI, L2X and random chunks do not read the model when they explain (a trained "
-              "explainer, a random draw), so their randomisation correlations are 1 by "
-              "construction: the sanity check cannot pass them.", "",
+              "", *(["VIBI, L2X and random chunks do not read the model when they explain (a "
+                     "trained explainer, a random draw), so their randomisation correlations are 1 "
+                     "by construction: the sanity check cannot pass them.", ""] if blind else []),
               "| method | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     for name, row in methods.items():
         lines.append(f"| {name} | " + " | ".join(_cell(row, m) for m in others) + " |")
     judge = table["judge"]
-    lines += ["", "### The judge: agreement with the black box on random chunk subsets", "",
-              "| " + " | ".join(f"k = {b}" for b in budgets) + " |",
-              "|" + "---|" * len(budgets),
-              "| " + " | ".join(_cell(judge, f"judge_agreement_k{b}") for b in budgets) + " |"]
+    if judged:
+        lines += ["", "### The judge: agreement with the black box on random chunk subsets", "",
+                  "| " + " | ".join(f"k = {b}" for b in budgets) + " |",
+                  "|" + "---|" * len(budgets),
+                  "| " + " | ".join(_cell(judge, f"judge_agreement_k{b}") for b in budgets)
+                  + " |"]
     if diffs:
-        cols = [_headline(m, k) for m in HEADLINE]
-        lines += ["", "### VIBI minus each method (paired over images); mean [95 % interval]", "",
+        label = "VIBI" if reference == "vibi" else f"`{reference}`"
+        lines += ["", f"### {label} minus each method (paired over images); mean [95 % interval]",
+                  "",
                   "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for name, rows in diffs.items():
             lines.append(f"| {name} | " + " | ".join(
                 f"{rows[c]['difference']:+.3f} [{rows[c]['ci_low']:+.3f}, "
-                f"{rows[c]['ci_high']:+.3f}]" for c in cols) + " |")
+                f"{rows[c]['ci_high']:+.3f}]" if c in rows else "n/a" for c in cols) + " |")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,10 @@
 Every stage opens one run (`stage_run`) that records its params, metrics (per epoch where there are
 epochs) and figures. Runs are tagged with the stage, the git commit, the DVC experiment name and
 baseline, and grouped under one parent run per pipeline execution (tag `xai.pipeline`): one
-`dvc exp run` experiment, or one `dvc repro` invocation. The default store is sqlite `mlflow.db` at
+`dvc exp run` experiment, or one `dvc repro` invocation. The parent run carries the flattened
+params.yaml and each stage's headline metrics (`<stage>.<metric>`), and the experiment keeps a
+runs-table view of the params that differ and those metrics (`runs_url` opens it), so pipelines and
+`dvc exp` sweeps compare side by side without expanding. The default store is sqlite `mlflow.db` at
 the project root as an absolute URI, so queued experiments in temporary folders log to the same
 store; `tracking.uri` may name a server instead, which is probed first so an unreachable server
 fails within `tracking.timeout_s` instead of hanging.
@@ -15,8 +18,10 @@ and the stage writes its DVC outputs and exits 0; its MLflow run is left unfinis
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from xai.config import Config, TrackingConfig
+from xai.config import Config, TrackingConfig, flatten, load_config
 from xai.errors import TrackingError
 from xai.io import file_md5
 from xai.paths import project_root
@@ -38,6 +43,19 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 OUTPUT_TAG = "xai.output."
 PIPELINE_TAG = "xai.pipeline"
+#: MLflow's experiment type: a machine-learning experiment (runs), not a GenAI one (traces).
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+#: A view of the runs table the MLflow UI opens from a link (`runs_url`): an experiment tag
+#: `mlflow.sharedViewState.<key>` holding the columns to show.
+VIEW_KEY = "xai-pipelines"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+#: Params shown in the view even when every pipeline has the same value.
+VIEW_PARAMS = ("data.dataset", "blackbox.source", "vibi.k", "vibi.beta")
+#: Headline metrics of the parent runs shown in the view; {k} is the pipeline's vibi.k.
+VIEW_METRICS = ("train_blackbox.test_accuracy", "train_l2x.posthoc_accuracy",
+                "train_vibi.posthoc_accuracy", "evaluate.vibi.fidelity_k{k}",
+                "evaluate.vibi.insertion_auc_road", "evaluate.l2x.fidelity_k{k}",
+                "evaluate.saliency.fidelity_k{k}")
 ROLE_TAG = "xai.role"
 STAGE_TAG = "xai.stage"
 
@@ -103,11 +121,14 @@ def _tolerant(method: _Method) -> _Method:
 
 
 class Run:
-    """A live MLflow run: params, metrics by step, tags and artifacts."""
+    """A live MLflow run: params, metrics by step, tags and artifacts; `parent_id` is its
+    pipeline's parent run and `stage` the prefix of its headline metrics there."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, parent_id: str = "", stage: str = "") -> None:
         self._client = client
         self.run_id = run_id
+        self.parent_id = parent_id
+        self.stage = stage
         self.lost: str | None = None  # why the store stopped answering mid-stage
 
     def lose(self, exc: BaseException) -> None:
@@ -141,6 +162,19 @@ class Run:
                  for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    @_tolerant
+    def log_headline(self, metrics: Mapping[str, float]) -> None:
+        """Log a stage's result metrics, and copy them to the parent run as `<stage>.<metric>`
+        (the runs table's columns for comparing pipelines)."""
+        self.log_metrics(metrics)
+        if self.parent_id:
+            from mlflow.entities import Metric
+
+            stamp = now_ms()
+            items = [Metric(f"{self.stage}.{k}", float(v), stamp, 0) for k, v in metrics.items()]
+            for i in range(0, len(items), 1000):
+                self._client.log_batch(self.parent_id, metrics=items[i:i + 1000])
 
     @_tolerant
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -183,6 +217,9 @@ class NullRun(Run):
     def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
         pass
 
+    def log_headline(self, metrics: Mapping[str, float]) -> None:
+        pass
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
@@ -208,20 +245,47 @@ def client_for(cfg: TrackingConfig) -> Any:
 
 
 def experiment_id(client: Any, cfg: TrackingConfig) -> str:
-    """Get or create the experiment; local stores keep artifacts beside the sqlite file."""
+    """Get or create the experiment, tagged as a machine-learning experiment; local stores keep
+    artifacts beside the sqlite file."""
     found = client.get_experiment_by_name(cfg.experiment)
     if found is not None:
+        if found.tags.get(KIND_TAG) is None:  # made before the tag, or by someone else
+            client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         return found.experiment_id
     location = None
     if _is_local(tracking_uri(cfg)):
         location = (project_root() / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(cfg.experiment, artifact_location=location)
+        return client.create_experiment(cfg.experiment, artifact_location=location,
+                                        tags={KIND_TAG: KIND})
     except Exception:  # noqa: BLE001 - a parallel run may have created it just now
         found = client.get_experiment_by_name(cfg.experiment)
         if found is None:
             raise
         return found.experiment_id
+
+
+def update_runs_view(client: Any, exp_id: str, k: Any) -> None:
+    """Point the experiment's runs view at what tells pipelines apart: the params that differ
+    between its parent runs (and `VIEW_PARAMS`) and the headline metrics (`VIEW_METRICS`)."""
+    query = f"tags.`{ROLE_TAG}` = 'pipeline'"
+    parents = client.search_runs([exp_id], filter_string=query, max_results=500)
+    keys = sorted({key for run in parents for key in run.data.params})
+    differing = [key for key in keys if key not in VIEW_PARAMS
+                 and len({run.data.params.get(key) for run in parents}) > 1]
+    columns = ([f"params.`{key}`" for key in (*VIEW_PARAMS, *differing)]
+               + [f"metrics.`{name.format(k=k)}`" for name in VIEW_METRICS])
+    view = {"selectedColumns": columns, "orderByKey": "attributes.start_time",
+            "orderByAsc": False}
+    client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(view))
+
+
+def runs_url(experiment: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI address that opens `experiment` on its runs table with the pipelines' view
+    (MLflow 3's UI otherwise opens on its GenAI overview: the UI-wide workflow type, not the
+    experiment's kind tag, decides)."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
 
 
 def pipeline_id() -> str:
@@ -262,22 +326,28 @@ def run_tags(stage: str, pipeline: str) -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
-def _parent_run(client: Any, exp_id: str, pipeline: str, tags: dict[str, str]) -> str:
-    """The parent run of this pipeline execution, created by its first stage."""
+def _parent_run(client: Any, exp_id: str, pipeline: str, tags: dict[str, str],
+                pipeline_params: Mapping[str, Any]) -> str:
+    """The parent run of this pipeline execution, created by its first stage; it carries the
+    pipeline's params (each logged once: a param cannot change in MLflow)."""
     query = f"tags.`{PIPELINE_TAG}` = '{pipeline}' and tags.`{ROLE_TAG}` = 'pipeline'"
     found = client.search_runs([exp_id], filter_string=query, max_results=1)
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    parent_tags = {k: v for k, v in tags.items() if k not in (STAGE_TAG, "dvc.stage")}
-    parent_tags[ROLE_TAG] = "pipeline"
-    name = os.environ.get("DVC_EXP_NAME") or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    return client.create_run(exp_id, tags=parent_tags, run_name=name).info.run_id
+        run_id, logged = found[0].info.run_id, found[0].data.params
+        client.update_run(run_id, status="RUNNING")
+    else:
+        parent_tags = {k: v for k, v in tags.items() if k not in (STAGE_TAG, "dvc.stage")}
+        parent_tags[ROLE_TAG] = "pipeline"
+        name = os.environ.get("DVC_EXP_NAME") or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        run_id, logged = client.create_run(exp_id, tags=parent_tags, run_name=name).info.run_id, {}
+    Run(client, run_id).log_params({k: v for k, v in pipeline_params.items() if k not in logged})
+    return run_id
 
 
-def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any]
-              ) -> tuple[Any, Run, str]:
-    """Client, the stage's run (params logged) and its parent; a store error is a TrackingError."""
+def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any],
+              pipeline_params: Mapping[str, Any] | None = None) -> tuple[Any, Run, str]:
+    """Client, the stage's run (params logged) and its parent (carrying `pipeline_params`); a
+    store error is a TrackingError."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -285,15 +355,22 @@ def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any]
         exp_id = experiment_id(client, cfg)
         pipeline = pipeline_id()
         tags = run_tags(stage, pipeline)
-        parent = _parent_run(client, exp_id, pipeline, tags)
+        parent = _parent_run(client, exp_id, pipeline, tags, pipeline_params or {})
+        update_runs_view(client, exp_id, (pipeline_params or {}).get("vibi.k", ""))
         tags["mlflow.parentRunId"] = parent
-        run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id)
+        run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id,
+                  parent, stage)
         run.log_params(params)
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"MLflow tracking store {tracking_uri(cfg)} failed: {first}; fix "
                             "tracking.uri or set tracking.enabled: false") from None
     return client, run, parent
+
+
+def pipeline_params(cfg: Config) -> dict[str, Any]:
+    """params.yaml flattened to dotted keys (without `tracking`), for the parent run."""
+    return {k: v for k, v in flatten(cfg).items() if not k.startswith("tracking.")}
 
 
 @contextlib.contextmanager
@@ -309,7 +386,7 @@ def stage_run(cfg: Config, stage: str, params: Mapping[str, Any], enabled: bool 
     if not (cfg.tracking.enabled and enabled):
         yield NullRun()
         return
-    client, run, parent = _open_run(cfg.tracking, stage, params)
+    client, run, parent = _open_run(cfg.tracking, stage, params, pipeline_params(cfg))
     status = "FAILED"
     started = time.perf_counter()
     try:
@@ -387,3 +464,17 @@ def producer_record(cfg: TrackingConfig, output: str | Path) -> RunRecord | None
         return None
     run = find_producer(client_for(cfg), output)
     return None if run is None else _record(run)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the MLflow UI address of the configured experiment's runs table."""
+    parser = argparse.ArgumentParser(description="The MLflow UI address of the runs table.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--ui", default="http://127.0.0.1:5000", help="where `mlflow ui` serves")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params).tracking
+    print(runs_url(experiment_id(client_for(cfg), cfg), args.ui))
+
+
+if __name__ == "__main__":
+    main()

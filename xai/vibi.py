@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from xai.approximator import Approximator
 from xai.errors import CheckpointError
