@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xai.config import flatten, load_config
 from xai.devices import select_device
 from xai.errors import ConfigError
+from xai.pipeline.config import flatten, load_config
 
 
 def test_project_params_are_valid(params):
@@ -40,7 +40,7 @@ def test_project_params_are_valid(params):
     ({"invertible.image.epochs": 0}, r"invertible\.image\.epochs = 0"),
     ({"evaluate.budgets": [1, 64]}, r"evaluate\.budgets = \[1, 64\].*49 chunks"),
     ({"data.dataset": "cifar10", "vibi.xpl_channels": 3, "vibi.k": 70},
-     r"vibi\.k = 70 is out of range for evaluate.*64 such chunks"),
+     r"vibi\.k = 70 is out of range for the evaluation.*64 such chunks"),
     ({"render.dpi": 5}, r"render\.dpi = 5 is out of range; allowed: >= 30 and <= 600"),
 ])
 def test_bad_params_are_rejected_naming_the_key(params, overrides, pattern):

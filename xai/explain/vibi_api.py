@@ -22,18 +22,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xai.attribution import VibiAttribution
-from xai.config import VibiConfig
 from xai.errors import DataError
-from xai.explainers import check_fits
+from xai.explain.attribution import VibiAttribution
+from xai.explain.vibi import Vibi, VibiSpec, vibi_from_state
 from xai.io import load_torch, save_torch
-from xai.tracking import NullRun
-from xai.training import History, state_dict_cpu
-from xai.vibi import Vibi, VibiSpec, vibi_from_state
-from xai.vibi_training import Targets, train
+from xai.models.explainers import check_fits
+from xai.train.loop import History, state_dict_cpu
+from xai.train.vibi import Targets, VibiConfig, train
 
 Model = Callable[[torch.Tensor], torch.Tensor]
-KIND = "xai.api.vibi"
+KIND = "xai.explain.vibi_api.vibi"
 
 
 class _Callable(nn.Module):
@@ -97,7 +95,7 @@ class VIBI:
         self.model = Vibi(spec).to(self.device)
         train(self.model, settings, Targets(x_train.to(self.device), train_probs),
               Targets(x_val.to(self.device), self._probabilities(x_val)), seed=self.seed,
-              history=History(NullRun()), show_progress=show_progress,
+              history=History(), show_progress=show_progress,
               blackbox=self.blackbox.to(self.device))
         return self
 

@@ -17,15 +17,36 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from xai.config import DataConfig
-from xai.data import Dataset, Split, train_val_split
-from xai.errors import DataError
+from xai.data.prepared import Dataset, Split, train_val_split
+from xai.errors import ConfigError, DataError
+from xai.settings import SEED_MAX, bounded
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The image data set and its train/validation split."""
+
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "folder"] = 'mnist'
+    root: str = 'data/raw'
+    folder: str | None = None
+    download: bool = True
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    split_seed: int = bounded(0, ge=0, le=SEED_MAX)
+
+    def __post_init__(self) -> None:
+        if self.dataset == "folder" and not self.folder:
+            raise ConfigError(
+                "folder is required when dataset = 'folder': name a class-per-folder "
+                "tree with train/ and test/ inside, or a .tar.gz/.tgz/.tar/.zip of one "
+                "(relative to root, or absolute)", owner=DataConfig,
+                fields=("folder", "dataset", "root"))
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")

@@ -12,22 +12,52 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai.augment import random_crop, random_flip
-from xai.config import BlackboxConfig
-from xai.data import Dataset
+from xai.data.augment import random_crop, random_flip
+from xai.data.prepared import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError
 from xai.io import load_torch, save_torch
-from xai.training import (Distributed, History, Progress, autocast, check_finite, index_batches,
-                          predict, state_dict_cpu, to_unit, unwrap)
+from xai.settings import bounded
+from xai.train.loop import (
+    Distributed,
+    History,
+    Progress,
+    autocast,
+    check_finite,
+    index_batches,
+    predict,
+    state_dict_cpu,
+    to_unit,
+    unwrap,
+)
 
-MODEL_KIND = "xai.blackbox"
+
+@dataclass(frozen=True)
+class BlackboxConfig:
+    """The black-box classifier and how it is trained."""
+
+    arch: Literal["auto", "small_cnn", "resnet"] = 'auto'
+    width: int = bounded(16, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = 'adam'
+    lr: float = bounded(0.003, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "constant"] = 'onecycle'
+    epochs: int = bounded(4, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    augment: Literal["auto", "none", "crop", "crop_flip"] = 'auto'
+    crop_padding: int = bounded(4, ge=0)
+    label_smoothing: float = bounded(0.0, ge=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16"] = 'auto'
+    eval_batch_size: int = bounded(2048, ge=1)
+
+MODEL_KIND = "xai.models.blackbox"
 PROBS_KIND = "xai.blackbox_probs"
 
 
@@ -109,9 +139,11 @@ def architecture(cfg: BlackboxConfig, input_shape: tuple[int, ...], num_classes:
     channels, size, _ = input_shape
     arch = cfg.arch if cfg.arch != "auto" else ("small_cnn" if channels == 1 else "resnet")
     if arch == "small_cnn" and size % 4:
-        raise ConfigError(f"blackbox.arch = small_cnn needs a side divisible by 4, got {size}")
+        raise ConfigError(f"arch = small_cnn needs a side divisible by 4, got {size}",
+                          owner=BlackboxConfig, fields=("arch",))
     if arch == "resnet" and size < 8:
-        raise ConfigError(f"blackbox.arch = resnet needs images of at least 8 x 8, got {size}")
+        raise ConfigError(f"arch = resnet needs images of at least 8 x 8, got {size}",
+                          owner=BlackboxConfig, fields=("arch",))
     return Architecture(arch, channels, num_classes, size, cfg.width)
 
 
