@@ -313,7 +313,7 @@ def test_sharded_draws_equal_the_rows_of_one_global_draw():
 
 def test_a_warm_up_as_long_as_training_is_rejected_before_training(params):
     settings = tiny_settings(params, epochs=1, warmup_steps=16)  # 512 / 32 = 16 steps in all
-    with pytest.raises(ConfigError, match=r"^warmup_steps = 16 is out of range; allowed: "
+    with pytest.raises(ConfigError, match=r"^`warmup_steps` = 16 is out of range; allowed: "
                                           r"< 16") as raised:
         train(tiny_model(settings), settings, position_task(512, 0), position_task(64, 1),
               seed=0, history=History(), show_progress=False)

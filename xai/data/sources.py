@@ -43,9 +43,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset == "folder" and not self.folder:
             raise ConfigError(
-                "folder is required when dataset = 'folder': name a class-per-folder "
+                "`folder` is required when `dataset` = 'folder': name a class-per-folder "
                 "tree with train/ and test/ inside, or a .tar.gz/.tgz/.tar/.zip of one "
-                "(relative to root, or absolute)", owner=DataConfig,
+                "(relative to `root`, or absolute)", owner=DataConfig,
                 fields=("folder", "dataset", "root"))
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -72,7 +72,10 @@ def load_images(cfg: DataConfig, root: Path) -> Dataset:
         name = _archive_stem(folder)
     else:
         raw, name = read_torchvision(cfg.dataset, root, cfg.download), cfg.dataset
-    train, val = train_val_split(raw.train_x, raw.train_y, cfg.val_fraction, cfg.split_seed)
+    try:
+        train, val = train_val_split(raw.train_x, raw.train_y, cfg.val_fraction, cfg.split_seed)
+    except DataError as exc:
+        raise DataError(str(exc), owner=DataConfig, fields=exc.fields) from None
     return Dataset(name, raw.classes, train, val, Split(raw.test_x, raw.test_y))
 
 
@@ -113,7 +116,8 @@ def read_torchvision(name: str, root: Path, download: bool) -> RawImages:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
     except RuntimeError:
         if not download:
-            raise DataError(_missing_message(spec, root, "data.download is false")) from None
+            raise DataError(_missing_message(spec, root, "`download` is false"), owner=DataConfig,
+                            fields=("download", "root")) from None
         train, test = _download(spec, cls, root)
     return RawImages(tuple(train.classes), *_tensors(train), *_tensors(test))
 
@@ -131,7 +135,8 @@ def _download(spec: _TorchvisionSet, cls: type, root: Path) -> tuple[object, obj
         if not existed:
             shutil.rmtree(target, ignore_errors=True)
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DataError(_missing_message(spec, root, f"the download failed: {reason}")) from None
+        raise DataError(_missing_message(spec, root, f"the download failed: {reason}"),
+                        owner=DataConfig, fields=("root",)) from None
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -140,8 +145,7 @@ def _missing_message(spec: _TorchvisionSet, root: Path, why: str) -> str:
     return (
         f"{spec.title} not found under {root} ({why}).\n"
         f"  expected torchvision's layout: {spec.layout(root)}\n"
-        f"  copy the files there, or point data.root at a folder that holds {spec.folder}/ "
-        f"(e.g. dvc exp run -S data.root=/path/to/datasets)"
+        f"  copy the files there, or point `root` at a folder that holds {spec.folder}/"
     )
 
 
@@ -162,8 +166,8 @@ def read_folder(path: Path) -> RawImages:
         raise DataError(
             f"image folder {path} not found; expected a folder (or {'/'.join(ARCHIVE_SUFFIXES)} "
             "archive) holding train/<class>/<image> and test/<class>/<image> "
-            "(set data.folder, relative to data.root or absolute)"
-        )
+            "(set `folder`, relative to `root` or absolute)", owner=DataConfig,
+            fields=("folder", "root"))
     entries: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
     prefixes: set[PurePosixPath] = set()
     for name, read in tqdm(_members(path), desc=f"reading {path.name}", unit="img",

@@ -37,7 +37,7 @@ from xai.train.loop import (
     to_unit,
 )
 
-KIND = "xai.evaluation.judge"
+KIND = "xai.judge"
 
 
 def random_chunk_masks(n: int, chunks: int, generator: torch.Generator,

@@ -31,7 +31,7 @@ from xai.models.approximator import Approximator
 from xai.models.explainers import CHUNK_SIZE, build_explainer, chunk_grid
 from xai.train.loop import state_dict_cpu
 
-KIND = "xai.explain.vibi"
+KIND = "xai.vibi"
 
 
 # ----------------------------------------------------------------------------- the math

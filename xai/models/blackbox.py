@@ -57,7 +57,7 @@ class BlackboxConfig:
     precision: Literal["auto", "fp32", "bf16"] = 'auto'
     eval_batch_size: int = bounded(2048, ge=1)
 
-MODEL_KIND = "xai.models.blackbox"
+MODEL_KIND = "xai.blackbox"
 PROBS_KIND = "xai.blackbox_probs"
 
 
@@ -139,10 +139,10 @@ def architecture(cfg: BlackboxConfig, input_shape: tuple[int, ...], num_classes:
     channels, size, _ = input_shape
     arch = cfg.arch if cfg.arch != "auto" else ("small_cnn" if channels == 1 else "resnet")
     if arch == "small_cnn" and size % 4:
-        raise ConfigError(f"arch = small_cnn needs a side divisible by 4, got {size}",
+        raise ConfigError(f"`arch` = small_cnn needs a side divisible by 4, got {size}",
                           owner=BlackboxConfig, fields=("arch",))
     if arch == "resnet" and size < 8:
-        raise ConfigError(f"arch = resnet needs images of at least 8 x 8, got {size}",
+        raise ConfigError(f"`arch` = resnet needs images of at least 8 x 8, got {size}",
                           owner=BlackboxConfig, fields=("arch",))
     return Architecture(arch, channels, num_classes, size, cfg.width)
 

@@ -45,13 +45,13 @@ def check_fits(explainer_type: str, xpl_channels: int, k: int, shape: tuple[int,
     `xpl_channels` or `k` (fields of the settings class `owner`) do not fit them."""
     c, h, w = shape
     if xpl_channels not in (1, c):
-        raise ConfigError(f"xpl_channels = {xpl_channels} does not fit {name}'s {c}-channel "
+        raise ConfigError(f"`xpl_channels` = {xpl_channels} does not fit {name}'s {c}-channel "
                           f"images; allowed: 1" + (f" or {c}" if c > 1 else ""),
                           owner=owner, fields=("xpl_channels",))
     rows, cols = chunk_grid(explainer_type, h, w)
     chunks = xpl_channels * rows * cols
     if k >= chunks:
-        raise ConfigError(f"k = {k} is out of range; allowed: below the {chunks} chunks of "
+        raise ConfigError(f"`k` = {k} is out of range; allowed: below the {chunks} chunks of "
                           f"{explainer_type} on {name}'s {h} x {w} images", owner=owner,
                           fields=("k",))
     return chunks
@@ -61,10 +61,10 @@ def evaluation_budgets(budgets: Sequence[int], k: int, chunks: int) -> tuple[int
     """The evaluation's budgets, `budgets` plus the explainer's `k`, sorted; `ConfigError` naming
     the setting when one exceeds the `chunks` it scores (chunks shared by the image's channels)."""
     if max(budgets) > chunks:
-        raise ConfigError(f"budgets = {list(budgets)} is out of range; allowed: at most "
+        raise ConfigError(f"`budgets` = {list(budgets)} is out of range; allowed: at most "
                           f"the explainer's {chunks} chunks", fields=("budgets",))
     if k > chunks:
-        raise ConfigError(f"k = {k} is out of range for the evaluation, which keeps chunks shared "
+        raise ConfigError(f"`k` = {k} is out of range for the evaluation, which keeps chunks shared "
                           f"by the channels; allowed: at most the explainer's {chunks} such chunks",
                           fields=("k",))
     return tuple(sorted(set(budgets) | {k}))

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
-from xai.errors import ConfigError, XaiError
+from xai.errors import XaiError
 from xai.pipeline.config import param_error
 
 EXIT_USER_ERROR = 2
@@ -31,8 +31,7 @@ def run(main: Callable[[list[str] | None], None], name: str) -> None:
     try:
         main(None)
     except XaiError as exc:
-        if isinstance(exc, ConfigError):
-            exc = param_error(exc)
+        exc = param_error(exc)
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:

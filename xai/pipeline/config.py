@@ -22,7 +22,7 @@ import yaml
 
 from xai.data.sources import DataConfig
 from xai.data.toy import ToyConfig
-from xai.errors import ConfigError
+from xai.errors import ConfigError, XaiError
 from xai.models.blackbox import BlackboxConfig
 from xai.models.explainers import check_fits, evaluation_budgets
 from xai.settings import SEED_MAX, bounded
@@ -162,7 +162,7 @@ class Config:
 # ----------------------------------------------------------------------------- building
 
 
-def param_error(exc: ConfigError) -> ConfigError:
+def param_error(exc: XaiError) -> XaiError:
     """`exc` with the settings it names written as params.yaml keys, when its owner is a section."""
     path = _section_path(Config, exc.owner) if exc.owner is not None else None
     return exc.qualified(path) if path else exc

@@ -62,17 +62,17 @@ class InvertibleImageConfig:
     def __post_init__(self) -> None:
         stages = len(self.downsample)
         if stages == 0:
-            raise ConfigError("downsample must name at least one stage",
+            raise ConfigError("`downsample` must name at least one stage",
                               owner=InvertibleImageConfig, fields=("downsample",))
         for name in ("blocks", "hidden", "kernel"):
             if len(getattr(self, name)) != stages:
                 raise ConfigError(
-                    f"{name} = {list(getattr(self, name))} needs one entry per "
-                    f"stage, like downsample = {list(self.downsample)}",
+                    f"`{name}` = {list(getattr(self, name))} needs one entry per "
+                    f"stage, like `downsample` = {list(self.downsample)}",
                     owner=InvertibleImageConfig, fields=(name, "downsample"))
         if any(k % 2 == 0 for k in self.kernel):
             raise ConfigError(
-                f"kernel = {list(self.kernel)} is not allowed; kernels must be "
+                f"`kernel` = {list(self.kernel)} is not allowed; kernels must be "
                 "odd (1, 3, 5, ...) so that a subnet keeps the feature map's size",
                 owner=InvertibleImageConfig, fields=("kernel",))
 
@@ -95,8 +95,8 @@ class InvertibleToyConfig:
         if (list(self.milestones) != sorted(set(self.milestones))
                 or any(m > self.epochs for m in self.milestones)):
             raise ConfigError(
-                f"milestones = {list(self.milestones)} is not allowed; use increasing values "
-                f"<= epochs = {self.epochs}", owner=InvertibleToyConfig,
+                f"`milestones` = {list(self.milestones)} is not allowed; use increasing values "
+                f"<= `epochs` = {self.epochs}", owner=InvertibleToyConfig,
                 fields=("milestones", "epochs"))
 
 PROJECTIONS_KIND = "xai.invertible_projections"

@@ -80,7 +80,7 @@ class VibiConfig:
     def __post_init__(self) -> None:
         if self.tau_end > self.tau_start:
             raise ConfigError(
-                f"tau_end = {self.tau_end} is above tau_start = {self.tau_start}; "
+                f"`tau_end` = {self.tau_end} is above `tau_start` = {self.tau_start}; "
                 "the temperature anneals downwards", owner=VibiConfig, fields=("tau_end", "tau_start"))
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
@@ -306,7 +306,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     total = steps_per_epoch * settings.epochs
     warmup = 0 if jump_started or settings.objective == "blackbox" else settings.warmup_steps
     if warmup >= total:  # the explainer would never train
-        raise ConfigError(f"warmup_steps = {settings.warmup_steps} is out of range; allowed: "
+        raise ConfigError(f"`warmup_steps` = {settings.warmup_steps} is out of range; allowed: "
                           f"< {total} (the training steps: {settings.epochs} epochs of "
                           f"{steps_per_epoch} batches), or objective blackbox (no warm-up)",
                           owner=VibiConfig, fields=("warmup_steps",))
