@@ -3,7 +3,7 @@
     python experiments/reliability.py experiments/reliability.json
 
 Runs tests/test_faults.py, tests/test_reliability.py and tests/test_io.py with pytest and writes,
-per test, the cases tried and the failures; `python -m xai.readme` turns the file into the
+per test, the cases tried and the failures; `python -m xai.pipeline.readme` turns the file into the
 README's reliability table, and tests/test_faults.py checks that its counts match the case lists.
 """
 

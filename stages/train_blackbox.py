@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
-from xai import cli, tracking
-from xai.blackbox import (TRAIN, architecture, check_outputs, describe, evaluate,
+from xai.pipeline import cli, tracking
+from xai.models.blackbox import (TRAIN, architecture, check_outputs, describe, evaluate,
                           load_user_model, parameter_count, probabilities, save_blackbox,
                           save_probabilities, train_blackbox)
-from xai.config import Config, flatten, load_config
-from xai.data import load_dataset
+from xai.pipeline.config import Config, flatten, load_config
+from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.io import save_json, transaction
-from xai.training import History, distributed_device, init_distributed, seed_everything
+from xai.train.loop import History, distributed_device, init_distributed, seed_everything
 
 VAL_TARGET = 0.99  # time-to-quality: first epoch at which validation accuracy reaches this
 

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
-import torch
-
-from xai.config import set_dotted
-from xai.data import Dataset, Split, save_dataset
+from xai.data.prepared import Dataset, Split, save_dataset
+from xai.pipeline.config import set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ import torch
 
 from stages import train_blackbox
 from tests.conftest import separable
-from xai.augment import random_crop, random_flip
-from xai.blackbox import architecture, load_blackbox, load_probabilities
-from xai.config import load_config
+from xai.data.augment import random_crop, random_flip
 from xai.errors import CheckpointError, ConfigError
 from xai.io import save_torch
+from xai.models.blackbox import architecture, load_blackbox, load_probabilities
+from xai.pipeline.config import load_config
 
 TINY = {"blackbox.width": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
         "blackbox.lr": 0.003, "blackbox.schedule": "constant", "device": "cpu"}

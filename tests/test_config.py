@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
-from xai.config import flatten, load_config
 from xai.devices import select_device
 from xai.errors import ConfigError
+from xai.pipeline.config import flatten, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_are_valid(params):
@@ -40,7 +45,7 @@ def test_project_params_are_valid(params):
     ({"invertible.image.epochs": 0}, r"invertible\.image\.epochs = 0"),
     ({"evaluate.budgets": [1, 64]}, r"evaluate\.budgets = \[1, 64\].*49 chunks"),
     ({"data.dataset": "cifar10", "vibi.xpl_channels": 3, "vibi.k": 70},
-     r"vibi\.k = 70 is out of range for evaluate.*64 such chunks"),
+     r"vibi\.k = 70 is out of range for the evaluation.*64 such chunks"),
     ({"render.dpi": 5}, r"render\.dpi = 5 is out of range; allowed: >= 30 and <= 600"),
 ])
 def test_bad_params_are_rejected_naming_the_key(params, overrides, pattern):
@@ -78,3 +83,17 @@ def test_device_choice():
 def test_values_that_cannot_work_are_rejected_naming_the_key(params, key, value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(params({key: value}))
+
+
+def test_library_defaults_are_the_pipeline_defaults():
+    """The library's settings classes default to what params.yaml holds (the MNIST defaults), so
+    `xai.VIBI(...)` in a notebook and `dvc repro` start from the same settings."""
+    cfg = load_config(ROOT / "params.yaml")
+    sections = [cfg.data, cfg.toy, cfg.blackbox, cfg.vibi, cfg.invertible.toy,
+                cfg.invertible.image]
+    for section in sections:
+        library = type(section)()
+        differ = {f.name: (getattr(library, f.name), getattr(section, f.name))
+                  for f in dataclasses.fields(section)
+                  if getattr(library, f.name) != getattr(section, f.name)}
+        assert not differ, f"{type(section).__name__}: library vs params.yaml {differ}"

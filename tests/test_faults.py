@@ -26,17 +26,17 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT, image_tree, write_params, write_tar
-from xai.blackbox import load_blackbox, load_probabilities
-from xai.config import load_config
-from xai.data import load_dataset
+from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.pipeline.config import load_config
+from xai.data.prepared import load_dataset
 from xai.errors import ConfigError, DataError, XaiError
-from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier
-from xai.invertible_training import PROJECTIONS_KIND
+from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier
+from xai.train.invertible import PROJECTIONS_KIND
 from xai.io import load_torch
-from xai.judge import load_judge
-from xai.sources import read_folder
-from xai.vibi import load_vibi
-from xai.vibi_training import EXPLANATIONS_KIND
+from xai.evaluation.judge import load_judge
+from xai.data.sources import read_folder
+from xai.explain.vibi import load_vibi
+from xai.train.vibi import EXPLANATIONS_KIND
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -210,7 +210,7 @@ def test_a_damaged_input_stops_the_real_stage_with_exit_2_and_one_line(pipeline,
         cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"train_judge: error: {model} is not a readable xai.blackbox file, truncated or corrupt "
+        f"train_judge: error: {model} is not a readable xai.models.blackbox file, truncated or corrupt "
         + proc.stderr.split("corrupt ", 1)[1].strip()]
     assert not list(tmp_path.glob("out_*"))
 

@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from xai.errors import CheckpointError
-from xai.invertible import (IMAGE_KIND, TOY_KIND, Coupling, SpaceToDepth, image_classifier,
-                            load_classifier, reconstruction_error, save_classifier,
-                            toy_classifier)
+from xai.models.invertible import (
+    IMAGE_KIND,
+    TOY_KIND,
+    Coupling,
+    SpaceToDepth,
+    image_classifier,
+    load_classifier,
+    reconstruction_error,
+    save_classifier,
+    toy_classifier,
+)
 
 
 def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.5) -> torch.nn.Module:

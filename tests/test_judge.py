@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import torch
 
-from xai.blackbox import Architecture
-from xai.encoding import encoding_correct
-from xai.judge import (Judge, JudgeTraining, agreement, fill, load_judge, num_chunks,
-                       random_chunk_masks, save_judge, train_judge)
-from xai.measures import expand
-from xai.training import History
-from xai.tracking import NullRun
+from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.judge import (
+    Judge,
+    JudgeTraining,
+    agreement,
+    fill,
+    load_judge,
+    num_chunks,
+    random_chunk_masks,
+    save_judge,
+    train_judge,
+)
+from xai.evaluation.measures import expand
+from xai.models.blackbox import Architecture
+from xai.train.loop import History
 
 
 def test_random_masks_keep_the_budget_and_cover_every_size():
@@ -98,7 +106,7 @@ def test_cheating_explainer_is_flagged_and_the_judge_gives_it_low_fidelity():
     judge = Judge(Architecture("small_cnn", 1, 4, 8, 8), chunk)
     train_judge(judge, (x * 255).to(torch.uint8), probs, JudgeTraining(epochs=12, batch_size=32,
                 lr=3e-3, imputed_fraction=0.0), torch.Generator().manual_seed(0),
-                History(NullRun()), show_progress=False)
+                History(), show_progress=False)
 
     def judged(mask: torch.Tensor) -> float:
         keep = expand(mask, shape, chunk)

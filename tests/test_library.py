@@ -11,7 +11,7 @@ from torch import nn
 
 import xai
 from tests.conftest import separable
-from xai.training import to_unit
+from xai.train.loop import to_unit
 
 SMALL = {"chunk": 4, "k": 1, "budgets": (1, 2), "curve_points": 5, "robustness_images": 8,
          "perturbations": 2, "encoding_folds": 2, "bootstrap": 200, "batch_size": 64}
@@ -68,8 +68,8 @@ def test_evaluate_measures_any_methods_on_any_model():
 
 
 def test_evaluate_with_two_models_and_a_judge():
-    from xai.blackbox import Architecture
-    from xai.judge import Judge
+    from xai.models.blackbox import Architecture
+    from xai.evaluation.judge import Judge
 
     blackbox, other = HalfBrightness().eval(), HalfBrightness().eval()
     x = to_unit(separable(16).x)

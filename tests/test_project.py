@@ -39,20 +39,26 @@ def test_queued_workers_wait_passively_unless_the_user_chose(tmp_path):
     assert _wait_policy(tmp_path, {"DVC_ROOT": str(ROOT), "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
 
 
-PLUMBING = {"xai/config.py", "xai/io.py", "xai/tracking.py", "xai/cli.py", "xai/errors.py",
-            "xai/paths.py"}  # validation, file and MLflow plumbing: they do not shape outputs
+PLUMBING = {"xai/pipeline/config.py", "xai/io.py", "xai/pipeline/tracking.py", "xai/pipeline/cli.py",
+            "xai/errors.py", "xai/pipeline/paths.py", "xai/settings.py"}
+# validation, file and MLflow plumbing: they do not shape outputs
 
 
 def _xai_imports(path: Path) -> set[str]:
-    """The xai modules a file imports (also inside functions), as repository paths."""
+    """The xai modules a file imports (also inside functions), as repository paths; a package's
+    `__init__.py` only holds its docstring, so importing a package is not a dependency."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("xai"):
-            if node.module == "xai":
-                found |= {f"xai/{a.name}.py" for a in node.names
-                          if (ROOT / f"xai/{a.name}.py").is_file()}
+            base = node.module.replace(".", "/")
+            if (ROOT / base).is_dir():  # `from xai.pipeline import cli`: modules of a package
+                found |= {f"{base}/{a.name}.py" for a in node.names
+                          if (ROOT / f"{base}/{a.name}.py").is_file()}
             else:
-                found.add(node.module.replace(".", "/") + ".py")
+                found.add(base + ".py")
+        elif isinstance(node, ast.Import):
+            found |= {a.name.replace(".", "/") + ".py" for a in node.names
+                      if a.name.startswith("xai.") and (ROOT / (a.name.replace(".", "/") + ".py")).is_file()}
     return found
 
 

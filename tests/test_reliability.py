@@ -90,9 +90,9 @@ class HangingBlackBox(nn.Module):
 
 def test_a_second_sigint_stops_a_hung_step_at_once(params):
     from tests.test_vibi import position_task, tiny_model, tiny_settings
-    from xai.tracking import NullRun
-    from xai.training import History
-    from xai.vibi_training import train
+    from xai.pipeline.tracking import NullRun
+    from xai.train.loop import History
+    from xai.train.vibi import train
 
     settings = tiny_settings(params, objective="blackbox", epochs=2, warmup_steps=0)
     start = time.monotonic()

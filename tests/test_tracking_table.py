@@ -8,8 +8,8 @@ import json
 from mlflow.tracking import MlflowClient
 
 from tests.test_blackbox import TINY, run_stage
-from xai import tracking
-from xai.config import load_config
+from xai.pipeline import tracking
+from xai.pipeline.config import load_config
 
 
 def test_parent_runs_carry_params_and_headline_metrics(tiny_images, params, tmp_path,

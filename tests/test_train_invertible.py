@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from stages import train_invertible
-from xai.config import load_config
-from xai.data import Dataset, Split, save_dataset
+from xai.data.prepared import Dataset, Split, save_dataset
+from xai.data.toy import make_toy
 from xai.errors import ConfigError
-from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier, toy_classifier
-from xai.invertible_training import ToyRestarts
 from xai.io import load_torch
-from xai.toy import make_toy
-from xai.training import cpu_threads
+from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier, toy_classifier
+from xai.pipeline.config import load_config
+from xai.train.invertible import ToyRestarts
+from xai.train.loop import cpu_threads
 
 TINY = {
     "toy.n_samples": 90, "toy.dataset": "blobs",

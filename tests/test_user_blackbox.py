@@ -16,11 +16,11 @@ from tests.test_blackbox import TINY, run_stage, stage_files
 from tests.test_pipeline import DVC, project, run  # noqa: F401 - `project` is a fixture
 from tests.test_train_invertible import TINY as TINY_INVERTIBLE
 from tests.test_vibi_stage import VIBI
-from xai.blackbox import UserModel, load_blackbox, load_probabilities
-from xai.config import load_config, set_dotted
-from xai.data import load_dataset
+from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
+from xai.pipeline.config import load_config, set_dotted
+from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
-from xai.training import to_unit
+from xai.train.loop import to_unit
 
 
 class HalfBrightness(nn.Module):

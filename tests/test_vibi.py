@@ -10,16 +10,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xai import vibi_training
-from xai.config import load_config
 from xai.errors import CheckpointError, ConfigError
-from xai.explainers import CHUNK_SIZE, build_explainer
+from xai.explain.vibi import (
+    Vibi,
+    VibiSpec,
+    gumbel_softmax_draws,
+    hard_top_k,
+    kl_to_uniform,
+    load_vibi,
+    relaxed_k_hot,
+    save_vibi,
+    soft_cross_entropy,
+    vibi_loss,
+)
 from xai.io import save_torch
-from xai.tracking import NullRun
-from xai.training import History
-from xai.vibi import (Vibi, VibiSpec, gumbel_softmax_draws, hard_top_k, kl_to_uniform,
-                      load_vibi, relaxed_k_hot, save_vibi, soft_cross_entropy, vibi_loss)
-from xai.vibi_training import Targets, explain, summarize, train
+from xai.models.explainers import CHUNK_SIZE, build_explainer
+from xai.pipeline.config import load_config, param_error
+from xai.train import vibi as vibi_training
+from xai.train.loop import History
+from xai.train.vibi import Targets, explain, summarize, train
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +183,7 @@ def test_training_learns_input_dependent_non_uniform_explanations(params):
     train_set, val_set = position_task(512, 0), position_task(256, 1)
     model = tiny_model(settings)
     before = summarize(explain(model, val_set.x), val_set.probs)
-    history = History(NullRun())
+    history = History()
     train(model, settings, train_set, val_set, seed=0, history=history, show_progress=False)
     losses = [row["train_ce"] for row in history.rows]
     assert losses[-1] < losses[0] < math.log(9)
@@ -202,7 +211,7 @@ def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(para
     train_set, val_set = position_task(512, 0), position_task(256, 1)
     blackbox = PatchReader()
     model = tiny_model(settings)
-    train(model, settings, train_set, val_set, seed=0, history=History(NullRun()),
+    train(model, settings, train_set, val_set, seed=0, history=History(),
           show_progress=False, blackbox=blackbox)
     expl = explain(model, val_set.x, blackbox)
     assert summarize(expl, val_set.probs)["posthoc_accuracy"] > 0.9
@@ -213,7 +222,7 @@ def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(para
 def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monkeypatch):
     settings = tiny_settings(params, epochs=2, evals_per_epoch=2, resume=True, save_best=False)
     train_set, val_set = position_task(256, 0), position_task(64, 1)
-    reference_history = History(NullRun())
+    reference_history = History()
     reference = train(tiny_model(settings), settings, train_set, val_set, seed=0,
                       history=reference_history, show_progress=False)
 
@@ -231,12 +240,12 @@ def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monk
     monkeypatch.setattr(vibi_training.Progress, "step", step)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_model(settings), settings, train_set, val_set, seed=0,
-              history=History(NullRun()), checkpoint=checkpoint, show_progress=False)
+              history=History(), checkpoint=checkpoint, show_progress=False)
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["step"] == stop_at and [r["step"] for r in saved["rows"]] == [4, 8]
 
     steps.clear()
-    history = History(NullRun())
+    history = History()
     resumed = train(tiny_model(settings), settings, train_set, val_set, seed=0,
                     history=history, checkpoint=checkpoint, show_progress=False)
     assert len(steps) == 16 - stop_at  # only the remaining steps ran
@@ -262,7 +271,7 @@ def test_checkpoint_from_other_settings_is_not_resumed(params, tmp_path, capsys)
     save_torch({"kind": vibi_training.CHECKPOINT_KIND, "fingerprint": "other", "step": 1,
                 "model": {}, "optimizer": {}, "noise": torch.Generator().get_state()}, checkpoint)
     train(tiny_model(settings), settings, train_set, val_set, seed=0,
-          history=History(NullRun()), checkpoint=checkpoint, show_progress=False)
+          history=History(), checkpoint=checkpoint, show_progress=False)
     assert "starting afresh" in capsys.readouterr().out
 
 
@@ -304,7 +313,8 @@ def test_sharded_draws_equal_the_rows_of_one_global_draw():
 
 def test_a_warm_up_as_long_as_training_is_rejected_before_training(params):
     settings = tiny_settings(params, epochs=1, warmup_steps=16)  # 512 / 32 = 16 steps in all
-    with pytest.raises(ConfigError, match=r"vibi\.warmup_steps = 16 is out of range; allowed: "
-                                          r"< 16"):
+    with pytest.raises(ConfigError, match=r"^`warmup_steps` = 16 is out of range; allowed: "
+                                          r"< 16") as raised:
         train(tiny_model(settings), settings, position_task(512, 0), position_task(64, 1),
-              seed=0, history=History(NullRun()), show_progress=False)
+              seed=0, history=History(), show_progress=False)
+    assert str(param_error(raised.value)).startswith("vibi.warmup_steps = 16")  # as stages say it

@@ -3,12 +3,12 @@
 The public API (see the README's "Python API"):
 
 - `VIBI(blackbox, k=..., beta=...).fit(x_train).attribute(x)`: VIBI for any model;
-- the explanation methods of the evaluation, one call shape each (`xai.attribution`);
+- the explanation methods of the evaluation, one call shape each (`xai.explain.attribution`);
 - `evaluate(methods, model, x)`: every method measured the same way, a table with intervals;
 - `project(model, x)` and `BoundaryImportance(model)`: projections onto the decision boundary of
   any classifier that follows the `Invertible` protocol (`InvertibleClassifier` is one).
 
-Names are imported on first use, so `import xai.boundary` does not load Captum.
+Names are imported on first use, so `import xai.explain.boundary` does not load Captum.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_WHERE = {"VIBI": "xai.api",
-          "evaluate": "xai.evaluation", "Report": "xai.evaluation",
-          **{name: "xai.boundary" for name in (
+_WHERE = {"VIBI": "xai.explain.vibi_api",
+          "evaluate": "xai.evaluation.table", "Report": "xai.evaluation.table",
+          **{name: "xai.explain.boundary" for name in (
               "AffineHead", "BoundaryImportance", "Invertible", "Projection", "importance",
               "project")},
-          "InvertibleClassifier": "xai.invertible",
-          **{name: "xai.attribution" for name in (
+          "InvertibleClassifier": "xai.models.invertible",
+          **{name: "xai.explain.attribution" for name in (
               "GradientSaliency", "GradientShapAttribution", "InputTimesGradient",
               "IntegratedGradientsAttribution", "KernelShapAttribution", "LimeAttribution",
               "Occlusion", "RandomChunks", "SmoothGrad")}}

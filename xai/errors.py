@@ -1,12 +1,36 @@
 """User-facing errors: raised for bad input, reported as one clean line by the stage runner."""
 
+from __future__ import annotations
+
+import re
+
 
 class XaiError(Exception):
-    """An error the user can fix (bad params, missing data, foreign checkpoint); no traceback needed."""
+    """An error the user can fix (bad settings, missing data, foreign checkpoint); no traceback.
+
+    The library names settings by their field names in backticks (`` `k` = 20 is out of range``)
+    and says which settings class `owner` they belong to and which `fields` the message names, so
+    the pipeline can name them as its parameter keys instead (`qualified("vibi")`:
+    `vibi.k = 20 ...`).
+    """
+
+    def __init__(self, message: str, *, owner: type | None = None,
+                 fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.fields = fields
+
+    def qualified(self, prefix: str, names: dict[str, str] | None = None) -> XaiError:
+        """The same error with each named field written `prefix.field` (or `names[field]`)."""
+        if not self.fields:
+            return self
+        names = names or {f: f"{prefix}.{f}" for f in self.fields}
+        pattern = re.compile("`(" + "|".join(map(re.escape, self.fields)) + ")`")
+        return type(self)(pattern.sub(lambda m: names.get(m.group(1), m.group(1)), str(self)))
 
 
 class ConfigError(XaiError):
-    """A parameter in params.yaml is missing, unknown, of the wrong type or out of range."""
+    """A setting is missing, unknown, of the wrong type, out of range or inconsistent with another."""
 
 
 class DataError(XaiError):

@@ -63,9 +63,8 @@ def train_val_split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed:
     n_val = round(n * val_fraction)
     if n_val < 1 or n_val >= n:
         raise DataError(
-            f"{n} training inputs cannot be split with data.val_fraction = {val_fraction}: "
-            "both train and validation must be non-empty"
-        )
+            f"{n} training inputs cannot be split with `val_fraction` = {val_fraction}: "
+            "both train and validation must be non-empty", fields=("val_fraction",))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])

@@ -17,20 +17,57 @@ import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai.augment import random_crop, random_flip
-from xai.config import BlackboxConfig
-from xai.data import Dataset
+from xai.data.augment import random_crop, random_flip
+from xai.data.prepared import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError
 from xai.io import load_torch, save_torch
-from xai.training import (Distributed, History, Progress, autocast, check_finite, index_batches,
-                          predict, state_dict_cpu, to_unit, unwrap)
+from xai.settings import bounded
+from xai.train.loop import (
+    Distributed,
+    History,
+    Progress,
+    autocast,
+    check_finite,
+    index_batches,
+    predict,
+    state_dict_cpu,
+    to_unit,
+    unwrap,
+)
+
+
+@dataclass(frozen=True)
+class BlackboxConfig:
+    """The black-box classifier and how it is trained, or the user's model file (`source`)."""
+
+    source: str = "train"
+    arch: Literal["auto", "small_cnn", "resnet"] = 'auto'
+    width: int = bounded(16, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = 'adam'
+    lr: float = bounded(0.003, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "constant"] = 'onecycle'
+    epochs: int = bounded(4, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    augment: Literal["auto", "none", "crop", "crop_flip"] = 'auto'
+    crop_padding: int = bounded(4, ge=0)
+    label_smoothing: float = bounded(0.0, ge=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16"] = 'auto'
+    eval_batch_size: int = bounded(2048, ge=1)
+
+    def __post_init__(self) -> None:
+        if self.source != "train" and Path(self.source).suffix not in (".pt", ".pt2"):
+            raise ConfigError(f"`source` = {self.source!r} is not allowed; allowed: 'train', or "
+                              "the path of a TorchScript .pt or torch.export .pt2 model file",
+                              owner=BlackboxConfig, fields=("source",))
 
 MODEL_KIND = "xai.blackbox"
 PROBS_KIND = "xai.blackbox_probs"
@@ -116,9 +153,11 @@ def architecture(cfg: BlackboxConfig, input_shape: tuple[int, ...], num_classes:
     channels, size, _ = input_shape
     arch = cfg.arch if cfg.arch != "auto" else ("small_cnn" if channels == 1 else "resnet")
     if arch == "small_cnn" and size % 4:
-        raise ConfigError(f"blackbox.arch = small_cnn needs a side divisible by 4, got {size}")
+        raise ConfigError(f"`arch` = small_cnn needs a side divisible by 4, got {size}",
+                          owner=BlackboxConfig, fields=("arch",))
     if arch == "resnet" and size < 8:
-        raise ConfigError(f"blackbox.arch = resnet needs images of at least 8 x 8, got {size}")
+        raise ConfigError(f"`arch` = resnet needs images of at least 8 x 8, got {size}",
+                          owner=BlackboxConfig, fields=("arch",))
     return Architecture(arch, channels, num_classes, size, cfg.width)
 
 
@@ -153,21 +192,22 @@ class UserModel(nn.Module):
 
 
 def load_user_model(source: str | Path) -> UserModel:
-    """The user's model file named by `blackbox.source`; ConfigError naming key and path when it
-    is missing or not a TorchScript / torch.export model."""
+    """The user's model file (`BlackboxConfig.source`); ConfigError naming the setting and the
+    path when it is missing or not a TorchScript / torch.export model."""
     path = Path(source)
     fmt = FORMATS.get(path.suffix)
     what = {"torchscript": "a TorchScript model (torch.jit.save)",
             "export": "a torch.export program (torch.export.save)"}
     if fmt is None or not path.is_file():
-        raise ConfigError(f"blackbox.source = {str(source)!r}: no such file; allowed: 'train', or "
-                          f"the path of a TorchScript .pt or torch.export .pt2 model file")
+        raise ConfigError(f"`source` = {str(source)!r}: no such file; allowed: 'train', or the "
+                          "path of a TorchScript .pt or torch.export .pt2 model file",
+                          owner=BlackboxConfig, fields=("source",))
     try:
         return UserModel(path.read_bytes(), fmt, str(source))
     except Exception as exc:  # noqa: BLE001 - the loaders raise many types for foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"blackbox.source = {str(source)!r} is not {what[fmt]}: {first}"
-                          ) from None
+        raise ConfigError(f"`source` = {str(source)!r} is not {what[fmt]}: {first}",
+                          owner=BlackboxConfig, fields=("source",)) from None
 
 
 def check_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, source: str) -> None:
@@ -178,14 +218,16 @@ def check_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, source: s
                 out = model(to_unit(x[:n]))
         except Exception as exc:  # noqa: BLE001 - whatever the user's program raises
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"blackbox.source = {source!r} fails on a batch of {n} images of "
-                              f"shape {tuple(x.shape[1:])} (float in [0, 1]; export with a "
-                              f"dynamic batch dimension): {first}") from None
+            raise ConfigError(f"`source` = {source!r} fails on a batch of {n} images of shape "
+                              f"{tuple(x.shape[1:])} (float in [0, 1]; export with a dynamic "
+                              f"batch dimension): {first}", owner=BlackboxConfig,
+                              fields=("source",)) from None
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x[:n]), num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(f"blackbox.source = {source!r} returns {shape} for {len(x[:n])} "
-                              f"images; the data has {num_classes} classes, so it must return "
-                              f"logits of shape ({len(x[:n])}, {num_classes})")
+            raise ConfigError(f"`source` = {source!r} returns {shape} for {len(x[:n])} images; "
+                              f"the data has {num_classes} classes, so it must return logits of "
+                              f"shape ({len(x[:n])}, {num_classes})", owner=BlackboxConfig,
+                              fields=("source",))
 
 
 # ----------------------------------------------------------------------------- saving, loading

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from sklearn.datasets import make_blobs, make_circles, make_moons
 from sklearn.model_selection import train_test_split
 
-from xai.config import ToyConfig
-from xai.data import Dataset, Split
+from xai.data.prepared import Dataset, Split
+from xai.settings import SEED_MAX, bounded
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """The 2-D toy set; `noise: null` takes the reference value of the chosen set."""
+
+    dataset: Literal["moons", "circles", "blobs"] = 'moons'
+    n_samples: int = bounded(1000, ge=10)
+    noise: float | None = bounded(None, ge=0)
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
+    test_fraction: float = bounded(0.4, gt=0, lt=1)
+    split_seed: int = bounded(42, ge=0, le=SEED_MAX)
+    circles_factor: float = bounded(0.5, gt=0, lt=1)
 
 #: The reference's noise (for blobs: the cluster standard deviation), used when `toy.noise` is null.
 REFERENCE_NOISE = {"moons": 0.2, "circles": 0.2, "blobs": 0.4}

@@ -21,13 +21,83 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai import boundary
-from xai.config import InvertibleImageConfig, InvertibleToyConfig
-from xai.data import Dataset, Split
-from xai.invertible import (InvertibleClassifier, image_classifier, reconstruction_error,
-                            toy_classifier)
-from xai.training import (Distributed, History, Progress, check_finite, cpu_threads,
-                          index_batches, predict, to_unit, unwrap)
+from xai.data.prepared import Dataset, Split
+from xai.errors import ConfigError
+from xai.explain import boundary
+from xai.models.invertible import (
+    InvertibleClassifier,
+    image_classifier,
+    reconstruction_error,
+    toy_classifier,
+)
+from xai.settings import bounded
+from xai.train.loop import (
+    Distributed,
+    History,
+    Progress,
+    check_finite,
+    cpu_threads,
+    index_batches,
+    predict,
+    to_unit,
+    unwrap,
+)
+
+
+@dataclass(frozen=True)
+class InvertibleImageConfig:
+    """The image invertible classifier: one entry per stage in each list, and its training."""
+
+    downsample: tuple[int, ...] = bounded((4, 7), ge=2)
+    blocks: tuple[int, ...] = bounded((1, 2), ge=0)
+    hidden: tuple[int, ...] = bounded((32, 512), ge=1)
+    kernel: tuple[int, ...] = bounded((3, 1), ge=1)
+    epochs: int = bounded(2, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    lr: float = bounded(0.002, gt=0)
+    warmup: float = bounded(0.15, ge=0, lt=1)
+    eval_batch_size: int = bounded(1000, ge=1)
+    threads: int = bounded(0, ge=0)
+
+    def __post_init__(self) -> None:
+        stages = len(self.downsample)
+        if stages == 0:
+            raise ConfigError("`downsample` must name at least one stage",
+                              owner=InvertibleImageConfig, fields=("downsample",))
+        for name in ("blocks", "hidden", "kernel"):
+            if len(getattr(self, name)) != stages:
+                raise ConfigError(
+                    f"`{name}` = {list(getattr(self, name))} needs one entry per "
+                    f"stage, like `downsample` = {list(self.downsample)}",
+                    owner=InvertibleImageConfig, fields=(name, "downsample"))
+        if any(k % 2 == 0 for k in self.kernel):
+            raise ConfigError(
+                f"`kernel` = {list(self.kernel)} is not allowed; kernels must be "
+                "odd (1, 3, 5, ...) so that a subnet keeps the feature map's size",
+                owner=InvertibleImageConfig, fields=("kernel",))
+
+
+@dataclass(frozen=True)
+class InvertibleToyConfig:
+    """The toy invertible classifier and its training (defaults: the reference setup)."""
+
+    blocks: int = bounded(6, ge=1)
+    hidden: int = bounded(4, ge=1)
+    lr: float = bounded(0.1, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    epochs: int = bounded(60, ge=1)
+    milestones: tuple[int, ...] = bounded((20, 40), ge=1)
+    gamma: float = bounded(0.1, gt=0, le=1)
+    batch_size: int = bounded(128, ge=1)
+    restarts: int = bounded(10, ge=1)
+
+    def __post_init__(self) -> None:
+        if (list(self.milestones) != sorted(set(self.milestones))
+                or any(m > self.epochs for m in self.milestones)):
+            raise ConfigError(
+                f"`milestones` = {list(self.milestones)} is not allowed; use increasing values "
+                f"<= `epochs` = {self.epochs}", owner=InvertibleToyConfig,
+                fields=("milestones", "epochs"))
 
 PROJECTIONS_KIND = "xai.invertible_projections"
 #: Seed offset between toy restarts; restart 0 is the plain run with the configured seed.

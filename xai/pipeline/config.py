@@ -1,9 +1,11 @@
 """Typed configuration built from params.yaml; every parameter check happens here, before any work.
 
-Each top-level section of params.yaml is a frozen dataclass. `load_config` rejects unknown keys,
-missing keys, wrong types, values outside a `Literal` choice and values outside the numeric bounds
-declared with `bounded(...)`, always naming the key, the value and what is allowed. params.yaml is
-the single source of the defaults: the dataclasses declare types and limits, not values.
+Each section of params.yaml is a frozen dataclass: the library's own settings classes (e.g.
+`xai.train.vibi.VibiConfig`, with the library defaults and limits beside the code that reads
+them) and the pipeline's sections defined here. `load_config` rejects unknown keys, missing keys,
+wrong types, values outside a `Literal` choice and values outside the numeric bounds declared with
+`bounded(...)`, always naming the key, the value and what is allowed. params.yaml lists every
+value, overriding the library defaults: DVC sees a change only in what params.yaml holds.
 """
 
 from __future__ import annotations
@@ -12,23 +14,20 @@ import dataclasses
 import math
 import re
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from xai.errors import ConfigError
-
-
-def bounded(*, ge: float | None = None, gt: float | None = None,
-            le: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with numeric bounds, checked when the config is built."""
-    return field(metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
-
-
-SEED_MAX = 2**31 - 1  # seeds feed generators seeded with seed + offsets; keep them in int64 range
-TAU_MIN = 1e-3  # below this the relaxed masks' softmax underflows to exact one-hots (no gradient)
+from xai.data.sources import DataConfig
+from xai.data.toy import ToyConfig
+from xai.errors import ConfigError, XaiError
+from xai.models.blackbox import BlackboxConfig
+from xai.models.explainers import check_fits, evaluation_budgets
+from xai.settings import SEED_MAX, bounded
+from xai.train.invertible import InvertibleImageConfig, InvertibleToyConfig
+from xai.train.vibi import VibiConfig
 
 _BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 _BOUND_OK = {
@@ -50,116 +49,6 @@ class TrackingConfig:
     uri: str | None
     experiment: str
     timeout_s: float = bounded(gt=0)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The image data set and its train/validation split."""
-
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "folder"]
-    root: str
-    folder: str | None
-    download: bool
-    val_fraction: float = bounded(gt=0, lt=1)
-    split_seed: int = bounded(ge=0, le=SEED_MAX)
-    image_size: int | tuple[int, ...] | None = bounded(ge=2, le=4096)
-
-    def __post_init__(self) -> None:
-        if self.dataset == "folder" and not self.folder:
-            raise ConfigError(
-                "data.folder is required when data.dataset = 'folder': name a class-per-folder "
-                "tree with train/ and test/ inside, or a .tar.gz/.tgz/.tar/.zip of one "
-                "(relative to data.root, or absolute)"
-            )
-        size = self.image_size
-        if isinstance(size, tuple) and len(size) != 2:
-            raise ConfigError(f"data.image_size = {list(size)} is not allowed; use null (keep "
-                              "the images' size), a side length N or [height, width]")
-        if size is not None and self.dataset != "folder":
-            shown = list(size) if isinstance(size, tuple) else size
-            raise ConfigError(f"data.image_size = {shown} is not allowed with data.dataset = "
-                              f"{self.dataset!r} (its images have one size); allowed: null, or "
-                              "a size with data.dataset = 'folder'")
-
-    @property
-    def size(self) -> tuple[int, int] | None:
-        """`image_size` as (height, width), or None to keep the images' own size."""
-        size = self.image_size
-        return None if size is None else (size, size) if isinstance(size, int) else \
-            (size[0], size[1])
-
-
-@dataclass(frozen=True)
-class ToyConfig:
-    """The 2-D toy set; `noise: null` takes the reference value of the chosen set."""
-
-    dataset: Literal["moons", "circles", "blobs"]
-    n_samples: int = bounded(ge=10)
-    noise: float | None = bounded(ge=0)
-    seed: int = bounded(ge=0, le=SEED_MAX)
-    test_fraction: float = bounded(gt=0, lt=1)
-    split_seed: int = bounded(ge=0, le=SEED_MAX)
-    circles_factor: float = bounded(gt=0, lt=1)
-
-
-@dataclass(frozen=True)
-class BlackboxConfig:
-    """The black-box classifier and how it is trained, or the user's model file (`source`)."""
-
-    source: str
-    arch: Literal["auto", "small_cnn", "resnet"]
-    width: int = bounded(ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"]
-    lr: float = bounded(gt=0)
-    weight_decay: float = bounded(ge=0)
-    momentum: float = bounded(ge=0, lt=1)
-    schedule: Literal["onecycle", "cosine", "constant"]
-    epochs: int = bounded(ge=1)
-    batch_size: int = bounded(ge=1)
-    augment: Literal["auto", "none", "crop", "crop_flip"]
-    crop_padding: int = bounded(ge=0)
-    label_smoothing: float = bounded(ge=0, lt=1)
-    precision: Literal["auto", "fp32", "bf16"]
-    eval_batch_size: int = bounded(ge=1)
-
-    def __post_init__(self) -> None:
-        if self.source != "train" and Path(self.source).suffix not in (".pt", ".pt2"):
-            raise ConfigError(f"blackbox.source = {self.source!r} is not allowed; allowed: "
-                              "'train', or the path of a TorchScript .pt or torch.export .pt2 "
-                              "model file")
-
-
-@dataclass(frozen=True)
-class VibiConfig:
-    """VIBI (and L2X, its beta = 0 entry): explainer, approximator, sampler and training."""
-
-    objective: Literal["published", "blackbox", "realx"]
-    explainer_type: Literal["Unet", "ResNet_2x", "ResNet_4x", "ResNet_8x"]
-    xpl_channels: Literal[1, 3]
-    width: float = bounded(gt=0)
-    k: int = bounded(ge=1)
-    beta: float = bounded(ge=0)
-    num_samples: int = bounded(ge=1)
-    straight_through: bool
-    epochs: int = bounded(ge=1)
-    l2x_epochs: int = bounded(ge=1)
-    evals_per_epoch: int = bounded(ge=1)
-    batch_size: int = bounded(ge=1)
-    lr: float = bounded(gt=0)
-    warmup_steps: int = bounded(ge=0)
-    tau_start: float = bounded(ge=TAU_MIN, le=100)
-    tau_end: float = bounded(ge=TAU_MIN, le=100)
-    precision: Literal["auto", "fp32", "bf16"]
-    save_best: bool
-    resume: bool
-    jump_start: bool
-
-    def __post_init__(self) -> None:
-        if self.tau_end > self.tau_start:
-            raise ConfigError(
-                f"vibi.tau_end = {self.tau_end} is above vibi.tau_start = {self.tau_start}; "
-                "the temperature anneals downwards"
-            )
 
 
 @dataclass(frozen=True)
@@ -204,69 +93,11 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class InvertibleToyConfig:
-    """The toy invertible classifier and its training (defaults: the reference setup)."""
-
-    blocks: int = bounded(ge=1)
-    hidden: int = bounded(ge=1)
-    lr: float = bounded(gt=0)
-    momentum: float = bounded(ge=0, lt=1)
-    epochs: int = bounded(ge=1)
-    milestones: tuple[int, ...] = bounded(ge=1)
-    gamma: float = bounded(gt=0, le=1)
-    batch_size: int = bounded(ge=1)
-    restarts: int = bounded(ge=1)
-
-    def __post_init__(self) -> None:
-        _check_milestones(self.milestones, self.epochs, "invertible.toy")
-
-
-@dataclass(frozen=True)
-class InvertibleImageConfig:
-    """The image invertible classifier: one entry per stage in each list, and its training."""
-
-    downsample: tuple[int, ...] = bounded(ge=2)
-    blocks: tuple[int, ...] = bounded(ge=0)
-    hidden: tuple[int, ...] = bounded(ge=1)
-    kernel: tuple[int, ...] = bounded(ge=1)
-    epochs: int = bounded(ge=1)
-    batch_size: int = bounded(ge=1)
-    lr: float = bounded(gt=0)
-    warmup: float = bounded(ge=0, lt=1)
-    eval_batch_size: int = bounded(ge=1)
-    threads: int = bounded(ge=0)
-
-    def __post_init__(self) -> None:
-        stages = len(self.downsample)
-        if stages == 0:
-            raise ConfigError("invertible.image.downsample must name at least one stage")
-        for name in ("blocks", "hidden", "kernel"):
-            if len(getattr(self, name)) != stages:
-                raise ConfigError(
-                    f"invertible.image.{name} = {list(getattr(self, name))} needs one entry per "
-                    f"stage, like invertible.image.downsample = {list(self.downsample)}"
-                )
-        if any(k % 2 == 0 for k in self.kernel):
-            raise ConfigError(
-                f"invertible.image.kernel = {list(self.kernel)} is not allowed; kernels must be "
-                "odd (1, 3, 5, ...) so that a subnet keeps the feature map's size"
-            )
-
-
-@dataclass(frozen=True)
 class InvertibleConfig:
     """Stage `train_invertible`: a toy (2-D) and an image invertible classifier."""
 
     toy: InvertibleToyConfig
     image: InvertibleImageConfig
-
-
-def _check_milestones(milestones: tuple[int, ...], epochs: int, key: str) -> None:
-    if list(milestones) != sorted(set(milestones)) or any(m > epochs for m in milestones):
-        raise ConfigError(
-            f"{key}.milestones = {list(milestones)} is not allowed; use increasing epochs "
-            f"<= {key}.epochs = {epochs}"
-        )
 
 
 @dataclass(frozen=True)
@@ -281,6 +112,9 @@ class RenderConfig:
     counterfactual_images: int = bounded(ge=1)
     counterfactual_target: int | None = bounded(ge=0)
 
+
+#: The params.yaml keys of the explainer-chunk checks' settings (`check_fits`, `evaluation_budgets`).
+CHUNK_KEYS = {"k": "vibi.k", "xpl_channels": "vibi.xpl_channels", "budgets": "evaluate.budgets"}
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -317,14 +151,32 @@ class Config:
 
     def _check_chunks(self, shape: tuple[int, int, int]) -> None:
         """`vibi.k` and `evaluate.budgets` against the explainer's chunks of these images."""
-        from xai.explainers import check_fits, evaluation_budgets
-
         v = self.vibi
-        chunks = check_fits(v.explainer_type, v.xpl_channels, v.k, shape, self.data.dataset)
-        evaluation_budgets(self.evaluate.budgets, v.k, chunks // v.xpl_channels)
+        try:
+            chunks = check_fits(v.explainer_type, v.xpl_channels, v.k, shape, self.data.dataset)
+            evaluation_budgets(self.evaluate.budgets, v.k, chunks // v.xpl_channels)
+        except ConfigError as exc:
+            raise exc.qualified("", CHUNK_KEYS) from None
 
 
 # ----------------------------------------------------------------------------- building
+
+
+def param_error(exc: XaiError) -> XaiError:
+    """`exc` with the settings it names written as params.yaml keys, when its owner is a section."""
+    path = _section_path(Config, exc.owner) if exc.owner is not None else None
+    return exc.qualified(path) if path else exc
+
+
+def _section_path(cls: type, owner: type, prefix: str = "") -> str | None:
+    for f in dataclasses.fields(cls):
+        hint = get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            key = _join(prefix, f.name)
+            found = key if hint is owner else _section_path(hint, owner, key)
+            if found:
+                return found
+    return None
 
 
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
@@ -372,7 +224,12 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
         name: _coerce(raw[name], hints[name], _join(prefix, name), f.metadata)
         for name, f in fields.items()
     }
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        if exc.owner is not cls:
+            raise
+        raise exc.qualified(prefix) from None
 
 
 def _join(prefix: str, name: str) -> str:

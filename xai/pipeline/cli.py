@@ -9,6 +9,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from xai.errors import XaiError
+from xai.pipeline.config import param_error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -30,6 +31,7 @@ def run(main: Callable[[list[str] | None], None], name: str) -> None:
     try:
         main(None)
     except XaiError as exc:
+        exc = param_error(exc)
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt as exc:

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai.approximator import Approximator
 from xai.errors import CheckpointError
-from xai.explainers import CHUNK_SIZE, build_explainer, chunk_grid
-from xai.measures import chunks_to_pixels
+from xai.evaluation.measures import chunks_to_pixels
 from xai.io import load_torch, save_torch
-from xai.training import state_dict_cpu
+from xai.models.approximator import Approximator
+from xai.models.explainers import CHUNK_SIZE, build_explainer, chunk_grid
+from xai.train.loop import state_dict_cpu
 
 KIND = "xai.vibi"
 

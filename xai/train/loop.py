@@ -15,10 +15,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from xai.errors import TrainingError
 from xai.io import save_csv
-from xai.tracking import Run, now_ms
 
 
 def seed_everything(seed: int, device: torch.device) -> torch.Generator:
@@ -165,10 +164,17 @@ class Progress:
         self._bar.close()
 
 
+class MetricSink(Protocol):
+    """Where a `History` sends its metrics (the pipeline passes an MLflow run)."""
+
+    def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
+        """Record `(step, {key: value}, timestamp in ms)` entries."""
+
+
 @dataclass
 class History:
-    """Per-epoch metrics: sent to MLflow in batches (at most every `FLUSH_SECONDS`, and by
-    `save`), written as a DVC plots CSV by `save`.
+    """Per-epoch metrics: sent to `run` in batches (at most every `FLUSH_SECONDS`, and by
+    `save`; none when `run` is None), written as a CSV (a DVC plots file) by `save`.
 
     Also tracks wall time since creation and the first time a validation metric reached its
     target (time-to-quality). `prefix` goes before every MLflow key (not the CSV columns), so
@@ -177,7 +183,7 @@ class History:
 
     FLUSH_SECONDS = 10.0
 
-    run: Run
+    run: MetricSink | None = None
     target_key: str | None = None
     target: float | None = None
     prefix: str = ""
@@ -202,19 +208,19 @@ class History:
             self.seconds_to_target = row["wall_seconds"]
         self._pending.append((int(epoch) if step is None else step,
                               {f"{self.prefix}{k}": v for k, v in row.items() if k != "epoch"},
-                              now_ms()))
+                              int(time.time() * 1000)))
         if time.perf_counter() - self._flushed >= self.FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
-        """Send the metrics logged since the last flush to MLflow in one request."""
-        if self._pending:
+        """Send the metrics logged since the last flush to `run` in one request."""
+        if self._pending and self.run is not None:
             self.run.log_metric_steps(self._pending)
             self._pending = []
         self._flushed = time.perf_counter()
 
     def save(self, path: str | Path) -> None:
-        """Flush to MLflow and write the rows as a CSV (a DVC plots file)."""
+        """Flush to `run` and write the rows as a CSV (a DVC plots file)."""
         self.flush()
         save_csv(self.rows, path)
 

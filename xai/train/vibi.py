@@ -19,21 +19,69 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from xai.config import VibiConfig
-from xai.data import Dataset
+from xai.data.prepared import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.explainers import check_fits
+from xai.explain.vibi import (
+    Vibi,
+    VibiSpec,
+    js_divergence,
+    kl_to_uniform,
+    relaxed_k_hot,
+    soft_cross_entropy,
+    vibi_loss,
+)
 from xai.io import load_torch, save_torch
-from xai.training import (Distributed, History, Progress, autocast, check_finite,
-                          deferred_interrupts, index_batches, state_dict_cpu, to_unit)
-from xai.vibi import (Vibi, VibiSpec, js_divergence, kl_to_uniform, relaxed_k_hot,
-                      soft_cross_entropy, vibi_loss)
+from xai.models.explainers import check_fits
+from xai.settings import TAU_MIN, bounded
+from xai.train.loop import (
+    Distributed,
+    History,
+    Progress,
+    autocast,
+    check_finite,
+    deferred_interrupts,
+    index_batches,
+    state_dict_cpu,
+    to_unit,
+)
+
+
+@dataclass(frozen=True)
+class VibiConfig:
+    """VIBI (and L2X, its beta = 0 entry): explainer, approximator, sampler and training."""
+
+    objective: Literal["published", "blackbox", "realx"] = 'blackbox'
+    explainer_type: Literal["Unet", "ResNet_2x", "ResNet_4x", "ResNet_8x"] = 'ResNet_4x'
+    xpl_channels: Literal[1, 3] = 1
+    width: float = bounded(0.5, gt=0)
+    k: int = bounded(4, ge=1)
+    beta: float = bounded(0.01, ge=0)
+    num_samples: int = bounded(2, ge=1)
+    straight_through: bool = False
+    epochs: int = bounded(2, ge=1)
+    l2x_epochs: int = bounded(2, ge=1)
+    evals_per_epoch: int = bounded(2, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    lr: float = bounded(0.001, gt=0)
+    warmup_steps: int = bounded(200, ge=0)
+    tau_start: float = bounded(1.0, ge=TAU_MIN, le=100)
+    tau_end: float = bounded(0.3, ge=TAU_MIN, le=100)
+    precision: Literal["auto", "fp32", "bf16"] = 'auto'
+    save_best: bool = True
+    resume: bool = True
+    jump_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tau_end > self.tau_start:
+            raise ConfigError(
+                f"`tau_end` = {self.tau_end} is above `tau_start` = {self.tau_start}; "
+                "the temperature anneals downwards", owner=VibiConfig, fields=("tau_end", "tau_start"))
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
 EXPLANATIONS_KIND = "xai.vibi_explanations"
@@ -76,7 +124,7 @@ def spec_for(settings: VibiConfig, data: Dataset) -> VibiSpec:
     if len(data.input_shape) != 3:
         raise DataError(f"VIBI explains images; {data.name} holds inputs of shape {data.input_shape}")
     check_fits(settings.explainer_type, settings.xpl_channels, settings.k, data.input_shape,
-               data.name)
+               data.name, owner=VibiConfig)
     c, h, w = data.input_shape
     return VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width, c, h, w,
                     data.num_classes, settings.k)
@@ -258,9 +306,10 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     total = steps_per_epoch * settings.epochs
     warmup = 0 if jump_started or settings.objective == "blackbox" else settings.warmup_steps
     if warmup >= total:  # the explainer would never train
-        raise ConfigError(f"vibi.warmup_steps = {settings.warmup_steps} is out of range; allowed: "
+        raise ConfigError(f"`warmup_steps` = {settings.warmup_steps} is out of range; allowed: "
                           f"< {total} (the training steps: {settings.epochs} epochs of "
-                          f"{steps_per_epoch} batches), or objective blackbox (no warm-up)")
+                          f"{steps_per_epoch} batches), or objective blackbox (no warm-up)",
+                          owner=VibiConfig, fields=("warmup_steps",))
     eval_at = evaluation_steps(steps_per_epoch, settings.evals_per_epoch)
     tag = fingerprint(settings, seed, run=run_id, data=targets_digest(train_set, val_set))
     optimizer = torch.optim.Adam([{"params": model.explainer.parameters(), "name": "explainer"},

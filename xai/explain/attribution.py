@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from captum.attr import (
+    GradientShap,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    Saliency,
+)
 from torch import nn
 
-from xai.measures import chunk_areas, chunk_grid, expand
+from xai.evaluation.measures import chunk_areas, chunk_grid, expand
 
 
 class Attribution(Protocol):
@@ -44,7 +50,7 @@ class VibiAttribution:
     does not read it: a trained explainer's map does not change when the black box does."""
 
     name: str
-    vibi: nn.Module  # xai.vibi.Vibi
+    vibi: nn.Module  # xai.explain.vibi.Vibi
     model: nn.Module  # the black box it was trained to explain
 
     @torch.inference_mode()
@@ -290,10 +296,10 @@ class BoundaryProjection:
     """The invertible classifier's own explanation: |grad (f_c - f_k) * (x - x_p)| with x_p the
     projection onto the boundary with the runner-up class. It explains that classifier."""
 
-    model: nn.Module  # xai.invertible.InvertibleClassifier
+    model: nn.Module  # xai.models.invertible.InvertibleClassifier
     name: str = "boundary_projection"
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        from xai.boundary import BoundaryImportance
+        from xai.explain.boundary import BoundaryImportance
 
         return BoundaryImportance(self.model).attribute(inputs, target=target)

@@ -23,15 +23,55 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from xai.config import DataConfig
-from xai.data import Dataset, Split, train_val_split
-from xai.errors import DataError
+from xai.data.prepared import Dataset, Split, train_val_split
+from xai.errors import ConfigError, DataError
+from xai.settings import SEED_MAX, bounded
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The image data set and its train/validation split."""
+
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "folder"] = 'mnist'
+    root: str = 'data/raw'
+    folder: str | None = None
+    download: bool = True
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    split_seed: int = bounded(0, ge=0, le=SEED_MAX)
+    image_size: int | tuple[int, ...] | None = bounded(None, ge=2, le=4096)
+
+    def __post_init__(self) -> None:
+        if self.dataset == "folder" and not self.folder:
+            raise ConfigError(
+                "`folder` is required when `dataset` = 'folder': name a class-per-folder "
+                "tree with train/ and test/ inside, or a .tar.gz/.tgz/.tar/.zip of one "
+                "(relative to `root`, or absolute)", owner=DataConfig,
+                fields=("folder", "dataset", "root"))
+        size = self.image_size
+        if isinstance(size, tuple) and len(size) != 2:
+            raise ConfigError(f"`image_size` = {list(size)} is not allowed; use null (keep the "
+                              "images' size), a side length N or [height, width]",
+                              owner=DataConfig, fields=("image_size",))
+        if size is not None and self.dataset != "folder":
+            shown = list(size) if isinstance(size, tuple) else size
+            raise ConfigError(f"`image_size` = {shown} is not allowed with `dataset` = "
+                              f"{self.dataset!r} (its images have one size); allowed: null, or "
+                              "a size with `dataset` = 'folder'", owner=DataConfig,
+                              fields=("image_size", "dataset"))
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """`image_size` as (height, width), or None to keep the images' own size."""
+        size = self.image_size
+        return None if size is None else (size, size) if isinstance(size, int) else \
+            (size[0], size[1])
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -57,7 +97,10 @@ def load_images(cfg: DataConfig, root: Path) -> Dataset:
         name = _archive_stem(folder)
     else:
         raw, name = read_torchvision(cfg.dataset, root, cfg.download), cfg.dataset
-    train, val = train_val_split(raw.train_x, raw.train_y, cfg.val_fraction, cfg.split_seed)
+    try:
+        train, val = train_val_split(raw.train_x, raw.train_y, cfg.val_fraction, cfg.split_seed)
+    except DataError as exc:
+        raise DataError(str(exc), owner=DataConfig, fields=exc.fields) from None
     return Dataset(name, raw.classes, train, val, Split(raw.test_x, raw.test_y))
 
 
@@ -124,7 +167,8 @@ def read_torchvision(name: str, root: Path, download: bool) -> RawImages:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
     except RuntimeError:
         if not download:
-            raise DataError(_missing_message(spec, root, "data.download is false")) from None
+            raise DataError(_missing_message(spec, root, "`download` is false"), owner=DataConfig,
+                            fields=("download", "root")) from None
         train, test = _download(spec, cls, root)
     return RawImages(tuple(train.classes), *_tensors(train), *_tensors(test))
 
@@ -142,7 +186,8 @@ def _download(spec: _TorchvisionSet, cls: type, root: Path) -> tuple[object, obj
         if not existed:
             shutil.rmtree(target, ignore_errors=True)
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DataError(_missing_message(spec, root, f"the download failed: {reason}")) from None
+        raise DataError(_missing_message(spec, root, f"the download failed: {reason}"),
+                        owner=DataConfig, fields=("root",)) from None
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -151,8 +196,7 @@ def _missing_message(spec: _TorchvisionSet, root: Path, why: str) -> str:
     return (
         f"{spec.title} not found under {root} ({why}).\n"
         f"  expected torchvision's layout: {spec.layout(root)}\n"
-        f"  copy the files there, or point data.root at a folder that holds {spec.folder}/ "
-        f"(e.g. dvc exp run -S data.root=/path/to/datasets)"
+        f"  copy the files there, or point `root` at a folder that holds {spec.folder}/"
     )
 
 
@@ -174,8 +218,8 @@ def read_folder(path: Path, size: tuple[int, int] | None = None) -> RawImages:
         raise DataError(
             f"image folder {path} not found; expected a folder (or {'/'.join(ARCHIVE_SUFFIXES)} "
             "archive) holding train/<class>/<image> and test/<class>/<image> "
-            "(set data.folder, relative to data.root or absolute)"
-        )
+            "(set `folder`, relative to `root` or absolute)", owner=DataConfig,
+            fields=("folder", "root"))
     entries: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
     prefixes: set[PurePosixPath] = set()
     class_folders: dict[tuple[str, str], str] = {}  # (split, class) -> its path in the tree
@@ -223,7 +267,8 @@ def read_folder(path: Path, size: tuple[int, int] | None = None) -> RawImages:
         h, w = train_x.shape[2:]
         raise DataError(f"{path}: train images are {(h, w)}, test images "
                         f"{tuple(test_x.shape[2:])}; all images must have one size: set "
-                        f"data.image_size (e.g. [{h}, {w}]) to resize them")
+                        f"`image_size` (e.g. [{h}, {w}]) to resize them", owner=DataConfig,
+                        fields=("image_size",))
     return RawImages(classes, train_x, train_y, test_x, test_y)
 
 
@@ -293,7 +338,8 @@ def _decode(entries: list[tuple[str, str, bytes]], classes: tuple[str, ...],
         odd, shape = next((n, a.shape[:2]) for (_, n, _), a in zip(entries, arrays)
                           if a.shape[:2] != first)
         raise DataError(f"all images must have one size: {entries[0][1]} is {first}, {odd} is "
-                        f"{shape}; set data.image_size (e.g. {list(first)}) to resize them")
+                        f"{shape}; set `image_size` (e.g. {list(first)}) to resize them",
+                        owner=DataConfig, fields=("image_size",))
     colour = any(a.ndim == 3 for a in arrays)
     if colour:
         arrays = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]

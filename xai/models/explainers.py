@@ -40,30 +40,33 @@ def chunk_grid(explainer_type: str, height: int, width: int) -> tuple[int, int]:
 
 
 def check_fits(explainer_type: str, xpl_channels: int, k: int, shape: tuple[int, ...],
-               name: str) -> int:
-    """The number of chunks of `shape` (C x H x W) images; `ConfigError` naming the key when
-    `vibi.xpl_channels` or `vibi.k` do not fit them."""
+               name: str, owner: type | None = None) -> int:
+    """The number of chunks of `shape` (C x H x W) images; `ConfigError` naming the setting when
+    `xpl_channels` or `k` (fields of the settings class `owner`) do not fit them."""
     c, h, w = shape
     if xpl_channels not in (1, c):
-        raise ConfigError(f"vibi.xpl_channels = {xpl_channels} does not fit {name}'s {c}-channel "
-                          f"images; allowed: 1" + (f" or {c}" if c > 1 else ""))
+        raise ConfigError(f"`xpl_channels` = {xpl_channels} does not fit {name}'s {c}-channel "
+                          f"images; allowed: 1" + (f" or {c}" if c > 1 else ""),
+                          owner=owner, fields=("xpl_channels",))
     rows, cols = chunk_grid(explainer_type, h, w)
     chunks = xpl_channels * rows * cols
     if k >= chunks:
-        raise ConfigError(f"vibi.k = {k} is out of range; allowed: below the {chunks} chunks of "
-                          f"{explainer_type} on {name}'s {h} x {w} images")
+        raise ConfigError(f"`k` = {k} is out of range; allowed: below the {chunks} chunks of "
+                          f"{explainer_type} on {name}'s {h} x {w} images", owner=owner,
+                          fields=("k",))
     return chunks
 
 
 def evaluation_budgets(budgets: Sequence[int], k: int, chunks: int) -> tuple[int, ...]:
-    """The evaluation's budgets, `evaluate.budgets` plus `vibi.k`, sorted; `ConfigError` naming
-    the key when one exceeds the `chunks` it scores (chunks shared by the image's channels)."""
+    """The evaluation's budgets, `budgets` plus the explainer's `k`, sorted; `ConfigError` naming
+    the setting when one exceeds the `chunks` it scores (chunks shared by the image's channels)."""
     if max(budgets) > chunks:
-        raise ConfigError(f"evaluate.budgets = {list(budgets)} is out of range; allowed: at most "
-                          f"the explainer's {chunks} chunks")
+        raise ConfigError(f"`budgets` = {list(budgets)} is out of range; allowed: at most "
+                          f"the explainer's {chunks} chunks", fields=("budgets",))
     if k > chunks:
-        raise ConfigError(f"vibi.k = {k} is out of range for evaluate, which keeps k chunks shared "
-                          f"by the channels; allowed: at most the explainer's {chunks} such chunks")
+        raise ConfigError(f"`k` = {k} is out of range for the evaluation, which keeps chunks shared "
+                          f"by the channels; allowed: at most the explainer's {chunks} such chunks",
+                          fields=("k",))
     return tuple(sorted(set(budgets) | {k}))
 
 

@@ -16,23 +16,22 @@ queries it for the probabilities it explains.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from xai.attribution import VibiAttribution
-from xai.config import VibiConfig
 from xai.errors import DataError
-from xai.explainers import check_fits
+from xai.explain.attribution import VibiAttribution
+from xai.explain.vibi import Vibi, VibiSpec, vibi_from_state
 from xai.io import load_torch, save_torch
-from xai.tracking import NullRun
-from xai.training import History, state_dict_cpu
-from xai.vibi import Vibi, VibiSpec, vibi_from_state
-from xai.vibi_training import Targets, train
+from xai.models.explainers import check_fits
+from xai.train.loop import History, state_dict_cpu
+from xai.train.vibi import Targets, VibiConfig, train
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+_DEFAULTS = VibiConfig()
 KIND = "xai.api.vibi"
 
 
@@ -53,21 +52,23 @@ class VIBI:
     `blackbox`; `published` trains the paper's approximator instead: see the README's VIBI section).
     """
 
-    def __init__(self, blackbox: Model, *, k: int = 4, beta: float = 0.01,
-                 explainer: str = "ResNet_4x", xpl_channels: int = 1, width: float = 0.5,
-                 objective: str = "blackbox", num_samples: int = 2, lr: float = 1e-3,
-                 batch_size: int = 64, tau: tuple[float, float] = (1.0, 0.3),
-                 warmup_steps: int = 200, seed: int = 0,
+    def __init__(self, blackbox: Model, *, k: int = _DEFAULTS.k, beta: float = _DEFAULTS.beta,
+                 explainer: str = _DEFAULTS.explainer_type,
+                 xpl_channels: int = _DEFAULTS.xpl_channels, width: float = _DEFAULTS.width,
+                 objective: str = _DEFAULTS.objective, num_samples: int = _DEFAULTS.num_samples,
+                 lr: float = _DEFAULTS.lr, batch_size: int = _DEFAULTS.batch_size,
+                 tau: tuple[float, float] = (_DEFAULTS.tau_start, _DEFAULTS.tau_end),
+                 warmup_steps: int = _DEFAULTS.warmup_steps, seed: int = 0,
                  device: torch.device | str | None = None) -> None:
         self.blackbox = blackbox if isinstance(blackbox, nn.Module) else _Callable(blackbox)
         self.device = torch.device(device) if device is not None else next(
             (p.device for p in self.blackbox.parameters()), torch.device("cpu"))
-        self.settings = dict(objective=objective, explainer_type=explainer,
-                             xpl_channels=xpl_channels, width=width, k=k, beta=beta,
-                             num_samples=num_samples, straight_through=False, epochs=1,
-                             l2x_epochs=1, evals_per_epoch=1, batch_size=batch_size, lr=lr,
-                             warmup_steps=warmup_steps, tau_start=tau[0], tau_end=tau[1],
-                             precision="fp32", save_best=True, resume=False, jump_start=False)
+        # the library defaults (`VibiConfig`), fp32, one validation per epoch, no checkpoint
+        self.settings = asdict(replace(
+            _DEFAULTS, objective=objective, explainer_type=explainer, xpl_channels=xpl_channels,
+            width=width, k=k, beta=beta, num_samples=num_samples, evals_per_epoch=1,
+            batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, tau_start=tau[0],
+            tau_end=tau[1], precision="fp32", resume=False))
         self.seed = seed
         self.model: Vibi | None = None
 
@@ -97,7 +98,7 @@ class VIBI:
         self.model = Vibi(spec).to(self.device)
         train(self.model, settings, Targets(x_train.to(self.device), train_probs),
               Targets(x_val.to(self.device), self._probabilities(x_val)), seed=self.seed,
-              history=History(NullRun()), show_progress=show_progress,
+              history=History(), show_progress=show_progress,
               blackbox=self.blackbox.to(self.device))
         return self
 

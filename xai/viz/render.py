@@ -1,7 +1,7 @@
 """The figures people look at: decision boundaries, VIBI explanations, counterfactuals.
 
-Each function takes tensors (already computed by the training stages or by `xai.boundary`) and
-returns a matplotlib figure of a fixed size; `xai.figures.save_png` writes it.
+Each function takes tensors (already computed by the training stages or by `xai.explain.boundary`) and
+returns a matplotlib figure of a fixed size; `xai.viz.figures.save_png` writes it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from xai.boundary import importance, project
-from xai.data import Split
-from xai.explainers import CHUNK_SIZE
-from xai.figures import new_figure
-from xai.measures import chunks_to_pixels
-from xai.training import to_unit
+from xai.data.prepared import Split
+from xai.evaluation.measures import chunks_to_pixels
+from xai.explain.boundary import importance, project
+from xai.models.explainers import CHUNK_SIZE
+from xai.train.loop import to_unit
+from xai.viz.figures import new_figure
 
 CLASS_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
                  "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]

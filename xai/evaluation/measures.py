@@ -28,7 +28,7 @@ def chunk_scores(attribution: torch.Tensor, chunk: int, per_channel: bool = Fals
     """Sum of |attribution| over each chunk: N x C x H x W -> N x d (d = [C x] rows x cols).
 
     Where `chunk` does not divide H or W the last row or column of chunks is partial, as the
-    explainers make it (`xai.explainers.chunk_grid`)."""
+    explainers make it (`xai.models.explainers.chunk_grid`)."""
     a = attribution.abs()
     if not per_channel:
         a = a.sum(1, keepdim=True)
