@@ -31,7 +31,7 @@ from xai.models.blackbox import load_blackbox, load_probabilities  # noqa: E402
 from xai.pipeline.config import load_config  # noqa: E402
 from xai.pipeline.tracking import NullRun  # noqa: E402
 from xai.train.loop import History  # noqa: E402
-from xai.train.vibi import Targets, explain, spec_for, summarize, train  # noqa: E402
+from xai.train.vibi import Targets, explain_split, spec_for, summarize, train  # noqa: E402
 
 ENCODING_IMAGES = 3000
 
@@ -66,7 +66,7 @@ def main() -> None:
                   show_progress=False, blackbox=blackbox)
             seconds = time.perf_counter() - started
             own = blackbox if settings.objective == "blackbox" else None
-            result = explain(model, data.val.x, blackbox, approximator=own)
+            result = explain_split(model, data.val.x, blackbox, approximator=own)
             measures = summarize(result, probs["val"])
             predicted = probs["val"].argmax(1)[:ENCODING_IMAGES].cpu()
             encoding = encoding_correct(result.top_k[:ENCODING_IMAGES].cpu(), predicted,

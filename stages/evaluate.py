@@ -7,24 +7,39 @@ import time
 
 import torch
 
-from xai.pipeline import cli, tracking
-from xai.explain.attribution import (BoundaryProjection, GradientSaliency, GradientShapAttribution,
-                             InputTimesGradient, IntegratedGradientsAttribution,
-                             KernelShapAttribution, LimeAttribution, Occlusion, RandomChunks,
-                             SmoothGrad, VibiAttribution)
-from xai.models.blackbox import load_blackbox
-from xai.pipeline.config import flatten, load_config
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError, DataError
-from xai.evaluation.table import HEADLINE, Settings, construction_note, evaluate, headline_key
-from xai.models.explainers import evaluation_budgets
-from xai.viz.figures import deletion_insertion_figure, measures_figure, save_png
-from xai.models.invertible import IMAGE_KIND, load_classifier
-from xai.io import save_json, transaction, write_bytes
 from xai.evaluation.judge import load_judge
-from xai.train.loop import seed_everything, to_unit
+from xai.evaluation.table import (
+    HEADLINE,
+    Settings,
+    construction_note,
+    evaluate,
+    headline_key,
+)
+from xai.explain.attribution import (
+    GradientSaliency,
+    GradientShapAttribution,
+    InputTimesGradient,
+    IntegratedGradientsAttribution,
+    KernelShapAttribution,
+    LimeAttribution,
+    Occlusion,
+    RandomChunks,
+    SmoothGrad,
+    VibiAttribution,
+)
+from xai.explain.boundary import BoundaryImportance
 from xai.explain.vibi import load_vibi
+from xai.io import save_json, transaction, write_bytes
+from xai.models.blackbox import load_blackbox
+from xai.models.explainers import evaluation_budgets
+from xai.models.invertible import IMAGE_KIND, load_classifier
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import CHUNK_KEYS, flatten, load_config
+from xai.train.loop import seed_everything, to_unit
+from xai.viz.figures import deletion_insertion_figure, measures_figure, save_png
 
 SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "deletion_auc_road", "insertion_auc_road",
                    "encoding_accuracy", "sparseness", "infidelity", "max_sensitivity",
@@ -62,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         if judge.chunk != chunk:
             raise DataError(f"{args.judge} was trained on {judge.chunk}-pixel chunks, the explainer "
                             f"uses {chunk}; re-run train_judge")
-        budgets = evaluation_budgets(ev.budgets, vibi.spec.k,
-                                     vibi.spec.num_chunks // vibi.spec.xpl_channels)
+        try:
+            budgets = evaluation_budgets(ev.budgets, vibi.spec.k,
+                                         vibi.spec.num_chunks // vibi.spec.xpl_channels)
+        except ConfigError as exc:
+            raise exc.qualified("", CHUNK_KEYS) from None
         if ev.num_images > len(data.test):
             raise ConfigError(f"evaluate.num_images = {ev.num_images} is out of range; allowed: "
                               f"<= {len(data.test)} test images")
@@ -86,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             (LimeAttribution(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
             (KernelShapAttribution(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
             (RandomChunks(blackbox, chunk, ev.seed), "blackbox"),
-            (BoundaryProjection(invertible), "invertible"),
+            (BoundaryImportance(invertible), "invertible"),
             (GradientSaliency(invertible, name="saliency_invertible"), "invertible"),
         ]
         settings = Settings(budgets, vibi.spec.k, chunk, ev.curve_points, ev.robustness_images,

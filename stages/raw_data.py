@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 
+from xai.data.sources import raw_fingerprint
+from xai.io import save_json
 from xai.pipeline import cli
 from xai.pipeline.config import load_config
-from xai.io import save_json
 from xai.pipeline.paths import resolve_input
-from xai.data.sources import raw_fingerprint
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,19 +7,24 @@ from pathlib import Path
 
 import torch
 
-from xai.pipeline import cli, tracking
-from xai.models.blackbox import load_probabilities
-from xai.pipeline.config import flatten, load_config
 from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
-from xai.viz.figures import read_rows, save_png, training_curves
-from xai.models.invertible import IMAGE_KIND, load_classifier
-from xai.train.invertible import PROJECTIONS_KIND
 from xai.io import load_torch, transaction
-from xai.viz.render import (counterfactual_rows, counterfactuals, toy_boundary, vibi_grid,
-                        vibi_panels)
+from xai.models.blackbox import load_probabilities
+from xai.models.invertible import IMAGE_KIND, load_classifier
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import flatten, load_config
+from xai.train.invertible import PROJECTIONS_KIND
 from xai.train.loop import to_unit
 from xai.train.vibi import EXPLANATIONS_KIND
+from xai.viz.figures import read_rows, save_png, training_curves
+from xai.viz.render import (
+    counterfactual_rows,
+    counterfactuals,
+    toy_boundary,
+    vibi_grid,
+    vibi_panels,
+)
 
 
 def _pick(n: int, count: int, generator: torch.Generator) -> list[int]:

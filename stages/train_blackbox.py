@@ -9,15 +9,31 @@ from typing import Any
 
 import torch
 
-from xai.pipeline import cli, tracking
-from xai.models.blackbox import (TRAIN, architecture, check_outputs, describe, evaluate,
-                          load_user_model, parameter_count, probabilities, save_blackbox,
-                          save_probabilities, train_blackbox)
-from xai.pipeline.config import Config, flatten, load_config
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
+from xai.errors import ConfigError
 from xai.io import save_json, transaction
-from xai.train.loop import History, distributed_device, init_distributed, seed_everything
+from xai.models.blackbox import (
+    TRAIN,
+    architecture,
+    check_outputs,
+    describe,
+    evaluate,
+    load_user_model,
+    parameter_count,
+    probabilities,
+    save_blackbox,
+    save_probabilities,
+    train_blackbox,
+)
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import Config, flatten, load_config, param_error
+from xai.train.loop import (
+    History,
+    distributed_device,
+    init_distributed,
+    seed_everything,
+)
 
 VAL_TARGET = 0.99  # time-to-quality: first epoch at which validation accuracy reaches this
 
@@ -76,12 +92,18 @@ def user_blackbox(cfg: Config, device: torch.device, args: argparse.Namespace,
     """The user's model as the black box: checked against the data, measured, its probabilities
     written like a trained one's. The judge's architecture is the one training would have used."""
     source = cfg.blackbox.source
-    model = load_user_model(source)  # before any work: a bad file stops us here
+    try:
+        model = load_user_model(source)  # before any work: a bad file stops us here
+    except ConfigError as exc:
+        raise param_error(exc) from None
     with tracking.stage_run(cfg, "train_blackbox", params) as run, transaction() as outputs:
         started = time.perf_counter()
         data = load_dataset(args.data, device)
         model = model.to(device).eval()
-        check_outputs(model, data.val.x, data.num_classes, source)
+        try:
+            check_outputs(model, data.val.x, data.num_classes, source)
+        except ConfigError as exc:
+            raise param_error(exc) from None
         spec = architecture(cfg.blackbox, data.input_shape, data.num_classes)
         batch = cfg.blackbox.eval_batch_size
         test_loss, test_acc = evaluate(model, data.test.x, data.test.y, batch)

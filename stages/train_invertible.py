@@ -11,17 +11,32 @@ from __future__ import annotations
 import argparse
 import time
 
-from xai.pipeline import cli, tracking
-from xai.pipeline.config import flatten, load_config
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError
-from xai.models.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifier
-from xai.train.invertible import (check, image_projections, toy_projections, train_image,
-                                     train_toy)
 from xai.io import save_json, save_torch, transaction
-from xai.train.loop import (History, cpu_threads, distributed_device, init_distributed,
-                          seed_everything)
+from xai.models.invertible import (
+    IMAGE_KIND,
+    TOY_KIND,
+    image_classifier,
+    save_classifier,
+)
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import flatten, load_config
+from xai.train.invertible import (
+    check,
+    image_projections,
+    toy_projections,
+    train_image,
+    train_toy,
+)
+from xai.train.loop import (
+    History,
+    cpu_threads,
+    distributed_device,
+    init_distributed,
+    seed_everything,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

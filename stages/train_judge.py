@@ -6,14 +6,21 @@ import argparse
 
 import torch
 
-from xai.pipeline import cli, tracking
-from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
-from xai.pipeline.config import flatten, load_config
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
-from xai.models.explainers import CHUNK_SIZE
+from xai.evaluation.judge import (
+    Judge,
+    JudgeTraining,
+    agreement,
+    num_chunks,
+    save_judge,
+    train_judge,
+)
 from xai.io import save_json, transaction
-from xai.evaluation.judge import Judge, JudgeTraining, agreement, num_chunks, save_judge, train_judge
+from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
+from xai.models.explainers import CHUNK_SIZE
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import flatten, load_config
 from xai.train.loop import History, seed_everything
 
 REPORTED_SHARES = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # budgets reported, share of chunks

@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import argparse
 
-from xai.pipeline import cli, tracking
-from xai.models.blackbox import load_blackbox, load_probabilities
-from xai.pipeline.config import flatten, load_config
 from xai.data.prepared import load_dataset
 from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.io import file_md5, save_json, save_torch, transaction
-from xai.train.loop import History, distributed_device, init_distributed, seed_everything
 from xai.explain.vibi import Vibi, load_vibi, save_vibi
-from xai.train.vibi import (Targets, entry_settings, explain, explanations_state, spec_for,
-                               summarize, train)
+from xai.io import file_md5, save_json, save_torch, transaction
+from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import flatten, load_config
+from xai.train.loop import (
+    History,
+    distributed_device,
+    init_distributed,
+    seed_everything,
+)
+from xai.train.vibi import (
+    Targets,
+    entry_settings,
+    explain_split,
+    explanations_state,
+    spec_for,
+    summarize,
+    train,
+)
 
 VAL_TARGET = 0.90  # time-to-quality: first epoch at which validation fidelity reaches this
 
@@ -81,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         amp = use_bf16(settings.precision, device)
         approximator = blackbox if settings.objective == "blackbox" else None
-        test = explain(model, data.test.x, blackbox, amp=amp, approximator=approximator)
+        test = explain_split(model, data.test.x, blackbox, amp=amp, approximator=approximator)
         test_metrics = summarize(test, probs["test"])
-        val_metrics = summarize(explain(model, data.val.x, amp=amp, approximator=approximator),
+        val_metrics = summarize(explain_split(model, data.val.x, amp=amp, approximator=approximator),
                                 probs["val"])
         save_vibi(model, args.model, method=args.method, beta=settings.beta)
         save_torch(explanations_state(model, test, probs["test"]), args.explanations)

@@ -26,16 +26,16 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT, image_tree, write_params, write_tar
-from xai.models.blackbox import load_blackbox, load_probabilities
-from xai.pipeline.config import load_config
 from xai.data.prepared import load_dataset
-from xai.errors import ConfigError, DataError, XaiError
-from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier
-from xai.train.invertible import PROJECTIONS_KIND
-from xai.io import load_torch
-from xai.evaluation.judge import load_judge
 from xai.data.sources import read_folder
+from xai.errors import ConfigError, DataError, XaiError
+from xai.evaluation.judge import load_judge
 from xai.explain.vibi import load_vibi
+from xai.io import load_torch
+from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier
+from xai.pipeline.config import load_config
+from xai.train.invertible import PROJECTIONS_KIND
 from xai.train.vibi import EXPLANATIONS_KIND
 
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -93,7 +93,7 @@ def pipeline(tmp_path_factory):
                                                classes=("left", "right")))
     project = base / "repo"
     project.mkdir()
-    for name in ("dvc.yaml", "stages", "xai"):
+    for name in ("dvc.yaml", "stages", "xai", "blackboxes"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
     write_params(project / "params.yaml", {**TINY_PIPELINE, "data.root": str(base),
@@ -210,7 +210,7 @@ def test_a_damaged_input_stops_the_real_stage_with_exit_2_and_one_line(pipeline,
         cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"train_judge: error: {model} is not a readable xai.models.blackbox file, truncated or corrupt "
+        f"train_judge: error: {model} is not a readable xai.blackbox file, truncated or corrupt "
         + proc.stderr.split("corrupt ", 1)[1].strip()]
     assert not list(tmp_path.glob("out_*"))
 
@@ -257,12 +257,12 @@ FOLDER_CASES = [
     ("non_image_files_skipped", _tree(**{"train/cat/Thumbs.db": b"x", "README.txt": b"x",
                                          "train/dog/.DS_Store": b"x"}), [], None, (3, 8, 8)),
     ("mixed_size", _tree(**{"train/cat/000.png": _png(np.zeros((10, 12, 3), np.uint8))}), [],
-     None, r"all images must have one size: .*set data\.image_size"),
+     None, r"all images must have one size: .*set `image_size`"),
     ("mixed_size_resized", _tree(**{"train/cat/000.png": _png(np.zeros((10, 12, 3), np.uint8))}),
      [], (6, 7), (3, 6, 7)),
     ("test_size_differs", {k: (_png(np.zeros((9, 9, 3), np.uint8)) if "/test/" in k else v)
                            for k, v in image_tree().items()}, [], None,
-     r"train images are \(8, 8\), test images \(9, 9\).*data\.image_size"),
+     r"train images are \(8, 8\), test images \(9, 9\).*`image_size`"),
     ("empty_class_folder", _tree(), ["tree/train/fox"], None,
      r"class folder tree/train/fox holds no images"),
     ("class_folder_without_images", _tree(**{"train/fox/notes.txt": b"x"}), [], None,

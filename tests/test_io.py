@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from xai.errors import CheckpointError
-from xai.io import (JOURNAL_SUFFIX, atomic_path, load_torch, recover, save_json, save_torch,
-                    transaction)
+from xai.io import (
+    JOURNAL_SUFFIX,
+    atomic_path,
+    load_torch,
+    recover,
+    save_json,
+    save_torch,
+    transaction,
+)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -111,9 +118,12 @@ def test_early_commit_and_unstaged_writes(tmp_path):
 
 
 COMMIT_LOOP = """
+import signal
 import sys
 from pathlib import Path
 from xai.io import save_json, transaction
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started
+                                                          # from a shell that ignores SIGINT
 folder = Path(sys.argv[1])
 generation = 0
 print("ready", flush=True)
@@ -138,10 +148,13 @@ def test_sigint_at_any_moment_leaves_one_generation_of_outputs(tmp_path, delay):
 
     proc = subprocess.Popen([sys.executable, "-c", COMMIT_LOOP, str(tmp_path)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     generations = {json.loads(f.read_text())["generation"] for f in tmp_path.glob("*.json")}
     assert len(generations) <= 1, generations

@@ -68,8 +68,8 @@ def test_evaluate_measures_any_methods_on_any_model():
 
 
 def test_evaluate_with_two_models_and_a_judge():
-    from xai.models.blackbox import Architecture
     from xai.evaluation.judge import Judge
+    from xai.models.blackbox import Architecture
 
     blackbox, other = HalfBrightness().eval(), HalfBrightness().eval()
     x = to_unit(separable(16).x)

@@ -28,7 +28,7 @@ def project(tmp_path, folder_archive):
     """A git+DVC copy of the project whose image data set is a tiny folder archive."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", "stages", "xai"):
+    for name in ("dvc.yaml", "stages", "xai", "blackboxes"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
     write_params(repo / "params.yaml", {"data.dataset": "folder", "data.root": str(tmp_path),

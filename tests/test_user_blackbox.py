@@ -16,10 +16,10 @@ from tests.test_blackbox import TINY, run_stage, stage_files
 from tests.test_pipeline import DVC, project, run  # noqa: F401 - `project` is a fixture
 from tests.test_train_invertible import TINY as TINY_INVERTIBLE
 from tests.test_vibi_stage import VIBI
-from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
-from xai.pipeline.config import load_config, set_dotted
 from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
+from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
+from xai.pipeline.config import load_config, set_dotted
 from xai.train.loop import to_unit
 
 
@@ -108,7 +108,7 @@ def test_the_judge_trains_from_scratch_for_the_users_model(tiny_images, params, 
 
 def test_dvc_repro_runs_every_stage_on_the_users_torchscript_model(project):  # noqa: F811
     """The whole pipeline, with the black box a TorchScript file under blackboxes/ (tiny data)."""
-    (project / "blackboxes").mkdir()
+    (project / "blackboxes").mkdir(exist_ok=True)
     torchscript(SmallNet(3, 3), project / "blackboxes" / "mine.pt")
     params = yaml.safe_load((project / "params.yaml").read_text())
     overrides = {**VIBI, **TINY_INVERTIBLE, "device": "cpu",

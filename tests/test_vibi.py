@@ -28,7 +28,7 @@ from xai.models.explainers import CHUNK_SIZE, build_explainer
 from xai.pipeline.config import load_config, param_error
 from xai.train import vibi as vibi_training
 from xai.train.loop import History
-from xai.train.vibi import Targets, explain, summarize, train
+from xai.train.vibi import Targets, explain_split, summarize, train
 
 
 @pytest.fixture(autouse=True)
@@ -182,12 +182,12 @@ def test_training_learns_input_dependent_non_uniform_explanations(params):
     settings = tiny_settings(params)
     train_set, val_set = position_task(512, 0), position_task(256, 1)
     model = tiny_model(settings)
-    before = summarize(explain(model, val_set.x), val_set.probs)
+    before = summarize(explain_split(model, val_set.x), val_set.probs)
     history = History()
     train(model, settings, train_set, val_set, seed=0, history=history, show_progress=False)
     losses = [row["train_ce"] for row in history.rows]
     assert losses[-1] < losses[0] < math.log(9)
-    expl = explain(model, val_set.x)
+    expl = explain_split(model, val_set.x)
     after = summarize(expl, val_set.probs)
     assert after["fidelity"] > 0.9 > before["fidelity"] + 0.3
     assert after["mean_kl"] > 0.5  # far from the uniform distribution (log 9 = 2.2 at one-hot)
@@ -213,7 +213,7 @@ def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(para
     model = tiny_model(settings)
     train(model, settings, train_set, val_set, seed=0, history=History(),
           show_progress=False, blackbox=blackbox)
-    expl = explain(model, val_set.x, blackbox)
+    expl = explain_split(model, val_set.x, blackbox)
     assert summarize(expl, val_set.probs)["posthoc_accuracy"] > 0.9
     chosen = expl.top_k.float().argmax(-1)
     assert (chosen == val_set.probs.argmax(-1)).float().mean() > 0.9  # the patch

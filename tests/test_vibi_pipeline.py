@@ -21,8 +21,10 @@ def set_params(repo, overrides):
 
 
 def changed(repo):
-    """Stages up to train_vibi that `dvc status` reports as changed."""
-    return set(re.findall(r"^(\w+):", run([DVC, "status", "--with-deps", "train_vibi"], repo), flags=re.M))
+    """Stages up to train_vibi that `dvc status` reports as changed (`raw_data`, which re-reads
+    the raw files at every repro, always is)."""
+    out = run([DVC, "status", "--with-deps", "train_vibi"], repo)
+    return set(re.findall(r"^(\w+):", out, flags=re.M)) - {"raw_data"}
 
 
 def test_beta_reruns_only_vibi_and_k_reruns_both_entries(project):  # noqa: F811

@@ -34,15 +34,23 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 from tqdm import tqdm
 
-from xai.explain.attribution import spread
 from xai.evaluation.encoding import encoding_correct
 from xai.evaluation.imputation import noisy_linear_impute
 from xai.evaluation.judge import Judge, agreement
-from xai.evaluation.measures import (auc, chunk_areas, chunk_scores, deletion_insertion, expand,
-                          posthoc_agreement, sparseness, top_k_mask)
+from xai.evaluation.measures import (
+    auc,
+    chunk_areas,
+    chunk_scores,
+    deletion_insertion,
+    expand,
+    posthoc_agreement,
+    sparseness,
+    top_k_mask,
+)
 from xai.evaluation.sanity import randomised, spearman
-from xai.train.loop import predict
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
+from xai.explain.attribution import spread
+from xai.train.loop import predict
 
 #: Measures the headline table shows at the explainer's budget k, and every difference.
 HEADLINE = ("posthoc_accuracy", "fidelity", "deletion_auc", "insertion_auc", "deletion_auc_road",

@@ -289,17 +289,3 @@ class RandomChunks:
         d = chunk_areas(shape, self.chunk).shape[1]
         scores = torch.rand(len(inputs), d, generator=self.generator)
         return spread(scores.to(inputs.device), shape, self.chunk)
-
-
-@dataclass
-class BoundaryProjection:
-    """The invertible classifier's own explanation: |grad (f_c - f_k) * (x - x_p)| with x_p the
-    projection onto the boundary with the runner-up class. It explains that classifier."""
-
-    model: nn.Module  # xai.models.invertible.InvertibleClassifier
-    name: str = "boundary_projection"
-
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        from xai.explain.boundary import BoundaryImportance
-
-        return BoundaryImportance(self.model).attribute(inputs, target=target)

@@ -188,16 +188,19 @@ def importance(model: Invertible, projection: Projection,
     return (torch.cat(grads) * projection.explanation).abs()
 
 
+@dataclass
 class BoundaryImportance:
     """Captum-style attribution: `BoundaryImportance(model).attribute(inputs, target=None)`.
 
     `target` is the class explained (Captum's meaning; default: the predicted class), the boundary
     is the one with `counterfactual` (default: the strongest other class). Returns
-    `|d(f_t - f_k)/dx (x_p) * (x - x_p)|`, a tensor shaped like `inputs`.
+    `|d(f_t - f_k)/dx (x_p) * (x - x_p)|`, a tensor shaped like `inputs`. It explains the
+    invertible classifier itself; `name` labels it in an evaluation, and `dataclasses.replace(
+    method, model=other)` gives the same method for another model (the randomisation check).
     """
 
-    def __init__(self, model: Invertible) -> None:
-        self.model = model
+    model: Invertible
+    name: str = "boundary_projection"
 
     def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None,
                   counterfactual: int | torch.Tensor | None = None) -> torch.Tensor:

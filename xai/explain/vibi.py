@@ -28,7 +28,7 @@ from xai.errors import CheckpointError
 from xai.evaluation.measures import chunks_to_pixels
 from xai.io import load_torch, save_torch
 from xai.models.approximator import Approximator
-from xai.models.explainers import CHUNK_SIZE, build_explainer, chunk_grid
+from xai.models.explainers import CHUNK_SIZE, build_explainer, explainer_grid
 from xai.train.loop import state_dict_cpu
 
 KIND = "xai.vibi"
@@ -141,7 +141,7 @@ class VibiSpec:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return chunk_grid(self.explainer_type, self.height, self.width_px)
+        return explainer_grid(self.explainer_type, self.height, self.width_px)
 
     @property
     def num_chunks(self) -> int:

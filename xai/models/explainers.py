@@ -33,7 +33,7 @@ def channels(base: int, width: float) -> int:
     return max(4, round(base * width))
 
 
-def chunk_grid(explainer_type: str, height: int, width: int) -> tuple[int, int]:
+def explainer_grid(explainer_type: str, height: int, width: int) -> tuple[int, int]:
     """Rows and columns of chunks the explainer produces for a `height` x `width` input."""
     size = CHUNK_SIZE[explainer_type]
     return math.ceil(height / size), math.ceil(width / size)
@@ -48,7 +48,7 @@ def check_fits(explainer_type: str, xpl_channels: int, k: int, shape: tuple[int,
         raise ConfigError(f"`xpl_channels` = {xpl_channels} does not fit {name}'s {c}-channel "
                           f"images; allowed: 1" + (f" or {c}" if c > 1 else ""),
                           owner=owner, fields=("xpl_channels",))
-    rows, cols = chunk_grid(explainer_type, h, w)
+    rows, cols = explainer_grid(explainer_type, h, w)
     chunks = xpl_channels * rows * cols
     if k >= chunks:
         raise ConfigError(f"`k` = {k} is out of range; allowed: below the {chunks} chunks of "

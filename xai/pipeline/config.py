@@ -190,7 +190,7 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
-    return build(Config, raw)
+    return parse_section(Config, raw)
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -204,7 +204,7 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def build(cls: type, raw: Any, prefix: str = "") -> Any:
+def parse_section(cls: type, raw: Any, prefix: str = "") -> Any:
     """Build dataclass `cls` from a mapping, checking keys, types and bounds recursively."""
     where = prefix or "params.yaml"
     if not isinstance(raw, dict):
@@ -239,7 +239,7 @@ def _join(prefix: str, name: str) -> str:
 def _coerce(value: Any, hint: Any, key: str, bounds: Any) -> Any:
     origin = get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, key)
+        return parse_section(hint, value, key)
     if origin in (Union, types.UnionType):
         options = get_args(hint)
         if value is None and type(None) in options:

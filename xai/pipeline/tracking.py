@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from xai.pipeline.config import Config, TrackingConfig, flatten, load_config
 from xai.errors import TrackingError
 from xai.io import file_md5
+from xai.pipeline.config import Config, TrackingConfig, flatten, load_config
 from xai.pipeline.paths import project_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -145,7 +145,7 @@ class Explanations:
 
 
 @torch.inference_mode()
-def explain(model: Vibi, x: torch.Tensor, blackbox: Callable[[torch.Tensor], torch.Tensor] | None
+def explain_split(model: Vibi, x: torch.Tensor, blackbox: Callable[[torch.Tensor], torch.Tensor] | None
             = None, batch_size: int = 1000, amp: bool = False,
             approximator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Explanations:
     """Run the explainer (hard top-k) and approximator, optionally the black box, on all of `x`.
@@ -339,7 +339,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                    staged=False)  # not a stage output: it must exist now, to resume from
 
     def evaluate(tau: float, rate: float) -> None:
-        val = summarize(explain(model, val_set.x, amp=amp, approximator=approximator),
+        val = summarize(explain_split(model, val_set.x, amp=amp, approximator=approximator),
                         val_set.probs)
         steps = max(loop.sums.pop("steps", 1.0), 1.0)
         history.log(loop.step / steps_per_epoch, {
