@@ -51,3 +51,20 @@ def test_save_load_and_a_plain_callable_black_box(tmp_path):
     vibi.save(tmp_path / "vibi.pt")
     again = xai.VIBI.load(tmp_path / "vibi.pt", blackbox)
     assert torch.equal(again.attribute(x[:5]), maps)
+
+
+def test_the_readme_api_example_runs(tmp_path, monkeypatch):
+    """The README's "Python API" block, executed as it stands."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python API"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("\n```", start)]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    assert scope["maps"].shape == scope["x_test"].shape
+    assert scope["masks"].flatten(1).sum(1).eq(4 * 16).all()  # k = 4 chunks of 4 x 4 pixels
+    table = scope["report"].table["methods"]
+    assert set(table) == {"vibi", "occlusion", "random"}
+    assert torch.allclose(scope["explanation"], scope["points"] - scope["projection"].projected)
+    assert scope["importance"].shape == scope["points"].shape
