@@ -42,6 +42,12 @@ def test_parent_runs_carry_params_and_headline_metrics(tiny_images, params, tmp_
     assert "params.`blackbox.lr`" in columns and "params.`seed`" not in columns
     assert "metrics.`train_blackbox.test_accuracy`" in columns
     assert "metrics.`evaluate.vibi.fidelity_k4`" in columns
+    # a pipeline logged before parent runs carried params does not make every param differ
+    client.create_run(experiment.experiment_id, tags={tracking.ROLE_TAG: "pipeline"})
+    tracking.update_runs_view(client, experiment.experiment_id, 4)
+    view = json.loads(client.get_experiment(experiment.experiment_id).tags[tracking.VIEW_TAG])
+    assert "params.`blackbox.lr`" in view["selectedColumns"]
+    assert "params.`seed`" not in view["selectedColumns"]
     url = tracking.runs_url(experiment.experiment_id, "http://127.0.0.1:5000")
     assert url.endswith(f"/#/experiments/{experiment.experiment_id}/runs?"
                         f"workflowType=machine_learning&viewStateShareKey={tracking.VIEW_KEY}")

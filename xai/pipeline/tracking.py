@@ -271,8 +271,8 @@ def update_runs_view(client: Any, exp_id: str, k: Any) -> None:
     query = f"tags.`{ROLE_TAG}` = 'pipeline'"
     parents = client.search_runs([exp_id], filter_string=query, max_results=500)
     keys = sorted({key for run in parents for key in run.data.params})
-    differing = [key for key in keys if key not in VIEW_PARAMS
-                 and len({run.data.params.get(key) for run in parents}) > 1]
+    differing = [key for key in keys if key not in VIEW_PARAMS  # among runs that logged it
+                 and len({run.data.params[key] for run in parents if key in run.data.params}) > 1]
     columns = ([f"params.`{key}`" for key in (*VIEW_PARAMS, *differing)]
                + [f"metrics.`{name.format(k=k)}`" for name in VIEW_METRICS])
     view = {"selectedColumns": columns, "orderByKey": "attributes.start_time",
