@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from xai.errors import CheckpointError
-from xai.invertible import (IMAGE_KIND, TOY_KIND, Coupling, SpaceToDepth, image_classifier,
-                            load_classifier, reconstruction_error, save_classifier,
-                            toy_classifier)
+from xai.invertible import (IMAGE_KIND, TOY_KIND, ActNorm, AffineCoupling, ChannelMLP, Coupling,
+                            GaussianHead, InvertibleClassifier, InvertibleConv1x1, InvertibleNet,
+                            Logit, Permutation, SpaceToDepth,
+                            image_classifier, load_classifier, reconstruction_error,
+                            save_classifier, toy_classifier)
 
 
 def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.5) -> torch.nn.Module:
@@ -100,3 +102,89 @@ def test_unsplittable_or_indivisible_shapes_are_refused():
         image_classifier((1, 7, 7), 3, [7], [1], [4], [1])
     with pytest.raises(ValueError, match="odd"):
         toy_classifier(3, 2, 1, 4)
+
+
+def _jacobian_logdet(layer: torch.nn.Module, x: torch.Tensor) -> float:
+    """log|det dy/dx| of one input (batch of 1), from the full Jacobian."""
+    jac = torch.autograd.functional.jacobian(lambda v: layer(v.view_as(x)).flatten(), x.flatten())
+    return float(torch.linalg.slogdet(jac)[1])
+
+
+def _affine_coupling(channels: int) -> AffineCoupling:
+    return AffineCoupling(ChannelMLP(channels // 2, 5, channels))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ActNorm(4), lambda: InvertibleConv1x1(4), lambda: Permutation(4),
+    lambda: _affine_coupling(4), lambda: SpaceToDepth(2),
+    lambda: Coupling(ChannelMLP(2, 5, 2), ChannelMLP(2, 5, 2)),
+])
+def test_flow_layers_invert_and_their_log_det_is_the_jacobians(make):
+    torch.manual_seed(0)
+    layer = randomise(make(), std=0.5).double()
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    y, logdet = layer.transform(x)
+    assert torch.allclose(y, layer(x))
+    assert (layer.inverse(y) - x).abs().max() < 1e-10
+    for i in range(len(x)):
+        assert float(logdet[i]) == pytest.approx(_jacobian_logdet(layer, x[i:i + 1]), abs=1e-8)
+
+
+def test_logit_inverts_on_the_whole_line_with_its_log_det():
+    layer = Logit().double()
+    x = torch.tensor([[-0.5, 0.0, 1e-3, 0.3, 0.999, 1.0, 1.7]], dtype=torch.float64)
+    y, logdet = layer.transform(x)
+    assert torch.isfinite(y).all() and (y.diff() > 0).all()  # monotone, finite everywhere
+    assert (layer.inverse(y) - x).abs().max() < 1e-12
+    assert float(logdet[0]) == pytest.approx(_jacobian_logdet(layer, x), abs=1e-8)
+    inside = torch.rand(1, 1000, dtype=torch.float64)
+    assert layer.inverse(layer(inside)).sub(inside).abs().max() < 1e-12
+
+
+def test_whole_image_flow_log_det_is_the_jacobians():
+    model = randomise(image_classifier((1, 4, 4), 3, [2, 2], [1, 1], [5, 6], [3, 1], 4.0),
+                      std=0.2).double()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    z, logdet = model.net.transform(x)
+    assert torch.allclose(z, model.features(x))
+    assert (model.inverse(z) - x).abs().max() < 1e-10
+    for i in range(len(x)):
+        assert float(logdet[i]) == pytest.approx(_jacobian_logdet(model.net, x[i:i + 1]),
+                                                 abs=1e-7)
+
+
+def test_actnorm_initialisation_standardises_each_channel():
+    x = torch.randn(64, 3, 5, 5) * torch.tensor([1.0, 4.0, 0.1]).view(1, 3, 1, 1) + 2
+    layer = ActNorm(3)
+    layer.initialize(x)
+    y = layer(x)
+    assert y.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    assert (y.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-4
+
+
+def test_gaussian_head_is_bayes_rule_over_fixed_separated_means():
+    head = GaussianHead((3, 2, 2), classes=4, separation=5.0).double()
+    means = head.means.flatten(1)
+    distances = torch.cdist(means, means)
+    assert torch.allclose(distances[~torch.eye(4, dtype=torch.bool)],
+                          torch.full((12,), 5.0, dtype=torch.float64))
+    z = torch.randn(6, 3, 2, 2, dtype=torch.float64)
+    log_joint = head.log_joint(z)
+    gaussian = torch.distributions.Normal(head.means[None], 1.0).log_prob(z[:, None])
+    assert torch.allclose(log_joint, gaussian.flatten(2).sum(2) - torch.log(torch.tensor(4.0)))
+    assert torch.allclose(log_joint.softmax(1), head(z).softmax(1))
+    weight, bias = head.affine((3, 2, 2))
+    assert torch.allclose((z[:, None] * weight[None]).flatten(2).sum(2) + bias, head(z))
+    assert not list(head.parameters())  # the means are not trained
+
+
+def test_flow_density_integrates_to_one():
+    """p(x) = sum_y p(x, y) of a 2-pixel flow integrates to ~1 over a grid covering its mass."""
+    torch.manual_seed(0)
+    layers = [ActNorm(2), InvertibleConv1x1(2), _affine_coupling(2)]
+    model = InvertibleClassifier(randomise(InvertibleNet(layers), std=0.3),
+                                 GaussianHead((2, 1, 1), 2, 2.0), {}).double()
+    side = torch.linspace(-30, 30, 1201, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2, 1, 1)
+    density = torch.logsumexp(model.log_joint(grid), dim=1).exp()
+    assert float(density.sum() * (side[1] - side[0]) ** 2) == pytest.approx(1.0, abs=1e-3)

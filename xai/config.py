@@ -209,6 +209,9 @@ class InvertibleImageConfig:
     batch_size: int = bounded(ge=1)
     lr: float = bounded(gt=0)
     warmup: float = bounded(ge=0, lt=1)
+    separation: float = bounded(gt=0)
+    nll_weight: float = bounded(ge=0)
+    clip: float = bounded(gt=0)
     eval_batch_size: int = bounded(ge=1)
     threads: int = bounded(ge=0)
 
@@ -230,11 +233,22 @@ class InvertibleImageConfig:
 
 
 @dataclass(frozen=True)
+class InvertibleCounterfactualConfig:
+    """Stage `evaluate_counterfactuals`: counterfactuals of the image invertible classifier."""
+
+    margin: float = bounded(ge=0)
+    posthoc_k: int = bounded(ge=1)
+    posthoc_chunk: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+
+
+@dataclass(frozen=True)
 class InvertibleConfig:
-    """Stage `train_invertible`: a toy (2-D) and an image invertible classifier."""
+    """Stages `train_invertible_toy`, `train_invertible` and `evaluate_counterfactuals`."""
 
     toy: InvertibleToyConfig
     image: InvertibleImageConfig
+    counterfactual: InvertibleCounterfactualConfig
 
 
 def _check_milestones(milestones: tuple[int, ...], epochs: int, key: str) -> None:
