@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             image_classifier(images.input_shape, images.num_classes, inv.image.downsample,
                              inv.image.blocks, inv.image.hidden, inv.image.kernel,
-                             inv.image.separation)
+                             inv.image.separation, inv.image.split)
         except ValueError as exc:
             raise ConfigError(
                 f"invertible.image does not fit {images.name} images of shape "

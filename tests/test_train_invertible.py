@@ -160,6 +160,8 @@ def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, pa
 @pytest.mark.parametrize("overrides, pattern", [
     ({"invertible.image.blocks": [1]}, r"invertible\.image\.blocks = \[1\] needs one entry per"),
     ({"invertible.image.kernel": [3, 2]}, r"invertible\.image\.kernel = \[3, 2\].*odd"),
+    ({"invertible.image.split": [True]}, r"invertible\.image\.split = \[True\] needs one entry"),
+    ({"invertible.image.means": "both"}, r"invertible\.image\.means = 'both'"),
     ({"invertible.image.downsample": [1, 7]}, r"invertible\.image\.downsample\[0\] = 1 is out"),
     ({"invertible.toy.milestones": [40, 20]}, r"invertible\.toy\.milestones = \[40, 20\]"),
     ({"invertible.toy.milestones": [20, 80]}, r"<= invertible\.toy\.epochs = 60"),

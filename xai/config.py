@@ -205,6 +205,8 @@ class InvertibleImageConfig:
     blocks: tuple[int, ...] = bounded(ge=0)
     hidden: tuple[int, ...] = bounded(ge=1)
     kernel: tuple[int, ...] = bounded(ge=1)
+    split: tuple[bool, ...]
+    means: Literal["fixed", "learned"]
     epochs: int = bounded(ge=1)
     batch_size: int = bounded(ge=1)
     lr: float = bounded(gt=0)
@@ -219,7 +221,7 @@ class InvertibleImageConfig:
         stages = len(self.downsample)
         if stages == 0:
             raise ConfigError("invertible.image.downsample must name at least one stage")
-        for name in ("blocks", "hidden", "kernel"):
+        for name in ("blocks", "hidden", "kernel", "split"):
             if len(getattr(self, name)) != stages:
                 raise ConfigError(
                     f"invertible.image.{name} = {list(getattr(self, name))} needs one entry per "

@@ -38,6 +38,8 @@ IMAGE_KIND = "xai.invertible_image"
 LOG_2PI = math.log(2 * math.pi)
 #: Logit transform of the image net: pixels in [0, 1] become logit(alpha + (1 - 2 alpha) x).
 LOGIT_ALPHA = 0.05
+#: ... and continued linearly where |logit| > LOGIT_TAIL (see `Logit`).
+LOGIT_TAIL = 4.0
 #: Stages with more channels mix them with a fixed permutation instead of a learned 1x1
 #: convolution: Adam moves every entry of a dense C x C factor by about lr per step, so its norm
 #: moves by about C x lr, and with 784 channels (MNIST's last stage) training diverged at once.
@@ -101,40 +103,46 @@ class SpaceToDepth(Bijection):
 
 
 class Logit(Bijection):
-    """`y = logit(alpha + (1 - 2 alpha) x)` on [0, 1], continued linearly (slope matched) outside.
+    """`y = logit(alpha + (1 - 2 alpha) x)`: RealNVP's pre-processing of pixels in [0, 1], made a
+    bijection of the whole real line by linear tails where `|y| > tail` (slopes matched).
 
-    Inside [0, 1] this is RealNVP's pre-processing: the flow models unbounded values, and feature
-    tensors near the data map back to pixels in [0, 1]. The linear tails make it a bijection of
-    the whole real line, so perturbed inputs outside [0, 1] still have finite logits, and a
-    feature tensor far from the data may map outside [0, 1] (that is measured, not clipped).
+    The flow models unbounded values. Up to `|y| = tail` the inverse is a sigmoid, so features
+    there map back to pixels at most 0.036 outside [0, 1]; past it a pixel moves by
+    `sigmoid'(tail) / (1 - 2 alpha)` (0.019) per logit. The tails keep `T(T^-1(z))` finite and
+    accurate in float32 for saturated pixels (a pure sigmoid rounds them to the domain's edge, where
+    the logit is infinite, and `tail` = 8 left float32 projections 3e-4 off the boundary). An earlier version had the
+    tails at `|y| = logit(1 - alpha)`, i.e. at 0 and 1: a counterfactual pushed past the boundary
+    then came back with 2-5 % of its pixels more than 0.05 outside [0, 1].
     """
 
-    def __init__(self, alpha: float = LOGIT_ALPHA) -> None:
+    def __init__(self, alpha: float = LOGIT_ALPHA, tail: float = LOGIT_TAIL) -> None:
         super().__init__()
         self.alpha = alpha
-        self.edge = math.log(alpha) - math.log1p(-alpha)       # y at x = 0 (-y at x = 1)
-        self.slope = (1 - 2 * alpha) / (alpha * (1 - alpha))   # dy/dx at x = 0 and x = 1
+        self.tail = tail
+        edge = 1 / (1 + math.exp(tail))                       # sigmoid(-tail)
+        self.low = (edge - alpha) / (1 - 2 * alpha)          # x at y = -tail (1 - low at +tail)
+        self.slope = edge * (1 - edge) / (1 - 2 * alpha)      # dx/dy at |y| = tail
 
     def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inside = (x >= 0) & (x <= 1)
+        inside = (x >= self.low) & (x <= 1 - self.low)
         # only read where x is inside; 0.5 elsewhere keeps the unused branch finite
         p = self.alpha + (1 - 2 * self.alpha) * torch.where(inside, x, 0.5)
-        below = self.edge + self.slope * x
-        above = -self.edge + self.slope * (x - 1)
-        y = torch.where(inside, torch.log(p) - torch.log1p(-p), torch.where(x < 0, below, above))
-        log_slope = torch.where(inside, math.log(1 - 2 * self.alpha) - torch.log(p)
-                                - torch.log1p(-p), torch.full_like(x, math.log(self.slope)))
+        log_p, log_q = torch.log(p), torch.log1p(-p)
+        below = -self.tail + (x - self.low) / self.slope
+        above = self.tail + (x - 1 + self.low) / self.slope
+        y = torch.where(inside, log_p - log_q, torch.where(x < self.low, below, above))
+        log_slope = torch.where(inside, math.log(1 - 2 * self.alpha) - log_p - log_q,
+                                torch.full_like(x, -math.log(self.slope)))
         return y, _per_sample(log_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x)[0]
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        inside = (y >= self.edge) & (y <= -self.edge)
         x = (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
-        below = (y - self.edge) / self.slope
-        above = 1 + (y + self.edge) / self.slope
-        return torch.where(inside, x, torch.where(y < self.edge, below, above))
+        below = self.low + (y + self.tail) * self.slope
+        above = 1 - self.low + (y - self.tail) * self.slope
+        return torch.where(y < -self.tail, below, torch.where(y > self.tail, above, x))
 
 
 class ActNorm(Bijection):
@@ -234,6 +242,33 @@ class Permutation(Bijection):
         return y[:, self.undo]
 
 
+class Partial(Bijection):
+    """Applies `layers` to the first `active` channels and passes the rest through unchanged.
+
+    Glow's multi-scale factor-out: channels past `active` have left the flow for the prior, so the
+    later, coarser stages spend their computation on the channels still active. A space-to-depth
+    of the whole tensor keeps the active channels in front (channel `c` becomes `c f^2 .. c f^2 +
+    f^2 - 1`), so one tensor carries every level and `T(x)` keeps the input's size."""
+
+    def __init__(self, active: int, layers: Sequence[Bijection]) -> None:
+        super().__init__()
+        self.active = active
+        self.net = InvertibleNet(layers)
+
+    def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, logdet = self.net.transform(x[:, :self.active])
+        return torch.cat([y, x[:, self.active:]], dim=1), logdet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(x[:, :self.active]), x[:, self.active:]], dim=1)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net.inverse(y[:, :self.active]), y[:, self.active:]], dim=1)
+
+    def initialize(self, x: torch.Tensor) -> None:
+        self.net.initialize(x[:, :self.active])
+
+
 class AffineCoupling(Bijection):
     """Affine coupling (RealNVP / Glow): `y1 = x1`, `y2 = (x2 + t(x1)) * exp(log_s(x1))` with
     `log_s = SCALE_BOUND * tanh(h(x1) / SCALE_BOUND)`; log-det `sum log_s`; inverse
@@ -300,7 +335,7 @@ class InvertibleNet(nn.Module):
     def initialize(self, x: torch.Tensor) -> None:
         """Data-dependent initialisation of every ActNorm from the batch `x`, in order."""
         for layer in self.layers:
-            if isinstance(layer, ActNorm):
+            if isinstance(layer, (ActNorm, Partial)):
                 layer.initialize(x)
             x = layer(x)
 
@@ -337,21 +372,30 @@ class GaussianHead(nn.Module):
     classes, so their softmax is Bayes' posterior and they are affine in `z`: the boundary between
     two classes is the hyperplane halfway between their means, orthogonal to `mu_c - mu_k`.
 
-    The means are fixed, orthogonal, `separation` apart (a random orthonormal frame, kept as a
-    buffer). Learned means stayed about 3 apart while a class's features spread over
-    `sqrt(D)` = 28: the class then lives in a sliver of `z`, and moving a point across a boundary
-    barely changes its image. With means far apart, the flow has to map each class to its own
-    cluster, so the step from one class to another is a change of class, not of noise.
+    The means start `separation` apart in a random orthonormal frame of the first `active`
+    channels (all by default). With `learned` they are parameters: trained with the flow's
+    likelihood, each becomes where its class lies in feature space, so `mu_k - mu_c`, the normal of
+    the boundary, carries what separates the two classes over the whole feature tensor (ECINN's
+    move between classes). Fixed means had to be reached by the flow on the few coordinates that
+    hold them: it learned to do that with small changes of the image, and moving a digit across a
+    boundary changed it by noise (validity about 5 % at any margin; learned: 40-75 %).
     """
 
-    def __init__(self, feature_shape: Sequence[int], classes: int, separation: float) -> None:
+    def __init__(self, feature_shape: Sequence[int], classes: int, separation: float,
+                 active: int | None = None, learned: bool = False) -> None:
         super().__init__()
-        d = math.prod(feature_shape)
+        channels, *rest = feature_shape
+        active = channels if active is None else active
+        d = active * math.prod(rest)
         if classes > d:
             raise ValueError(f"{classes} classes need at least as many feature dimensions, not {d}")
         frame = torch.linalg.qr(torch.randn(d, classes, dtype=torch.float64))[0].T.float()
-        radius = separation / math.sqrt(2)
-        self.register_buffer("means", radius * frame.reshape(classes, *feature_shape))
+        means = torch.zeros(classes, *feature_shape)
+        means[:, :active] = separation / math.sqrt(2) * frame.reshape(classes, active, *rest)
+        if learned:
+            self.means = nn.Parameter(means)
+        else:
+            self.register_buffer("means", means)
 
     def bias(self) -> torch.Tensor:
         return -0.5 * self.means.flatten(1).square().sum(dim=1)
@@ -456,35 +500,52 @@ def _conv_subnet(channels: int, hidden: int, kernel: int, out: int) -> nn.Module
 
 def image_classifier(input_shape: Sequence[int], classes: int, downsample: Sequence[int],
                      blocks: Sequence[int], hidden: Sequence[int], kernel: Sequence[int],
-                     separation: float = 10.0) -> InvertibleClassifier:
-    """A Glow-style flow with a class-conditional Gaussian head (means `separation` apart).
+                     separation: float = 10.0, split: Sequence[bool] | None = None,
+                     means: str = "fixed") -> InvertibleClassifier:
+    """A multi-scale Glow-style flow with a class-conditional Gaussian head.
 
     The logit transform first; stage `s` then starts with a `downsample[s]` space-to-depth
     (channels x f^2, sides / f) and has `blocks[s]` steps of ActNorm, invertible 1x1 convolution
-    and affine coupling, whose subnets have `hidden[s]` channels and `kernel[s]` x `kernel[s]`
-    convolutions. The sides must be divisible by the product of `downsample`.
+    and affine coupling on its active channels, whose subnets have `hidden[s]` channels and
+    `kernel[s]` x `kernel[s]` convolutions. Where `split[s]`, half of the active channels leave the
+    flow after stage `s` (Glow's factor-out; `Partial`): they are modelled by the prior as they
+    are, and the later stages work on the other half. `means` "learned": the class means start
+    `separation` apart in a random frame of the whole feature tensor and are trained; "fixed":
+    they stay `separation` apart on the channels active in the last stage. The sides must be
+    divisible by the product of `downsample`.
     """
     channels, height, width = input_shape
-    if not (len(downsample) == len(blocks) == len(hidden) == len(kernel)) or not downsample:
-        raise ValueError("downsample, blocks, hidden and kernel need one entry per stage")
+    split = [False] * len(downsample) if split is None else list(split)
+    if not (len(downsample) == len(blocks) == len(hidden) == len(kernel) == len(split)) \
+            or not downsample:
+        raise ValueError("downsample, blocks, hidden, kernel and split need one entry per stage")
     layers: list[Bijection] = [Logit()]
-    for factor, n_blocks, n_hidden, size in zip(downsample, blocks, hidden, kernel):
+    active = channels
+    for factor, n_blocks, n_hidden, size, halve in zip(downsample, blocks, hidden, kernel, split):
         if height % factor or width % factor:
             raise ValueError(f"{height}x{width} features cannot be down-sampled by {factor}")
         layers.append(SpaceToDepth(factor))
         channels, height, width = channels * factor**2, height // factor, width // factor
-        if n_blocks and channels % 2:
-            raise ValueError(f"{channels} channels cannot be split into halves for a coupling")
-        half = channels // 2
+        active *= factor**2
+        if (n_blocks or halve) and active % 2:
+            raise ValueError(f"{active} channels cannot be split into halves")
+        half = active // 2
+        steps: list[Bijection] = []
         for _ in range(n_blocks):
-            mix = InvertibleConv1x1 if channels <= MAX_CONV_CHANNELS else Permutation
-            layers += [ActNorm(channels), mix(channels),
-                       AffineCoupling(_conv_subnet(half, n_hidden, size, 2 * half))]
+            mix = InvertibleConv1x1 if active <= MAX_CONV_CHANNELS else Permutation
+            steps += [ActNorm(active), mix(active),
+                      AffineCoupling(_conv_subnet(half, n_hidden, size, 2 * (active - half)))]
+        if steps:
+            layers.append(Partial(active, steps))
+        if halve:
+            active = half
     spec = {"type": "image", "input_shape": list(input_shape), "classes": classes,
             "downsample": list(downsample), "blocks": list(blocks), "hidden": list(hidden),
-            "kernel": list(kernel), "separation": separation}
-    return InvertibleClassifier(InvertibleNet(layers),
-                                GaussianHead((channels, height, width), classes, separation), spec)
+            "kernel": list(kernel), "separation": separation, "split": split, "means": means}
+    learned = means == "learned"
+    head = GaussianHead((channels, height, width), classes, separation,
+                        None if learned else active, learned)
+    return InvertibleClassifier(InvertibleNet(layers), head, spec)
 
 
 @torch.inference_mode()
@@ -505,7 +566,8 @@ def build(spec: dict[str, Any]) -> InvertibleClassifier:
                               spec["hidden"])
     if spec.get("type") == "image":
         return image_classifier(spec["input_shape"], spec["classes"], spec["downsample"],
-                                spec["blocks"], spec["hidden"], spec["kernel"], spec["separation"])
+                                spec["blocks"], spec["hidden"], spec["kernel"], spec["separation"],
+                                spec.get("split"), spec.get("means", "fixed"))
     raise ValueError(f"unknown invertible classifier type {spec.get('type')!r}")
 
 

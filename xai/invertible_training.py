@@ -169,7 +169,8 @@ def train_image(cfg: InvertibleImageConfig, ds: Dataset, device: torch.device,
     schedule; gradients clipped to norm `cfg.clip`. `seconds` counts the training steps only.
     """
     net = image_classifier(ds.input_shape, ds.num_classes, cfg.downsample, cfg.blocks,
-                           cfg.hidden, cfg.kernel, cfg.separation).to(device)
+                           cfg.hidden, cfg.kernel, cfg.separation, cfg.split,
+                           cfg.means).to(device)
     train = ds.train
     dims = math.prod(ds.input_shape)
     batches = [index_batches(len(train), cfg.batch_size, generator, device)
