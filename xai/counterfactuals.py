@@ -7,8 +7,10 @@ logits (`xai.boundary.cross`). The measures (Wachter et al. 2017; Van Looveren a
 - validity: the independent black box, shown `x_cf` clipped to [0, 1] (the picture a person
   sees), answers `k`; `reached`: the invertible model itself answers `k` (1 up to float error);
 - proximity: mean L1 and L2 norm of `x - x_cf` (pixels in [0, 1]);
-- plausibility: bits per dimension of `x_cf` under the flow, beside those of the real test
-  images (dequantised, as in training), and the share of pixels more than `RANGE_TOLERANCE`
+- plausibility: bits per dimension under the flow of the picture a person sees (`x_cf` clipped
+  to [0, 1] and quantised to 8 bits), beside those of the real test images, both dequantised as
+  in training (a pixel the move saturated has a log-density near minus infinity as a float,
+  which says nothing of the picture), and the share of pixels more than `RANGE_TOLERANCE`
   outside [0, 1] before clipping;
 - the boundary importance's post-hoc accuracy: the model shown only the top `k` chunks of
   `|d(f_c - f_k)/dx (x_p) * (x - x_p)|` (the rest 0) keeps its prediction; beside the same
@@ -72,9 +74,10 @@ def counterfactual_quality(model: InvertibleClassifier, blackbox: torch.nn.Modul
         add("l2", delta.norm(dim=1))
         add("out_of_range", ((x_cf < -RANGE_TOLERANCE) | (x_cf > 1 + RANGE_TOLERANCE))
             .flatten(1).float().mean(1))
-        add("bits_per_dim", bits_per_dim(model, x_cf))
-        noise = torch.rand(raw.shape, generator=generator).to(raw.device)
-        add("test_bits_per_dim", bits_per_dim(model, dequantize(raw, noise)))
+        picture = (x_cf.clamp(0, 1) * 255).round().to(torch.uint8)
+        noise = torch.rand((2, *raw.shape), generator=generator).to(raw.device)
+        add("bits_per_dim", bits_per_dim(model, dequantize(picture, noise[0])))
+        add("test_bits_per_dim", bits_per_dim(model, dequantize(raw, noise[1])))
         predicted = projection.source
         add("boundary_posthoc", _posthoc(model, x, boundary.importance(model, projection),
                                          predicted, k, chunk))
