@@ -24,14 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xai.blackbox import load_blackbox, load_probabilities  # noqa: E402
-from xai.config import load_config  # noqa: E402
-from xai.data import load_dataset  # noqa: E402
-from xai.encoding import encoding_correct  # noqa: E402
-from xai.tracking import NullRun  # noqa: E402
-from xai.training import History  # noqa: E402
-from xai.vibi import Vibi  # noqa: E402
-from xai.vibi_training import Targets, explain, spec_for, summarize, train  # noqa: E402
+from xai.models.blackbox import load_blackbox, load_probabilities  # noqa: E402
+from xai.pipeline.config import load_config  # noqa: E402
+from xai.data.prepared import load_dataset  # noqa: E402
+from xai.evaluation.encoding import encoding_correct  # noqa: E402
+from xai.pipeline.tracking import NullRun  # noqa: E402
+from xai.train.loop import History  # noqa: E402
+from xai.explain.vibi import Vibi  # noqa: E402
+from xai.train.vibi import Targets, explain, spec_for, summarize, train  # noqa: E402
 
 ENCODING_IMAGES = 3000
 

@@ -7,25 +7,25 @@ import time
 
 import torch
 
-from xai import cli, tracking
-from xai.attribution import (BoundaryProjection, GradientSaliency, GradientShapAttribution,
+from xai.pipeline import cli, tracking
+from xai.explain.attribution import (BoundaryProjection, GradientSaliency, GradientShapAttribution,
                              InputTimesGradient, IntegratedGradientsAttribution,
                              KernelShapAttribution, LimeAttribution, Occlusion, RandomChunks,
                              SmoothGrad, VibiAttribution)
-from xai.blackbox import load_blackbox
-from xai.config import flatten, load_config
-from xai.data import load_dataset
+from xai.models.blackbox import load_blackbox
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError, DataError
-from xai.evaluation import (Settings, construction_note, differences, evaluate, markdown,
+from xai.evaluation.table import (Settings, construction_note, differences, evaluate, markdown,
                             summary)
-from xai.explainers import evaluation_budgets
-from xai.figures import deletion_insertion_figure, measures_figure, save_png
-from xai.invertible import IMAGE_KIND, load_classifier
+from xai.models.explainers import evaluation_budgets
+from xai.viz.figures import deletion_insertion_figure, measures_figure, save_png
+from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.io import save_json, write_bytes
-from xai.judge import load_judge
-from xai.training import seed_everything, to_unit
-from xai.vibi import load_vibi
+from xai.evaluation.judge import load_judge
+from xai.train.loop import seed_everything, to_unit
+from xai.explain.vibi import load_vibi
 
 SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "deletion_auc_road", "insertion_auc_road",
                    "encoding_accuracy", "sparseness", "infidelity", "max_sensitivity",

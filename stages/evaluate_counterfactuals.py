@@ -4,7 +4,7 @@ counterfactuals are, judged by the independent black box, on the whole test set.
 Reads the image classifier of `train_invertible` and the black box of `train_blackbox` (a stage of
 its own, so neither model is re-trained when the other changes) and writes
 `metrics/counterfactuals.json`: validity, proximity, plausibility and the boundary importance's
-post-hoc accuracy beside gradient saliency's (`xai.counterfactuals`).
+post-hoc accuracy beside gradient saliency's (`xai.evaluation.counterfactuals`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from xai import cli, tracking
-from xai.blackbox import load_blackbox
-from xai.config import flatten, load_config
-from xai.counterfactuals import counterfactual_quality
-from xai.data import load_dataset
+from xai.pipeline import cli, tracking
+from xai.models.blackbox import load_blackbox
+from xai.pipeline.config import flatten, load_config
+from xai.evaluation.counterfactuals import counterfactual_quality
+from xai.data.prepared import load_dataset
 from xai.devices import select_device
-from xai.invertible import IMAGE_KIND, load_classifier
+from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.io import save_json
-from xai.training import seed_everything
+from xai.train.loop import seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:

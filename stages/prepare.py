@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from xai import cli, tracking
-from xai.config import flatten, load_config
-from xai.data import save_dataset
-from xai.paths import resolve_input
-from xai.sources import load_images
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import save_dataset
+from xai.pipeline.paths import resolve_input
+from xai.data.sources import load_images
 
 
 def main(argv: list[str] | None = None) -> None:

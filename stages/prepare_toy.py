@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from xai import cli, tracking
-from xai.config import flatten, load_config
-from xai.data import save_dataset
-from xai.toy import make_toy
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import save_dataset
+from xai.data.toy import make_toy
 
 
 def main(argv: list[str] | None = None) -> None:

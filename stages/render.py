@@ -7,19 +7,19 @@ from pathlib import Path
 
 import torch
 
-from xai import cli, tracking
-from xai.blackbox import load_probabilities
-from xai.config import flatten, load_config
-from xai.data import load_dataset
+from xai.pipeline import cli, tracking
+from xai.models.blackbox import load_probabilities
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
-from xai.figures import read_rows, save_png, training_curves
-from xai.invertible import IMAGE_KIND, load_classifier
-from xai.invertible_training import PROJECTIONS_KIND
+from xai.viz.figures import read_rows, save_png, training_curves
+from xai.models.invertible import IMAGE_KIND, load_classifier
+from xai.train.invertible import PROJECTIONS_KIND
 from xai.io import load_torch
-from xai.render import (counterfactual_rows, counterfactuals, toy_boundary, vibi_grid,
+from xai.viz.render import (counterfactual_rows, counterfactuals, toy_boundary, vibi_grid,
                         vibi_panels)
-from xai.training import to_unit
-from xai.vibi_training import EXPLANATIONS_KIND
+from xai.train.loop import to_unit
+from xai.train.vibi import EXPLANATIONS_KIND
 
 
 def _pick(n: int, count: int, generator: torch.Generator) -> list[int]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from xai import cli, tracking
-from xai.blackbox import describe, evaluate, probabilities, save_blackbox, save_probabilities, \
+from xai.pipeline import cli, tracking
+from xai.models.blackbox import describe, evaluate, probabilities, save_blackbox, save_probabilities, \
     train_blackbox
-from xai.config import flatten, load_config
-from xai.data import load_dataset
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.io import save_json
-from xai.training import History, distributed_device, init_distributed, seed_everything
+from xai.train.loop import History, distributed_device, init_distributed, seed_everything
 
 VAL_TARGET = 0.99  # time-to-quality: first epoch at which validation accuracy reaches this
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
-        run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.augment": trained.augment})
+        run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.data.augment": trained.augment})
         run.tag_outputs(args.model, args.probs)
     print(f"train_blackbox: {trained.spec.arch} on {data.name}: test accuracy {test_acc:.4f}, "
           f"loss {test_loss:.4f}, {train_seconds:.0f} s training")

@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from xai import cli, tracking
-from xai.config import flatten, load_config
-from xai.data import load_dataset
+from xai.pipeline import cli, tracking
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError
-from xai.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifier
-from xai.invertible_training import (check, image_projections, toy_projections, train_image,
+from xai.models.invertible import IMAGE_KIND, TOY_KIND, image_classifier, save_classifier
+from xai.train.invertible import (check, image_projections, toy_projections, train_image,
                                      train_toy)
 from xai.io import save_json, save_torch
-from xai.training import (History, cpu_threads, distributed_device, init_distributed,
+from xai.train.loop import (History, cpu_threads, distributed_device, init_distributed,
                           seed_everything)
 
 

@@ -6,15 +6,15 @@ import argparse
 
 import torch
 
-from xai import cli, tracking
-from xai.blackbox import load_blackbox, load_probabilities
-from xai.config import flatten, load_config
-from xai.data import load_dataset
+from xai.pipeline import cli, tracking
+from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import load_dataset
 from xai.devices import select_device
-from xai.explainers import CHUNK_SIZE
+from xai.models.explainers import CHUNK_SIZE
 from xai.io import save_json
-from xai.judge import Judge, JudgeTraining, agreement, num_chunks, save_judge, train_judge
-from xai.training import History, seed_everything
+from xai.evaluation.judge import Judge, JudgeTraining, agreement, num_chunks, save_judge, train_judge
+from xai.train.loop import History, seed_everything
 
 REPORTED_SHARES = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # budgets reported, share of chunks
 

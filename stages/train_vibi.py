@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import argparse
 
-from xai import cli, tracking
-from xai.blackbox import load_blackbox, load_probabilities
-from xai.config import flatten, load_config
-from xai.data import load_dataset
+from xai.pipeline import cli, tracking
+from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.pipeline.config import flatten, load_config
+from xai.data.prepared import load_dataset
 from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import file_md5, save_json, save_torch
-from xai.training import History, distributed_device, init_distributed, seed_everything
-from xai.vibi import Vibi, load_vibi, save_vibi
-from xai.vibi_training import (Targets, entry_settings, explain, explanations_state, spec_for,
+from xai.train.loop import History, distributed_device, init_distributed, seed_everything
+from xai.explain.vibi import Vibi, load_vibi, save_vibi
+from xai.train.vibi import (Targets, entry_settings, explain, explanations_state, spec_for,
                                summarize, train)
 
 VAL_TARGET = 0.90  # time-to-quality: first epoch at which validation fidelity reaches this

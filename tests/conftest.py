@@ -16,8 +16,8 @@ from PIL import Image
 
 import torch
 
-from xai.config import set_dotted
-from xai.data import Dataset, Split, save_dataset
+from xai.pipeline.config import set_dotted
+from xai.data.prepared import Dataset, Split, save_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

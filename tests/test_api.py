@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import xai
-import xai.api
+import xai.explain.vibi_api
 from tests.conftest import ROOT
 
 
@@ -21,7 +21,7 @@ def test_public_names_are_exported():
 
 
 def test_the_module_example_runs():
-    assert doctest.testmod(xai.api).failed == 0
+    assert doctest.testmod(xai.explain.vibi_api).failed == 0
 
 
 def test_the_example_explains_a_user_model():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xai.attribution import KernelShapAttribution, LimeAttribution, Occlusion
-from xai.measures import chunk_areas
+from xai.explain.attribution import KernelShapAttribution, LimeAttribution, Occlusion
+from xai.evaluation.measures import chunk_areas
 
 
 class OneChunkModel(nn.Module):

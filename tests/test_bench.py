@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from xai import bench
+from xai.pipeline import bench
 
 
 def test_bench_writes_every_case(params, tmp_path):

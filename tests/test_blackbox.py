@@ -9,9 +9,9 @@ import torch
 
 from stages import train_blackbox
 from tests.conftest import separable
-from xai.augment import random_crop, random_flip
-from xai.blackbox import architecture, load_blackbox, load_probabilities
-from xai.config import load_config
+from xai.data.augment import random_crop, random_flip
+from xai.models.blackbox import architecture, load_blackbox, load_probabilities
+from xai.pipeline.config import load_config
 from xai.errors import CheckpointError, ConfigError
 from xai.io import save_torch
 
@@ -73,7 +73,7 @@ def test_resnet_on_colour_images(params):
 
 def test_foreign_model_file_is_refused(tmp_path):
     path = tmp_path / "m.pt"
-    save_torch({"kind": "xai.blackbox", "architecture": {"arch": "small_cnn", "in_channels": 1,
+    save_torch({"kind": "xai.models.blackbox", "architecture": {"arch": "small_cnn", "in_channels": 1,
                 "num_classes": 10, "image_size": 28, "width": 8}, "state_dict": {"w": torch.ones(1)}},
                path)
     with pytest.raises(CheckpointError, match="does not match"):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.test_invertible import randomise, tiny_image_model
-from xai import boundary
-from xai.invertible import toy_classifier
+from xai.explain import boundary
+from xai.models.invertible import toy_classifier
 
 
 def toy_model(classes: int = 2, seed: int = 0) -> torch.nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xai.config import flatten, load_config
+from xai.pipeline.config import flatten, load_config
 from xai.devices import select_device
 from xai.errors import ConfigError
 

@@ -12,11 +12,11 @@ import torch
 
 from stages import prepare, prepare_toy
 from tests.conftest import ROOT, image_tree, write_tar
-from xai.config import load_config
-from xai.data import load_dataset
+from xai.pipeline.config import load_config
+from xai.data.prepared import load_dataset
 from xai.errors import DataError
-from xai.sources import load_images, read_folder
-from xai.toy import make_toy
+from xai.data.sources import load_images, read_folder
+from xai.data.toy import make_toy
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])

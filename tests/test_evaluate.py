@@ -9,11 +9,11 @@ import pytest
 
 from stages import evaluate
 from tests.test_figures import assert_png
-from xai.blackbox import Architecture, save_blackbox
+from xai.models.blackbox import Architecture, save_blackbox
 from xai.errors import ConfigError
-from xai.judge import Judge, save_judge
-from xai.invertible import IMAGE_KIND, image_classifier, save_classifier
-from xai.vibi import Vibi, VibiSpec, save_vibi
+from xai.evaluation.judge import Judge, save_judge
+from xai.models.invertible import IMAGE_KIND, image_classifier, save_classifier
+from xai.explain.vibi import Vibi, VibiSpec, save_vibi
 
 TINY_EVAL = {"device": "cpu", "vibi.k": 1, "evaluate.num_images": 16, "evaluate.budgets": [1, 2],
              "evaluate.curve_points": 5, "evaluate.ig_steps": 4, "evaluate.robustness_images": 4,
@@ -102,7 +102,7 @@ def test_colour_images_with_pixel_chunks_evaluate_completely(tmp_path, params):
     """The CIFAR-10 shape of the problem (3 channels, `Unet` 1-pixel chunks shared by the
     channels) once crashed Captum's max-sensitivity on a non-contiguous map."""
     from tests.conftest import separable
-    from xai.data import Dataset, save_dataset
+    from xai.data.prepared import Dataset, save_dataset
 
     data = tmp_path / "colour.pt"
     save_dataset(Dataset("tiny", ("left", "right"), separable(128, 3), separable(32, 3, seed=1),

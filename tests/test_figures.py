@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from xai.figures import read_rows, save_png, training_curves
+from xai.viz.figures import read_rows, save_png, training_curves
 from xai.io import save_csv
 
 
@@ -25,8 +25,8 @@ def test_training_curves_from_plots_files(tmp_path):
 
 
 def test_sweep_keeps_the_newest_run_per_point_and_plots(tmp_path):
-    from xai.sweep import beta_figure, sweep_points
-    from xai.tracking import RunRecord
+    from xai.pipeline.sweep import beta_figure, sweep_points
+    from xai.pipeline.tracking import RunRecord
 
     def rec(t, k, beta, fid):
         return RunRecord(str(t), "", "FINISHED", t, {"vibi.k": str(k), "vibi.beta": str(beta)},
@@ -56,7 +56,7 @@ def _toy_state(classes: int, n: int = 40) -> dict:
 
 
 def test_toy_boundary_two_and_three_classes(tmp_path):
-    from xai.render import toy_boundary
+    from xai.viz.render import toy_boundary
 
     for classes in (2, 3):
         save_png(toy_boundary(_toy_state(classes), [0, 5, 9]), tmp_path / f"toy{classes}.png", 80)
@@ -64,9 +64,9 @@ def test_toy_boundary_two_and_three_classes(tmp_path):
 
 
 def test_vibi_grid_and_counterfactuals(tmp_path):
-    from xai.data import Split
-    from xai.invertible import image_classifier
-    from xai.render import counterfactual_rows, counterfactuals, vibi_grid, vibi_panels
+    from xai.data.prepared import Split
+    from xai.models.invertible import image_classifier
+    from xai.viz.render import counterfactual_rows, counterfactuals, vibi_grid, vibi_panels
 
     g = torch.Generator().manual_seed(0)
     test = Split(torch.randint(0, 256, (6, 1, 8, 8), generator=g, dtype=torch.uint8),

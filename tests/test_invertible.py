@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xai.errors import CheckpointError
-from xai.invertible import (IMAGE_KIND, TOY_KIND, ActNorm, AffineCoupling, ChannelMLP, Coupling,
+from xai.models.invertible import (IMAGE_KIND, TOY_KIND, ActNorm, AffineCoupling, ChannelMLP, Coupling,
                             GaussianHead, InvertibleClassifier, InvertibleConv1x1, InvertibleNet,
                             Logit, Permutation, SpaceToDepth,
                             image_classifier, load_classifier, reconstruction_error,

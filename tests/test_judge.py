@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from xai.blackbox import Architecture
-from xai.encoding import encoding_correct
-from xai.judge import (Judge, JudgeTraining, agreement, fill, load_judge, num_chunks,
+from xai.models.blackbox import Architecture
+from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.judge import (Judge, JudgeTraining, agreement, fill, load_judge, num_chunks,
                        random_chunk_masks, save_judge, train_judge)
-from xai.measures import expand
-from xai.training import History
-from xai.tracking import NullRun
+from xai.evaluation.measures import expand
+from xai.train.loop import History
+from xai.pipeline.tracking import NullRun
 
 
 def test_random_masks_keep_the_budget_and_cover_every_size():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xai.measures import (auc, chunk_areas, chunk_scores, deletion_insertion, expand,
+from xai.evaluation.measures import (auc, chunk_areas, chunk_scores, deletion_insertion, expand,
                           posthoc_agreement, sparseness, top_k_mask)
 
 
@@ -66,8 +66,8 @@ def test_exact_attribution_beats_random_on_deletion_and_posthoc():
 
 def test_partial_chunks_match_the_explainer_grid():
     # ResNet_8x on 28 x 28: a 4 x 4 grid whose last row and column are 4 px wide
-    from xai.attribution import VibiAttribution
-    from xai.vibi import Vibi, VibiSpec
+    from xai.explain.attribution import VibiAttribution
+    from xai.explain.vibi import Vibi, VibiSpec
 
     vibi = Vibi(VibiSpec("ResNet_8x", 1, 0.25, 1, 28, 28, 10, 3)).eval()
     areas = chunk_areas((1, 28, 28), 8)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xai.encoding import encoding_correct
-from xai.sanity import parameter_layers, randomised, ranks, spearman
-from xai.uncertainty import bootstrap, paired_difference, resample_indices
+from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.sanity import parameter_layers, randomised, ranks, spearman
+from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():

@@ -39,8 +39,8 @@ def test_queued_workers_wait_passively_unless_the_user_chose(tmp_path):
     assert _wait_policy(tmp_path, {"DVC_ROOT": str(ROOT), "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
 
 
-PLUMBING = {"xai/config.py", "xai/io.py", "xai/tracking.py", "xai/cli.py", "xai/errors.py",
-            "xai/paths.py"}  # validation, file and MLflow plumbing: they do not shape outputs
+PLUMBING = {"xai/pipeline/config.py", "xai/io.py", "xai/pipeline/tracking.py", "xai/pipeline/cli.py", "xai/errors.py",
+            "xai/pipeline/paths.py"}  # validation, file and MLflow plumbing: they do not shape outputs
 
 
 def _xai_imports(path: Path) -> set[str]:

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from xai.readme import BLOCKS, ROOT, render
+from xai.pipeline.readme import BLOCKS, ROOT, render
 
 
 def test_readme_results_match_the_committed_metrics():
     readme = (ROOT / "README.md").read_text()
-    assert render(readme) == readme, "README drifted from metrics/: run python -m xai.readme"
+    assert render(readme) == readme, "README drifted from metrics/: run python -m xai.pipeline.readme"
 
 
 def test_a_changed_metric_changes_the_readme(tmp_path):

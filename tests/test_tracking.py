@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from mlflow.tracking import MlflowClient
 
-from xai import tracking
-from xai.config import load_config
+from xai.pipeline import tracking
+from xai.pipeline.config import load_config
 from xai.errors import TrackingError
 
 
@@ -136,7 +136,7 @@ def test_outputs_lead_back_to_the_run_that_wrote_them(tracked, tmp_path):
 
 
 def test_history_batches_epochs_into_mlflow_and_the_plots_file(tracked, tmp_path):
-    from xai.training import History
+    from xai.train.loop import History
 
     cfg, uri = tracked
     with tracking.stage_run(cfg, "train", {}) as run:

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from stages import evaluate_counterfactuals, train_invertible
-from xai.blackbox import Architecture, save_blackbox
-from xai.config import load_config
-from xai.data import Dataset, Split, save_dataset
+from xai.models.blackbox import Architecture, save_blackbox
+from xai.pipeline.config import load_config
+from xai.data.prepared import Dataset, Split, save_dataset
 from xai.errors import ConfigError
-from xai.invertible import IMAGE_KIND, TOY_KIND, load_classifier, toy_classifier
-from xai.invertible_training import ToyRestarts
+from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier, toy_classifier
+from xai.train.invertible import ToyRestarts
 from xai.io import load_torch
-from xai.toy import make_toy
-from xai.training import cpu_threads
+from xai.data.toy import make_toy
+from xai.train.loop import cpu_threads
 
 TINY = {
     "toy.n_samples": 90, "toy.dataset": "blobs",

@@ -10,16 +10,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xai import vibi_training
-from xai.config import load_config
+from xai.train import vibi
+from xai.pipeline.config import load_config
 from xai.errors import CheckpointError, ConfigError
-from xai.explainers import CHUNK_SIZE, build_explainer
+from xai.models.explainers import CHUNK_SIZE, build_explainer
 from xai.io import save_torch
-from xai.tracking import NullRun
-from xai.training import History
-from xai.vibi import (Vibi, VibiSpec, gumbel_softmax_draws, hard_top_k, kl_to_uniform,
+from xai.pipeline.tracking import NullRun
+from xai.train.loop import History
+from xai.explain.vibi import (Vibi, VibiSpec, gumbel_softmax_draws, hard_top_k, kl_to_uniform,
                       load_vibi, relaxed_k_hot, save_vibi, soft_cross_entropy, vibi_loss)
-from xai.vibi_training import Targets, explain, summarize, train
+from xai.train.vibi import Targets, explain, summarize, train
 
 
 @pytest.fixture(autouse=True)
@@ -273,7 +273,7 @@ def test_model_round_trips_with_weights_only(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     for a, b in zip(model.explain(x), loaded.explain(x)):
         torch.testing.assert_close(a, b)
-    save_torch({"kind": "xai.vibi", "spec": {"explainer_type": "nope"}, "state_dict": {}},
+    save_torch({"kind": "xai.explain.vibi", "spec": {"explainer_type": "nope"}, "state_dict": {}},
                tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="this code can rebuild"):
         load_vibi(tmp_path / "bad.pt")

@@ -9,7 +9,7 @@ import yaml
 from tests.test_blackbox import TINY
 from tests.test_pipeline import DVC, project, run  # noqa: F401 - `project` is a fixture
 from tests.test_vibi_stage import VIBI
-from xai.config import set_dotted
+from xai.pipeline.config import set_dotted
 
 
 def set_params(repo, overrides):

@@ -11,7 +11,7 @@ from stages import train_blackbox, train_vibi
 from tests.test_blackbox import TINY
 from xai.errors import CheckpointError
 from xai.io import load_torch
-from xai.vibi import load_vibi
+from xai.explain.vibi import load_vibi
 
 VIBI = {**TINY, "vibi.width": 0.25, "vibi.k": 1, "vibi.epochs": 1, "vibi.l2x_epochs": 1,
         "vibi.batch_size": 32, "vibi.warmup_steps": 2}

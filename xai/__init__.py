@@ -3,9 +3,9 @@
 The public API (see the README's "Python API"):
 
 - `VIBI(blackbox, k=..., beta=...).fit(x_train).attribute(x)`: VIBI for any model;
-- the explanation methods of the evaluation, one call shape each (`xai.attribution`).
+- the explanation methods of the evaluation, one call shape each (`xai.explain.attribution`).
 
-Names are imported on first use, so `import xai.boundary` does not load Captum.
+Names are imported on first use, so `import xai.explain.boundary` does not load Captum.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_WHERE = {"VIBI": "xai.api",
-          **{name: "xai.attribution" for name in (
+_WHERE = {"VIBI": "xai.explain.vibi_api",
+          **{name: "xai.explain.attribution" for name in (
               "GradientSaliency", "GradientShapAttribution", "InputTimesGradient",
               "IntegratedGradientsAttribution", "KernelShapAttribution", "LimeAttribution",
               "Occlusion", "RandomChunks", "SmoothGrad")}}

@@ -25,14 +25,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xai.approximator import Approximator
+from xai.models.approximator import Approximator
 from xai.errors import CheckpointError
-from xai.explainers import CHUNK_SIZE, build_explainer, chunk_grid
-from xai.measures import chunks_to_pixels
+from xai.models.explainers import CHUNK_SIZE, build_explainer, chunk_grid
+from xai.evaluation.measures import chunks_to_pixels
 from xai.io import load_torch, save_torch
-from xai.training import state_dict_cpu
+from xai.train.loop import state_dict_cpu
 
-KIND = "xai.vibi"
+KIND = "xai.explain.vibi"
 
 
 # ----------------------------------------------------------------------------- the math

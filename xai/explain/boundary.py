@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from xai.invertible import InvertibleClassifier
-from xai.training import predict
+from xai.models.invertible import InvertibleClassifier
+from xai.train.loop import predict
 
 _BATCH = 1024
 
@@ -185,7 +185,7 @@ def importance(model: InvertibleClassifier, projection: Projection,
             logits = model(x_p)
             margin = logits.gather(1, c) - logits.gather(1, k)
             # gradient into x_p only (the weights' .grad stay untouched); unlike
-            # autograd.grad this also runs under torch's FLOP counter (xai.bench)
+            # autograd.grad this also runs under torch's FLOP counter (xai.pipeline.bench)
             torch.autograd.backward(margin.sum(), inputs=[x_p])
         grads.append(x_p.grad)
     return (torch.cat(grads) * projection.explanation).abs()

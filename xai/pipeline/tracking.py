@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xai.config import Config, TrackingConfig
+from xai.pipeline.config import Config, TrackingConfig
 from xai.errors import TrackingError
 from xai.io import file_md5
-from xai.paths import project_root
+from xai.pipeline.paths import project_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

@@ -23,8 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from xai.config import DataConfig
-from xai.data import Dataset, Split, train_val_split
+from xai.pipeline.config import DataConfig
+from xai.data.prepared import Dataset, Split, train_val_split
 from xai.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

@@ -6,8 +6,8 @@ import torch
 from sklearn.datasets import make_blobs, make_circles, make_moons
 from sklearn.model_selection import train_test_split
 
-from xai.config import ToyConfig
-from xai.data import Dataset, Split
+from xai.pipeline.config import ToyConfig
+from xai.data.prepared import Dataset, Split
 
 #: The reference's noise (for blobs: the cluster standard deviation), used when `toy.noise` is null.
 REFERENCE_NOISE = {"moons": 0.2, "circles": 0.2, "blobs": 0.4}

@@ -29,7 +29,7 @@ from torch import nn
 
 from xai.errors import CheckpointError
 from xai.io import load_torch, save_torch
-from xai.training import state_dict_cpu
+from xai.train.loop import state_dict_cpu
 
 TOY_KIND = "xai.invertible_toy"
 IMAGE_KIND = "xai.invertible_image"

@@ -1,6 +1,6 @@
 """The figures people look at: decision boundaries, VIBI explanations, counterfactuals.
 
-Each function takes tensors (already computed by the training stages or by `xai.boundary`) and
+Each function takes tensors (already computed by the training stages or by `xai.explain.boundary`) and
 returns a matplotlib figure of a fixed size; `xai.figures.save_png` writes it.
 """
 
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from xai.boundary import Projection, cross, importance, project
-from xai.data import Split
-from xai.explainers import CHUNK_SIZE
-from xai.figures import new_figure
-from xai.measures import chunks_to_pixels
-from xai.training import to_unit
+from xai.explain.boundary import Projection, cross, importance, project
+from xai.data.prepared import Split
+from xai.models.explainers import CHUNK_SIZE
+from xai.viz.figures import new_figure
+from xai.evaluation.measures import chunks_to_pixels
+from xai.train.loop import to_unit
 
 CLASS_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
                  "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]

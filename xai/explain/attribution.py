@@ -19,7 +19,7 @@ import torch
 from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from torch import nn
 
-from xai.measures import chunk_areas, chunk_grid, expand
+from xai.evaluation.measures import chunk_areas, chunk_grid, expand
 
 
 class Attribution(Protocol):
@@ -294,6 +294,6 @@ class BoundaryProjection:
     name: str = "boundary_projection"
 
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        from xai.boundary import BoundaryImportance
+        from xai.explain.boundary import BoundaryImportance
 
         return BoundaryImportance(self.model).attribute(inputs, target=target)

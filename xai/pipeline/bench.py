@@ -1,6 +1,6 @@
 """Benchmark: each training and inference path at its default shapes against the machine's limit.
 
-    python -m xai.bench [--params params.yaml] [--out bench.json] [--seconds 4] [--only vibi]
+    python -m xai.pipeline.bench [--params params.yaml] [--out bench.json] [--seconds 4] [--only vibi]
 
 First measures the ceiling (fp32 matmul GFLOP/s, bf16 too where supported), then runs a fixed
 number of steps of every case on synthetic inputs of the configured shapes and reports images/s,
@@ -24,10 +24,10 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai.config import IMAGE_SHAPES, Config, load_config
+from xai.pipeline.config import IMAGE_SHAPES, Config, load_config
 from xai.devices import fast_bf16, select_device, use_bf16
 from xai.io import save_json
-from xai.training import autocast, cpu_threads
+from xai.train.loop import autocast, cpu_threads
 
 MATMUL_SIDES = (256, 512, 1024, 2048)
 
@@ -147,7 +147,7 @@ def run_case(case: Case, device: torch.device, ceilings: dict[str, float], secon
 
 def blackbox_cases(cfg: Config, device: torch.device) -> list[Case]:
     """The black box's training step and its batched inference, at the configured shapes."""
-    from xai.blackbox import Architecture, architecture, make_optimizer
+    from xai.models.blackbox import Architecture, architecture, make_optimizer
 
     shape = _input_shape(cfg)
     spec: Architecture = architecture(cfg.blackbox, shape, 10)
@@ -188,14 +188,14 @@ def _input_shape(cfg: Config) -> tuple[int, int, int]:
 @functools.cache
 def _prepared_shape() -> tuple[int, int, int]:
     """The prepared image set's shape, read once for all cases."""
-    from xai.data import load_dataset
+    from xai.data.prepared import load_dataset
 
     return load_dataset("data/prepared/images.pt").input_shape  # type: ignore[return-value]
 
 
 def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
     """VIBI's training step (relaxed k-hot masks) and its test-time pass (top-k masks)."""
-    from xai.vibi import Vibi, VibiSpec, vibi_loss
+    from xai.explain.vibi import Vibi, VibiSpec, vibi_loss
 
     v = cfg.vibi
     c, h, w = _input_shape(cfg)
@@ -230,9 +230,9 @@ def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
 def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
     """The invertible classifiers' training steps (toy restarts together; image net, on the
     stage's `threads`) and the image projection + importance used by render and evaluate."""
-    from xai.boundary import importance, project
-    from xai.invertible import image_classifier, toy_classifier
-    from xai.invertible_training import ToyRestarts, hybrid_loss
+    from xai.explain.boundary import importance, project
+    from xai.models.invertible import image_classifier, toy_classifier
+    from xai.train.invertible import ToyRestarts, hybrid_loss
 
     inv = cfg.invertible
     shape = _input_shape(cfg)
@@ -280,8 +280,8 @@ def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
 
 def evaluation_cases(cfg: Config, device: torch.device) -> list[Case]:
     """The evaluation's costliest path: integrated gradients on the black box."""
-    from xai.attribution import IntegratedGradientsAttribution
-    from xai.blackbox import architecture
+    from xai.explain.attribution import IntegratedGradientsAttribution
+    from xai.models.blackbox import architecture
 
     shape = _input_shape(cfg)
     model = architecture(cfg.blackbox, shape, 10).build().to(device).eval()

@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai.augment import random_crop, random_flip
-from xai.config import BlackboxConfig
-from xai.data import Dataset
+from xai.data.augment import random_crop, random_flip
+from xai.pipeline.config import BlackboxConfig
+from xai.data.prepared import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError
 from xai.io import load_torch, save_torch
-from xai.training import (Distributed, History, Progress, autocast, check_finite, index_batches,
+from xai.train.loop import (Distributed, History, Progress, autocast, check_finite, index_batches,
                           predict, state_dict_cpu, to_unit, unwrap)
 
-MODEL_KIND = "xai.blackbox"
+MODEL_KIND = "xai.models.blackbox"
 PROBS_KIND = "xai.blackbox_probs"
 
 

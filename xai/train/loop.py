@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from xai.errors import TrainingError
 from xai.io import save_csv
-from xai.tracking import Run, now_ms
+from xai.pipeline.tracking import Run, now_ms
 
 
 def seed_everything(seed: int, device: torch.device) -> torch.Generator:

@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xai.attribution import VibiAttribution
-from xai.config import VibiConfig
+from xai.explain.attribution import VibiAttribution
+from xai.pipeline.config import VibiConfig
 from xai.errors import DataError
-from xai.explainers import check_fits
+from xai.models.explainers import check_fits
 from xai.io import load_torch, save_torch
-from xai.tracking import NullRun
-from xai.training import History, state_dict_cpu
-from xai.vibi import Vibi, VibiSpec, vibi_from_state
-from xai.vibi_training import Targets, train
+from xai.pipeline.tracking import NullRun
+from xai.train.loop import History, state_dict_cpu
+from xai.explain.vibi import Vibi, VibiSpec, vibi_from_state
+from xai.train.vibi import Targets, train
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 KIND = "xai.api.vibi"

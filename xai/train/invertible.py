@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai import boundary
-from xai.config import InvertibleImageConfig, InvertibleToyConfig
-from xai.data import Dataset, Split
-from xai.invertible import (InvertibleClassifier, image_classifier, reconstruction_error,
+from xai.explain import boundary
+from xai.pipeline.config import InvertibleImageConfig, InvertibleToyConfig
+from xai.data.prepared import Dataset, Split
+from xai.models.invertible import (InvertibleClassifier, image_classifier, reconstruction_error,
                             toy_classifier)
-from xai.training import (Distributed, History, Progress, check_finite, cpu_threads,
+from xai.train.loop import (Distributed, History, Progress, check_finite, cpu_threads,
                           index_batches, predict, to_unit, unwrap)
 
 PROJECTIONS_KIND = "xai.invertible_projections"

@@ -309,7 +309,7 @@ class Config:
 
     def _check_chunks(self, shape: tuple[int, int, int]) -> None:
         """`vibi.k` and `evaluate.budgets` against the explainer's chunks of these images."""
-        from xai.explainers import check_fits, evaluation_budgets
+        from xai.models.explainers import check_fits, evaluation_budgets
 
         v = self.vibi
         chunks = check_fits(v.explainer_type, v.xpl_channels, v.k, shape, self.data.dataset)

@@ -24,15 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai.config import VibiConfig
-from xai.data import Dataset
+from xai.pipeline.config import VibiConfig
+from xai.data.prepared import Dataset
 from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.explainers import check_fits
+from xai.models.explainers import check_fits
 from xai.io import load_torch, save_torch
-from xai.training import (Distributed, History, Progress, autocast, check_finite,
+from xai.train.loop import (Distributed, History, Progress, autocast, check_finite,
                           deferred_interrupts, index_batches, state_dict_cpu, to_unit)
-from xai.vibi import (Vibi, VibiSpec, js_divergence, kl_to_uniform, relaxed_k_hot,
+from xai.explain.vibi import (Vibi, VibiSpec, js_divergence, kl_to_uniform, relaxed_k_hot,
                       soft_cross_entropy, vibi_loss)
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"

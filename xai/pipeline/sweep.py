@@ -1,6 +1,6 @@
 """Plot a VIBI sweep from MLflow: fidelity and KL against beta, one line per k.
 
-    python -m xai.sweep [--baseline REV] [--model models/vibi.pt] [--out figures/sweep_beta.png]
+    python -m xai.pipeline.sweep [--baseline REV] [--model models/vibi.pt] [--out figures/sweep_beta.png]
 
 Reads the finished `train_vibi` runs of the tracking store named in params.yaml (those of one
 `dvc exp run --queue` sweep when `--baseline` names its baseline commit, else all), plus the run
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from xai import tracking
-from xai.config import load_config
-from xai.figures import new_figure, save_png
+from xai.pipeline import tracking
+from xai.pipeline.config import load_config
+from xai.viz.figures import new_figure, save_png
 from xai.io import save_csv
 
 STAGE = "train_vibi"

@@ -8,7 +8,7 @@ it cannot reward a method for encoding the class in the position of its chunks.
 
 The judge sees the filled image and the keep-mask as one more input channel, so it can tell a
 removed chunk from a dark one. Removed pixels are filled with 0 or, for a share of each batch,
-with ROAD's noisy linear imputation (`xai.imputation`), the two fills the evaluation uses. It has
+with ROAD's noisy linear imputation (`xai.evaluation.imputation`), the two fills the evaluation uses. It has
 the black box's architecture (one more input channel) and by default starts from its weights
 (the mask channel's weights start at 0), which makes it a close surrogate in a short training.
 """
@@ -23,14 +23,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xai.blackbox import Architecture
+from xai.models.blackbox import Architecture
 from xai.errors import CheckpointError
-from xai.imputation import noisy_linear_impute
+from xai.evaluation.imputation import noisy_linear_impute
 from xai.io import load_torch, save_torch
-from xai.measures import chunk_grid, expand
-from xai.training import History, Progress, check_finite, index_batches, state_dict_cpu, to_unit
+from xai.evaluation.measures import chunk_grid, expand
+from xai.train.loop import History, Progress, check_finite, index_batches, state_dict_cpu, to_unit
 
-KIND = "xai.judge"
+KIND = "xai.evaluation.judge"
 
 
 def random_chunk_masks(n: int, chunks: int, generator: torch.Generator,

@@ -4,18 +4,18 @@ Each method's attribution map is reduced to scores of the same chunks (the VIBI 
 s x s patches, shared by the channels); a budget is a number of chunks kept. Per image:
 - `posthoc_accuracy_k<b>`: the explained model, shown only the top-b chunks (the rest 0), agrees
   with its own prediction on the whole image;
-- `fidelity_k<b>`: the neutral judge (`xai.judge`, trained on random chunk subsets, never on an
+- `fidelity_k<b>`: the neutral judge (`xai.evaluation.judge`, trained on random chunk subsets, never on an
   explainer's) shown the same chunks agrees with the black box;
 - `deletion_auc` / `insertion_auc`: the explained model's probability of its prediction as the
   top chunks are removed (lower is better) / as only they are kept (higher is better), removed
   pixels set to 0; `deletion_auc_road` / `insertion_auc_road`: the same with ROAD's noisy linear
   imputation (Rong et al., 2022): most-relevant-first (MoRF) and least-relevant-first (LeRF);
 - `encoding_accuracy`: the explained model's class predicted from the top-k selection alone
-  (`xai.encoding`); the random method's row is the floor;
+  (`xai.evaluation.encoding`); the random method's row is the floor;
 - `sparseness`: the Gini index of the chunk scores;
 and on the first `robustness_images` images: Captum's `infidelity` and `max_sensitivity` of the
 unit-L1 chunk maps (the same resolution for every method), and the parameter-randomisation sanity
-checks `randomization_spearman_top` / `_all` (`xai.sanity`; lower means the map depends on the
+checks `randomization_spearman_top` / `_all` (`xai.evaluation.sanity`; lower means the map depends on the
 model). The judge's own agreement with the black box on random subsets of each budget is
 `judge_agreement_k<b>`. Every measure has a 95 % bootstrap interval over images, and every method
 a paired interval of its difference to a reference method.
@@ -32,15 +32,15 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 from tqdm import tqdm
 
-from xai.attribution import Attribution, spread
-from xai.encoding import encoding_correct
-from xai.imputation import noisy_linear_impute
-from xai.judge import Judge, agreement
-from xai.measures import (auc, chunk_scores, deletion_insertion, expand, posthoc_agreement,
+from xai.explain.attribution import Attribution, spread
+from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.imputation import noisy_linear_impute
+from xai.evaluation.judge import Judge, agreement
+from xai.evaluation.measures import (auc, chunk_scores, deletion_insertion, expand, posthoc_agreement,
                           sparseness, top_k_mask)
-from xai.sanity import randomised, spearman
-from xai.training import predict
-from xai.uncertainty import bootstrap, paired_difference, resample_indices
+from xai.evaluation.sanity import randomised, spearman
+from xai.train.loop import predict
+from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 
 #: Measures the headline table shows at the explainer's budget k, and every difference.
 HEADLINE = ("posthoc_accuracy", "fidelity", "deletion_auc", "insertion_auc", "deletion_auc_road",

@@ -23,13 +23,13 @@ import math
 
 import torch
 
-from xai import boundary
-from xai.attribution import GradientSaliency
-from xai.data import Split
-from xai.invertible import InvertibleClassifier
-from xai.invertible_training import dequantize
-from xai.measures import chunk_scores, expand, posthoc_agreement, top_k_mask
-from xai.training import to_unit
+from xai.explain import boundary
+from xai.explain.attribution import GradientSaliency
+from xai.data.prepared import Split
+from xai.models.invertible import InvertibleClassifier
+from xai.train.invertible import dequantize
+from xai.evaluation.measures import chunk_scores, expand, posthoc_agreement, top_k_mask
+from xai.train.loop import to_unit
 
 #: A pixel counts as out of range when it lies more than this outside [0, 1].
 RANGE_TOLERANCE = 0.05

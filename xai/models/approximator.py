@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from xai.explainers import channels
+from xai.models.explainers import channels
 
 
 class Approximator(nn.Module):

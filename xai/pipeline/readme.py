@@ -1,7 +1,7 @@
 """The README's results, generated from the committed metrics so no number is typed by hand.
 
-    python -m xai.readme            # rewrite the marked blocks of README.md
-    python -m xai.readme --check    # exit 1 if README.md differs from what the metrics say
+    python -m xai.pipeline.readme            # rewrite the marked blocks of README.md
+    python -m xai.pipeline.readme --check    # exit 1 if README.md differs from what the metrics say
 
 A block sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; everything else in the
 README is left alone. `tests/test_readme.py` fails when a block drifts from the metrics.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from xai.evaluation import construction_note, markdown
+from xai.evaluation.table import construction_note, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = render(current)
     if args.check:
         if wanted != current:
-            print("README.md results differ from the metrics: run python -m xai.readme")
+            print("README.md results differ from the metrics: run python -m xai.pipeline.readme")
             return 1
         return 0
     path.write_text(wanted)

@@ -1,0 +1,1 @@
+"""Data: raw sources (torchvision sets, class folders), prepared tensors, toy sets, augmentation."""

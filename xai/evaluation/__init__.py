@@ -1,0 +1,1 @@
+"""Evaluation: measures, the neutral judge, imputation, intervals, the table of methods."""

@@ -1,0 +1,1 @@
+"""Explanations: VIBI, boundary projections, attribution methods (one call shape)."""

@@ -1,0 +1,1 @@
+"""Models: the black box, the invertible classifier, VIBI's explainer and approximator nets."""

@@ -1,0 +1,1 @@
+"""Training loops: shared building blocks, the invertible classifiers, VIBI / L2X."""

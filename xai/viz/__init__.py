@@ -1,0 +1,1 @@
+"""Figures: matplotlib basics and the figures people look at."""
