@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         run.log_metrics({k: v for k, v in {**metrics, **timings}.items() if v is not None})
-        run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.data.augment": trained.augment})
+        run.set_tags({"xai.blackbox_arch": trained.spec.arch, "xai.augment": trained.augment})
         run.tag_outputs(args.model, args.probs)
     print(f"train_blackbox: {trained.spec.arch} on {data.name}: test accuracy {test_acc:.4f}, "
           f"loss {test_loss:.4f}, {train_seconds:.0f} s training")

@@ -73,7 +73,7 @@ def test_resnet_on_colour_images(params):
 
 def test_foreign_model_file_is_refused(tmp_path):
     path = tmp_path / "m.pt"
-    save_torch({"kind": "xai.models.blackbox", "architecture": {"arch": "small_cnn", "in_channels": 1,
+    save_torch({"kind": "xai.blackbox", "architecture": {"arch": "small_cnn", "in_channels": 1,
                 "num_classes": 10, "image_size": 28, "width": 8}, "state_dict": {"w": torch.ones(1)}},
                path)
     with pytest.raises(CheckpointError, match="does not match"):

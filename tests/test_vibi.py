@@ -273,7 +273,7 @@ def test_model_round_trips_with_weights_only(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     for a, b in zip(model.explain(x), loaded.explain(x)):
         torch.testing.assert_close(a, b)
-    save_torch({"kind": "xai.explain.vibi", "spec": {"explainer_type": "nope"}, "state_dict": {}},
+    save_torch({"kind": "xai.vibi", "spec": {"explainer_type": "nope"}, "state_dict": {}},
                tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="this code can rebuild"):
         load_vibi(tmp_path / "bad.pt")

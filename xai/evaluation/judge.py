@@ -30,7 +30,7 @@ from xai.io import load_torch, save_torch
 from xai.evaluation.measures import chunk_grid, expand
 from xai.train.loop import History, Progress, check_finite, index_batches, state_dict_cpu, to_unit
 
-KIND = "xai.evaluation.judge"
+KIND = "xai.judge"
 
 
 def random_chunk_masks(n: int, chunks: int, generator: torch.Generator,

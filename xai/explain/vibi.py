@@ -32,7 +32,7 @@ from xai.evaluation.measures import chunks_to_pixels
 from xai.io import load_torch, save_torch
 from xai.train.loop import state_dict_cpu
 
-KIND = "xai.explain.vibi"
+KIND = "xai.vibi"
 
 
 # ----------------------------------------------------------------------------- the math

@@ -27,7 +27,7 @@ from xai.io import load_torch, save_torch
 from xai.train.loop import (Distributed, History, Progress, autocast, check_finite, index_batches,
                           predict, state_dict_cpu, to_unit, unwrap)
 
-MODEL_KIND = "xai.models.blackbox"
+MODEL_KIND = "xai.blackbox"
 PROBS_KIND = "xai.blackbox_probs"
 
 
