@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     r = cfg.render
-    with tracking.stage_run(cfg, "render", flatten(r, "render")) as run, \
-            transaction() as outputs:
+    params = {**flatten(r, "render"),
+              "invertible.counterfactual.margin": cfg.invertible.counterfactual.margin}
+    with tracking.stage_run(cfg, "render", params) as run, transaction() as outputs:
         g = torch.Generator().manual_seed(r.seed)
         data = load_dataset(args.data)
         if r.counterfactual_target is not None and r.counterfactual_target >= data.num_classes:
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model = load_classifier(args.invertible, IMAGE_KIND).eval()
         chosen = to_unit(data.test.x[_pick(len(data.test), r.counterfactual_images, g)])
-        rows = counterfactual_rows(model, chosen, r.counterfactual_target)
+        rows = counterfactual_rows(model, chosen, r.counterfactual_target,
+                                   cfg.invertible.counterfactual.margin)
         save_png(counterfactuals(rows, data.classes), args.counterfactual_figure, r.dpi)
 
         histories = {Path(p).stem: read_rows(p) for p in args.plots}

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
 
-from stages import train_invertible
+from stages import evaluate_counterfactuals, train_invertible
 from xai.data.prepared import Dataset, Split, save_dataset
 from xai.data.toy import make_toy
 from xai.errors import ConfigError
 from xai.io import load_torch
+from xai.models.blackbox import Architecture, save_blackbox
 from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier, toy_classifier
 from xai.pipeline.config import load_config
 from xai.train.invertible import ToyRestarts
@@ -25,7 +27,8 @@ TINY = {
     "invertible.image.downsample": [2, 2], "invertible.image.blocks": [1, 1],
     "invertible.image.hidden": [4, 8], "invertible.image.kernel": [3, 1],
     "invertible.image.epochs": 2, "invertible.image.batch_size": 8,
-    "invertible.image.eval_batch_size": 7,
+    "invertible.image.eval_batch_size": 7, "invertible.image.separation": 4.0,
+    "invertible.counterfactual.batch_size": 6, "invertible.counterfactual.posthoc_chunk": 2,
 }
 METRICS = {"toy_test_accuracy", "max_reconstruction_error", "max_projection_residual",
            "image_test_accuracy", "image_max_reconstruction_error",
@@ -103,6 +106,51 @@ def test_stage_writes_models_projections_and_metrics(tmp_path, params):
     assert len(image_rows) == 1 + 2 and "val_accuracy" in image_rows[0]
 
 
+def test_parts_run_alone_and_a_part_needs_its_outputs(tmp_path, params):
+    argv, out = stage_argv(tmp_path, params(TINY))
+    toy_only = [a for i, a in enumerate(argv) if not _image_arg(argv, i)]
+    train_invertible.main(toy_only)
+    metrics = json.loads(open(out["metrics"]).read())
+    assert "toy_test_accuracy" in metrics and "image_test_accuracy" not in metrics
+    assert not (tmp_path / "out" / "image-model.pt").exists()
+    with pytest.raises(SystemExit):
+        train_invertible.main([a for a in argv if a != "--image-plot"
+                               and a != out["image-plot"]])
+
+
+def _image_arg(argv: list[str], i: int) -> bool:
+    """Whether argv[i] is an --images / --image-* flag or its value."""
+    flag = argv[i] if argv[i].startswith("--") else argv[i - 1]
+    return flag == "--images" or flag.startswith("--image-")
+
+
+def test_counterfactual_stage_writes_finite_measures(tmp_path, params):
+    p = params(TINY)
+    out = run_stage(tmp_path, p)
+    torch.manual_seed(0)
+    spec = Architecture("small_cnn", 1, 3, 8, 4)
+    blackbox = tmp_path / "blackbox.pt"
+    save_blackbox(spec.build(), spec, ("a", "b", "c"), blackbox)
+    metrics_path = tmp_path / "counterfactuals.json"
+    evaluate_counterfactuals.main(["--params", str(p), "--data", str(tmp_path / "images.pt"),
+                                   "--invertible", out["image-model"], "--blackbox",
+                                   str(blackbox), "--metrics", str(metrics_path)])
+    metrics = json.loads(metrics_path.read_text())
+    expected = {"image_counterfactual_validity", "image_counterfactual_reached",
+                "image_counterfactual_l1", "image_counterfactual_l2",
+                "image_counterfactual_out_of_range", "image_counterfactual_bits_per_dim",
+                "image_test_bits_per_dim", "image_counterfactual_bits_per_dim_gap",
+                "image_boundary_posthoc_accuracy_k4", "image_saliency_posthoc_accuracy_k4"}
+    assert set(metrics) == expected
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["image_counterfactual_reached"] == 1.0  # the model itself gives the target
+    for key in expected - {"image_counterfactual_bits_per_dim", "image_test_bits_per_dim",
+                           "image_counterfactual_bits_per_dim_gap", "image_counterfactual_l1",
+                           "image_counterfactual_l2"}:
+        assert 0 <= metrics[key] <= 1
+    assert metrics["image_counterfactual_l1"] > 0
+
+
 def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, params):
     with pytest.raises(ConfigError, match=r"invertible\.image does not fit tiny images"):
         run_stage(tmp_path, params({**TINY, "invertible.image.downsample": [2, 3]}))
@@ -112,6 +160,8 @@ def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, pa
 @pytest.mark.parametrize("overrides, pattern", [
     ({"invertible.image.blocks": [1]}, r"invertible\.image\.blocks = \[1\] needs one entry per"),
     ({"invertible.image.kernel": [3, 2]}, r"invertible\.image\.kernel = \[3, 2\].*odd"),
+    ({"invertible.image.split": [True]}, r"invertible\.image\.split = \[True\] needs one entry"),
+    ({"invertible.image.means": "both"}, r"invertible\.image\.means = 'both'"),
     ({"invertible.image.downsample": [1, 7]}, r"invertible\.image\.downsample\[0\] = 1 is out"),
     ({"invertible.toy.milestones": [40, 20]}, r"invertible\.toy\.milestones = \[40, 20\]"),
     ({"invertible.toy.milestones": [20, 80]}, r"<= invertible\.toy\.epochs = 60"),

@@ -292,7 +292,7 @@ def evaluate(methods: Mapping[str, Method | tuple[Method, str]],
     `methods` maps a name to a method (anything with `attribute(inputs, target)`, e.g. the classes
     of `xai.explain.attribution` or `xai.VIBI`) explaining `model`. With several models, `model` maps
     names to models (the first is the black box the judge mimics) and each method is given as
-    `(method, model name)`. `judge` (`xai.judge.Judge`) adds the fidelity columns; `reference`
+    `(method, model name)`. `judge` (`xai.evaluation.judge.Judge`) adds the fidelity columns; `reference`
     names the method every other is compared with, paired over images. `settings` (or keyword
     changes to its defaults, e.g. `chunk=4, k=4, budgets=(1, 4)`) say how to measure; `k` is
     always one of the budgets.

@@ -42,7 +42,7 @@ class AffineHead(Protocol):
 class Invertible(Protocol):
     """What projection and boundary importance need of a classifier `f(x) = head(T(x))`: the
     features `T(x)`, their inverse, an affine head, and the logits `f(x)` (differentiable in x).
-    `xai.invertible.InvertibleClassifier` is one; any invertible network with these members works.
+    `xai.models.invertible.InvertibleClassifier` is one; any invertible network with these members works.
     """
 
     head: AffineHead
@@ -110,9 +110,13 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(dim=1)
 
 
-def project_features(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Orthogonal projection of each feature tensor onto its hyperplane `w·z + b = 0`."""
-    scale = (_dot(w, z) + b) / _dot(w, w)
+def project_features(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                     margin: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Orthogonal projection of each feature tensor onto the hyperplane `w·z + b = -margin`.
+
+    `margin = 0` is the boundary itself; `margin > 0` lies that far (in logits) past it on the
+    side where `w·z + b < 0`, i.e. where the counterfactual class wins by `margin`."""
+    scale = (_dot(w, z) + b + margin) / _dot(w, w)
     return z - scale.view(-1, *([1] * (z.dim() - 1))) * w
 
 
@@ -150,6 +154,33 @@ def project(model: Invertible, x: torch.Tensor, *,
     return Projection(*(torch.cat([getattr(p, f) for p in parts]) for f in (
         "inputs", "projected", "features", "projected_features", "source", "counterfactual",
         "margin")))
+
+
+@torch.no_grad()
+def cross(model: Invertible, projection: Projection, margin: float,
+          steps: torch.Tensor | None = None, batch_size: int = _BATCH) -> torch.Tensor:
+    """Counterfactuals across the boundary: `T^-1` of the features moved along the boundary's
+    normal until the counterfactual class wins by `margin` logits (`f_k - f_c = margin`).
+
+    The move is orthogonal to the boundary, so `z_cf = z_p + margin / ||w|| * (-w / ||w||)`: the
+    projection `x_p` and the crossed point differ only in the direction that separates the two
+    classes. With `steps` (S values in [0, 1]) returns the walk from `x` (0) through `x_p` to the
+    crossed point (1) instead, in feature space along the straight line, N x S x C x H x W.
+    """
+    out = []
+    for i in range(0, len(projection.inputs), batch_size):
+        z = projection.features[i:i + batch_size]
+        c = projection.source[i:i + batch_size]
+        k = projection.counterfactual[i:i + batch_size]
+        w, b = hyperplane(model, c, k, tuple(z.shape[1:]))
+        z_cf = project_features(z, w, b, margin)
+        if steps is None:
+            out.append(model.inverse(z_cf))
+            continue
+        t = steps.to(z).view(1, -1, *([1] * (z.dim() - 1)))
+        line = z[:, None] + t * (z_cf - z)[:, None]
+        out.append(model.inverse(line.flatten(0, 1)).unflatten(0, line.shape[:2]))
+    return torch.cat(out)
 
 
 def margin_at(model: Invertible, x: torch.Tensor, source: torch.Tensor,

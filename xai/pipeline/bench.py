@@ -231,19 +231,19 @@ def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
     stage's `threads`) and the image projection + importance used by render and evaluate."""
     from xai.explain.boundary import importance, project
     from xai.models.invertible import image_classifier, toy_classifier
-    from xai.train.invertible import ToyRestarts
+    from xai.train.invertible import ToyRestarts, hybrid_loss
 
     inv = cfg.invertible
     shape = _input_shape(cfg)
     net = image_classifier(shape, 10, inv.image.downsample, inv.image.blocks, inv.image.hidden,
-                           inv.image.kernel).to(device)
+                           inv.image.kernel, inv.image.separation).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=inv.image.lr)
     x = torch.rand(inv.image.batch_size, *shape, device=device)
     y = torch.randint(0, 10, (inv.image.batch_size,), device=device)
 
     def image_step() -> None:
         with cpu_threads(inv.image.threads):
-            loss = torch.nn.functional.cross_entropy(net(x), y)
+            loss = hybrid_loss(net.log_joint(x), y, x[0].numel(), inv.image.nll_weight)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -23,6 +23,7 @@ import yaml
 from xai.data.sources import DataConfig
 from xai.data.toy import ToyConfig
 from xai.errors import ConfigError, XaiError
+from xai.evaluation.counterfactuals import InvertibleCounterfactualConfig
 from xai.models.blackbox import BlackboxConfig
 from xai.models.explainers import check_fits, evaluation_budgets
 from xai.settings import SEED_MAX, bounded
@@ -94,10 +95,11 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class InvertibleConfig:
-    """Stage `train_invertible`: a toy (2-D) and an image invertible classifier."""
+    """Stages `train_invertible_toy`, `train_invertible` and `evaluate_counterfactuals`."""
 
     toy: InvertibleToyConfig
     image: InvertibleImageConfig
+    counterfactual: InvertibleCounterfactualConfig
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,21 @@ def _json(root: Path, name: str) -> dict:
     return json.loads((root / name).read_text())
 
 
+def _counterfactual_row(cf: dict) -> str:
+    posthoc = {key.split("_posthoc")[0].removeprefix("image_"): (key.rsplit("_k", 1)[1], v)
+               for key, v in cf.items() if "_posthoc_accuracy_k" in key}
+    return (f"validity (black box gives the target) {cf['image_counterfactual_validity']:.3f}; "
+            f"L1 {cf['image_counterfactual_l1']:.1f}, L2 {cf['image_counterfactual_l2']:.2f}; "
+            f"bits/dim {cf['image_counterfactual_bits_per_dim']:.2f} (test images "
+            f"{cf['image_test_bits_per_dim']:.2f}); pixels out of range "
+            f"{cf['image_counterfactual_out_of_range']:.4f}; post-hoc accuracy on its own model "
+            + ", ".join(f"{name} {v:.3f} (k = {k})" for name, (k, v) in sorted(posthoc.items())))
+
+
 def stages_block(root: Path) -> str:
     """One row per stage: its headline quality figures from `metrics/*.json`."""
     bb, inv = _json(root, "metrics/blackbox.json"), _json(root, "metrics/invertible.json")
+    toy, cf = _json(root, "metrics/invertible_toy.json"), _json(root, "metrics/counterfactuals.json")
     judge, l2x, vibi = (_json(root, f"metrics/{n}.json") for n in ("judge", "l2x", "vibi"))
     params = yaml.safe_load((root / "params.yaml").read_text())
     v = params["vibi"]
@@ -45,15 +57,17 @@ def stages_block(root: Path) -> str:
                              f"(validation {bb['val_accuracy']:.4f})"),
         ("`train_judge`", f"agreement with the black box on random chunk subsets, by chunks "
                           f"kept: {judge_row}"),
-        ("`train_invertible`, toy", f"test accuracy {inv['toy_test_accuracy']:.4f}; max "
-                                    f"reconstruction error {inv['max_reconstruction_error']:.1e},"
-                                    f" max projection residual "
-                                    f"{inv['max_projection_residual']:.1e}"),
-        ("`train_invertible`, image", f"test accuracy {inv['image_test_accuracy']:.4f}; max "
-                                      f"reconstruction error "
-                                      f"{inv['image_max_reconstruction_error']:.1e}, max "
-                                      f"projection residual "
-                                      f"{inv['image_max_projection_residual']:.1e}"),
+        ("`train_invertible_toy`", f"test accuracy {toy['toy_test_accuracy']:.4f}; max "
+                                   f"reconstruction error {toy['max_reconstruction_error']:.1e},"
+                                   f" max projection residual "
+                                   f"{toy['max_projection_residual']:.1e}"),
+        ("`train_invertible`", f"test accuracy {inv['image_test_accuracy']:.4f}; max "
+                               f"reconstruction error "
+                               f"{inv['image_max_reconstruction_error']:.1e}, max "
+                               f"projection residual "
+                               f"{inv['image_max_projection_residual']:.1e}; training "
+                               f"{inv['image_train_bits_per_dim']:.2f} bits/dim"),
+        ("`evaluate_counterfactuals`", _counterfactual_row(cf)),
     ]
     for name, m, epochs in (("l2x", l2x, v["l2x_epochs"]), ("vibi", vibi, v["epochs"])):
         rows.append((f"`train_{name}` (objective `{v['objective']}`, beta {m['beta']}, "

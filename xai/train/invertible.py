@@ -15,6 +15,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,6 @@ from xai.train.loop import (
     index_batches,
     predict,
     to_unit,
-    unwrap,
 )
 
 
@@ -48,14 +48,19 @@ from xai.train.loop import (
 class InvertibleImageConfig:
     """The image invertible classifier: one entry per stage in each list, and its training."""
 
-    downsample: tuple[int, ...] = bounded((4, 7), ge=2)
-    blocks: tuple[int, ...] = bounded((1, 2), ge=0)
-    hidden: tuple[int, ...] = bounded((32, 512), ge=1)
-    kernel: tuple[int, ...] = bounded((3, 1), ge=1)
-    epochs: int = bounded(2, ge=1)
+    downsample: tuple[int, ...] = bounded((2, 2), ge=2)
+    blocks: tuple[int, ...] = bounded((4, 4), ge=0)
+    hidden: tuple[int, ...] = bounded((32, 64), ge=1)
+    kernel: tuple[int, ...] = bounded((3, 3), ge=1)
+    split: tuple[bool, ...] = (True, False)
+    means: Literal["fixed", "learned"] = "learned"
+    epochs: int = bounded(3, ge=1)
     batch_size: int = bounded(128, ge=1)
-    lr: float = bounded(0.002, gt=0)
-    warmup: float = bounded(0.15, ge=0, lt=1)
+    lr: float = bounded(0.001, gt=0)
+    warmup: float = bounded(0.1, ge=0, lt=1)
+    separation: float = bounded(1.0, gt=0)
+    nll_weight: float = bounded(1.0, ge=0)
+    clip: float = bounded(50.0, gt=0)
     eval_batch_size: int = bounded(1000, ge=1)
     threads: int = bounded(0, ge=0)
 
@@ -64,7 +69,7 @@ class InvertibleImageConfig:
         if stages == 0:
             raise ConfigError("`downsample` must name at least one stage",
                               owner=InvertibleImageConfig, fields=("downsample",))
-        for name in ("blocks", "hidden", "kernel"):
+        for name in ("blocks", "hidden", "kernel", "split"):
             if len(getattr(self, name)) != stages:
                 raise ConfigError(
                     f"`{name}` = {list(getattr(self, name))} needs one entry per "
@@ -199,57 +204,104 @@ def train_toy(cfg: InvertibleToyConfig, ds: Dataset, seed: int, device: torch.de
     return restarts.model(best), best
 
 
+class JointLogProb(torch.nn.Module):
+    """`x -> log p(x, y)` for every class (what the hybrid loss reads), as a module's forward, so
+    DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: InvertibleClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.log_joint(x)
+
+
+def dequantize(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels plus uniform noise in [0, 1), scaled to [0, 1): a density's continuous data."""
+    return (x.float() + noise) / 256.0
+
+
+def hybrid_loss(log_joint: torch.Tensor, y: torch.Tensor, dims: int, nll_weight: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the posterior plus `nll_weight` times `-log p(x | y)` per dimension
+    (nats), from `log p(x, y)` (N x classes) of `D`-dimensional inputs; also returns that NLL."""
+    classes = log_joint.shape[1]
+    ce = F.cross_entropy(log_joint, y)
+    nll = -(log_joint.gather(1, y[:, None])[:, 0] + math.log(classes)).mean() / dims
+    return ce + nll_weight * nll, nll
+
+
 def train_image(cfg: InvertibleImageConfig, ds: Dataset, device: torch.device,
                 generator: torch.Generator, history: History, progress: bool = True,
                 dist: Distributed = Distributed()) -> ImageTraining:
-    """Train the image classifier on `ds.train` (uint8 images), validating after each epoch.
+    """Train the image flow on `ds.train` (uint8 images) with the hybrid objective (Nalisnick et
+    al., 2019): cross-entropy plus `cfg.nll_weight` times the negative log-likelihood per
+    dimension of the dequantised images, validating after each epoch.
 
-    The caller seeds torch (initialisation); `generator` orders the batches. Adam with a
-    one-cycle schedule: the learning rate warms up over `cfg.warmup` of the steps and decays to ~0
-    by the last one. `seconds` counts the training steps only, not validation. Under torchrun
-    each rank takes its slice of every global batch (DistributedDataParallel).
+    The caller seeds torch (initialisation); `generator` orders the batches and draws the
+    dequantisation noise (for the whole global batch, so every rank under torchrun sees what one
+    process would). ActNorm layers start from the first batch's statistics. Adam with a one-cycle
+    schedule; gradients clipped to norm `cfg.clip`. `seconds` counts the training steps only.
     """
     net = image_classifier(ds.input_shape, ds.num_classes, cfg.downsample, cfg.blocks,
-                           cfg.hidden, cfg.kernel).to(device)
-    model = dist.wrap(net, device)
+                           cfg.hidden, cfg.kernel, cfg.separation, cfg.split,
+                           cfg.means).to(device)
     train = ds.train
-    steps = math.ceil(len(train) / cfg.batch_size)
+    dims = math.prod(ds.input_shape)
+    batches = [index_batches(len(train), cfg.batch_size, generator, device)
+               for _ in range(cfg.epochs)]
+    first = batches[0][0]
+    net.net.initialize(dequantize(train.x[first], torch.rand(train.x[first].shape,
+                                                         generator=generator).to(device)))
+    model = dist.wrap(JointLogProb(net), device)
+    steps = len(batches[0])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=cfg.warmup)
     flops_per_image = _training_flops_per_image(net, to_unit(train.x[:cfg.batch_size]),
-                                                train.y[:cfg.batch_size])
+                                                train.y[:cfg.batch_size], cfg.nll_weight)
     seconds = 0.0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         bar = Progress(steps, f"image epoch {epoch}/{cfg.epochs}", progress and dist.is_main)
         total = torch.zeros((), device=device)
+        total_nll = torch.zeros((), device=device)
         start = time.perf_counter()
-        for step, batch in enumerate(index_batches(len(train), cfg.batch_size, generator, device)):
+        for step, batch in enumerate(batches[epoch - 1]):
+            noise = torch.rand((len(batch), *ds.input_shape), generator=generator).to(device)
             idx = dist.shard(batch)
-            loss = F.cross_entropy(model(to_unit(train.x[idx])), train.y[idx])
+            loss, nll = hybrid_loss(model(dequantize(train.x[idx], dist.shard(noise))),
+                                    train.y[idx], dims, cfg.nll_weight)
             check_finite(loss, "train_invertible (image)", epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             scheduler.step()
             total += loss.detach() * len(idx)
-            bar.step(len(batch), **({"loss": float(loss.detach())} if step % 20 == 0 else {}))
+            total_nll += nll.detach() * len(idx)
+            if step % 20 == 0:
+                bar.step(len(batch), loss=float(loss.detach()),
+                         bpd=float(nll.detach()) / math.log(2) + 8)
+            else:
+                bar.step(len(batch))
         seconds += time.perf_counter() - start
         bar.close()
         net.eval()
         val_accuracy = accuracy(net, ds.val, cfg.eval_batch_size) if len(ds.val) else math.nan
-        history.log(epoch, {"train_loss": float(total) * dist.world_size / len(train),
+        scale = dist.world_size / len(train)
+        history.log(epoch, {"train_loss": float(total) * scale,
+                            "train_bits_per_dim": float(total_nll) * scale / math.log(2) + 8,
                             "val_accuracy": val_accuracy, "lr": scheduler.get_last_lr()[0]})
-    return ImageTraining(unwrap(model), seconds, cfg.epochs * len(train) / seconds,
-                         flops_per_image)
+    return ImageTraining(net, seconds, cfg.epochs * len(train) / seconds, flops_per_image)
 
 
-def _training_flops_per_image(model: InvertibleClassifier, x: torch.Tensor, y: torch.Tensor
-                              ) -> float:
-    """FLOPs of one forward + backward pass per image, counted by torch on one batch."""
+def _training_flops_per_image(model: InvertibleClassifier, x: torch.Tensor, y: torch.Tensor,
+                              nll_weight: float) -> float:
+    """FLOPs of one forward + backward pass of the hybrid loss per image, counted by torch on
+    one batch."""
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
+        hybrid_loss(model.log_joint(x), y, x[0].numel(), nll_weight)[0].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(x)
 

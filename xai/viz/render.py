@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from xai.data.prepared import Split
 from xai.evaluation.measures import chunks_to_pixels
-from xai.explain.boundary import importance, project
+from xai.explain.boundary import Projection, cross, importance, project
 from xai.models.explainers import CHUNK_SIZE
 from xai.train.loop import to_unit
 from xai.viz.figures import new_figure
@@ -201,45 +201,70 @@ def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta:
 
 @dataclass(frozen=True)
 class Counterfactual:
-    """One row: an input, its projection onto one boundary, and what separates them."""
+    """One row: an input, its projection onto one boundary, the point across it, and the walk."""
 
     image: torch.Tensor       # C x H x W
-    projected: torch.Tensor   # C x H x W, x_p
+    projected: torch.Tensor   # C x H x W, x_p on the boundary
+    crossed: torch.Tensor     # C x H x W, x_cf: the counterfactual class ahead by `margin`
     importance: torch.Tensor  # C x H x W
+    walk: torch.Tensor        # S x C x H x W, from x (first) through x_p to x_cf (last)
+    walk_margins: torch.Tensor  # S: f_k - f_c along the walk (0 at x_p)
     source: int               # predicted class c
     counterfactual: int       # the class on the other side, k
-    after: tuple[int, int]    # the two most likely classes at x_p (a tie c | k up to float error)
+    crossed_top: int          # the invertible model's class at x_cf (k up to float error)
     kind: str                 # "runner-up" or "target"
 
 
+#: Frames of the walk on each side of x_p (x_p itself is shared).
+WALK_FRAMES = 4
+
+
 def counterfactuals(rows: Sequence[Counterfactual], classes: Sequence[str]) -> Figure:
-    """input | projection onto the boundary | difference x - x_p | importance, per row."""
-    fig, axes = new_figure(10, 2.3 * len(rows) + 0.4, rows=len(rows), cols=4)
+    """input | counterfactual across the boundary | difference x - x_cf | importance, per row;
+    then, for the first row of each kind, the walk from x through x_p to x_cf."""
+    walks = [r for i, r in enumerate(rows) if i == 0 or r.kind != rows[i - 1].kind]
+    frames = len(rows[0].walk) if rows else 0
+    cols = max(4, frames)
+    fig, axes = new_figure(2.0 * cols, 2.2 * (len(rows) + len(walks)) + 0.5,
+                           rows=len(rows) + len(walks), cols=cols)
+    for ax in axes.flat:
+        ax.set_axis_off()
     for r, row in enumerate(rows):
-        a_in, a_proj, a_diff, a_imp = axes[r]
+        a_in, a_cf, a_diff, a_imp = axes[r][:4]
+        c, k = classes[row.source], classes[row.counterfactual]
         _show_image(a_in, row.image.clamp(0, 1))
-        _show_image(a_proj, row.projected.clamp(0, 1))
-        diff = (row.image - row.projected).sum(0)
+        _show_image(a_cf, row.crossed.clamp(0, 1))
+        diff = (row.image - row.crossed).sum(0)
         lim = float(diff.abs().max().clamp_min(1e-8))
         d = a_diff.imshow(diff.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
         imp = a_imp.imshow(row.importance.sum(0).numpy(), cmap="viridis", vmin=0)
         for ax, im in ((a_diff, d), (a_imp, imp)):
+            ax.set_axis_on()
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, shrink=0.8)
-        c, k = classes[row.source], classes[row.counterfactual]
         a_in.set_title(f"input: predicted {c}", fontsize=8)
-        a_proj.set_title(f"x_p on the {c} | {k} boundary\n({row.kind}; top two at x_p: "
-                         f"{classes[row.after[0]]}, {classes[row.after[1]]})", fontsize=7)
-        a_diff.set_title("x - x_p (red: remove)", fontsize=8)
-        a_imp.set_title("importance |grad (f_c - f_k) * (x - x_p)|", fontsize=7)
-    fig.suptitle("Invertible classifier: projections onto decision boundaries (counterfactuals)")
+        a_cf.set_title(f"counterfactual {k} ({row.kind})\nmodel: {classes[row.crossed_top]}",
+                       fontsize=8)
+        a_diff.set_title("x - x_cf (red: remove)", fontsize=8)
+        a_imp.set_title("importance |grad (f_c - f_k)(x_p)\n* (x - x_p)|", fontsize=7)
+    for w, row in enumerate(walks):
+        c, k = classes[row.source], classes[row.counterfactual]
+        for j, (image, margin) in enumerate(zip(row.walk, row.walk_margins)):
+            ax = axes[len(rows) + w][j]
+            _show_image(ax, image.clamp(0, 1))
+            label = "x" if j == 0 else "x_p" if j == WALK_FRAMES - 1 else \
+                "x_cf" if j == len(row.walk) - 1 else ""
+            ax.set_title(f"{label} f_{k} - f_{c} = {float(margin):+.1f}", fontsize=7)
+    fig.suptitle("Invertible classifier: counterfactuals across decision boundaries "
+                 "(bottom: walks from x through x_p)")
     return fig
 
 
-def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | None
-                     ) -> list[Counterfactual]:
-    """Rows for each image: onto the runner-up boundary, and onto `target`'s where it differs."""
+def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | None,
+                        margin: float) -> list[Counterfactual]:
+    """Rows for each image: across the runner-up boundary, and across `target`'s where it differs,
+    `margin` logits past it."""
     jobs = [("runner-up", x, None)]
     if target is not None:
         with torch.no_grad():
@@ -251,9 +276,23 @@ def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | N
             continue
         p = project(model, inputs, counterfactual=counterfactual)
         imp = importance(model, p)
+        crossed = cross(model, p, margin)
+        # the walk: WALK_FRAMES frames from x to x_p, then WALK_FRAMES - 1 more to x_cf, in
+        # feature space along the straight line (x_p lies at t* = m / (m + margin))
+        t_star = p.margin / (p.margin + margin)
+        walks, margins = [], []
+        for i in range(len(inputs)):
+            steps = torch.cat([torch.linspace(0, float(t_star[i]), WALK_FRAMES),
+                               torch.linspace(float(t_star[i]), 1, WALK_FRAMES)[1:]])
+            single = Projection(*(getattr(p, f)[i:i + 1] for f in (
+                "inputs", "projected", "features", "projected_features", "source",
+                "counterfactual", "margin")))
+            walks.append(cross(model, single, margin, steps)[0])
+            margins.append(-(float(p.margin[i]) - steps * (float(p.margin[i]) + margin)))
         with torch.no_grad():
-            after = model(p.projected).topk(2, dim=1).indices
-        rows += [Counterfactual(p.inputs[i], p.projected[i], imp[i], int(p.source[i]),
-                                int(p.counterfactual[i]), tuple(after[i].tolist()), kind)
+            top = model(crossed).argmax(1)
+        rows += [Counterfactual(p.inputs[i], p.projected[i], crossed[i], imp[i], walks[i],
+                                margins[i], int(p.source[i]), int(p.counterfactual[i]),
+                                int(top[i]), kind)
                  for i in range(len(inputs))]
     return rows
