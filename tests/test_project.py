@@ -73,3 +73,15 @@ def test_every_stage_depends_on_the_code_it_runs():
                 todo.append(module)
         listed = {d for d in stage["deps"] if d.endswith(".py")}
         assert listed == needed, f"{name}: missing {needed - listed}, extra {listed - needed}"
+
+
+def test_an_installed_xai_has_every_subpackage():
+    """`pip install .` (not only editable) ships every package under xai/."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    shipped = set(find_packages(ROOT, include=find["find"]["include"]))
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "xai").rglob("__init__.py")}
+    assert len(on_disk) > 5 and on_disk <= shipped, on_disk - shipped
