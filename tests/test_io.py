@@ -17,6 +17,7 @@ from xai.io import (
     save_json,
     save_torch,
     transaction,
+    write_bytes,
 )
 
 
@@ -177,3 +178,15 @@ def test_a_commit_cut_short_is_refused_on_load_and_completed_by_the_next(tmp_pat
     assert recover(tmp_path) == [model, probs]
     assert load_torch(model, kind="xai.model")["v"] == load_torch(probs, kind="xai.probs")["v"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "probs.pt"]
+
+
+def test_a_temporary_file_left_by_a_killed_writer_goes_with_the_next_write(tmp_path):
+    target = tmp_path / "fig.png"
+    stale = tmp_path / ".fig.png.ab12cd_3.tmp"  # what mkstemp left when the writer was killed
+    other = tmp_path / ".fig.png.x.ab12cd_3.tmp"  # a temporary file of another target
+    stale.write_bytes(b"half")
+    other.write_bytes(b"half")
+    with transaction():
+        write_bytes(target, b"new")
+        write_bytes(tmp_path / "table.md", b"new")
+    assert target.read_bytes() == b"new" and not stale.exists() and other.exists()

@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import csv
+import glob
 import hashlib
 import io
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -192,6 +194,15 @@ def pending_commit(path: str | Path) -> Path | None:
     return None
 
 
+def _remove_stale_temps(path: Path, keep: set[Path]) -> None:
+    """Delete temporary files of `path` that a killed writer left behind (a SIGKILL gives no
+    chance to clean up); one stage alone writes a given output, so any not in `keep` is stale."""
+    name = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if name.fullmatch(stale.name) and stale not in keep:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, staged: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
@@ -202,6 +213,7 @@ def atomic_path(path: str | Path, staged: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     txn = _ACTIVE.get() if staged else None
+    _remove_stale_temps(path, set(txn.staged.values()) if txn is not None else set())
     tmp: str | None = None
     try:
         with _signals_held():  # an interrupt inside mkstemp would leave its file behind
