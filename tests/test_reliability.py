@@ -166,3 +166,22 @@ def test_a_tracking_server_lost_mid_stage_still_gives_the_stage_outputs(tiny_ima
     for name in ("model", "probs", "metrics"):  # (plots and timings hold wall times)
         assert files[name].read_bytes() == reference[name].read_bytes(), name
     assert files["plots"].exists() and files["timings"].exists()
+
+
+def test_a_stage_start_sweeps_temporary_files_a_killed_stage_left(tmp_path, monkeypatch):
+    """After a SIGKILL, `dvc repro` may restore a stage's outputs from its run cache without
+    running it; the next stage that starts removes what the killed one had staged."""
+    from xai.pipeline import cli
+
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  render:\n    cmd: x\n    outs:\n      - figures/a.png\n"
+        "    metrics:\n      - m.json:\n          cache: false\n")
+    (tmp_path / "figures").mkdir()
+    stale = [tmp_path / "figures" / ".a.png.k2j4_x9q.tmp", tmp_path / ".m.json.0a1b2c3d.tmp"]
+    mine = tmp_path / "figures" / ".b.png.0a1b2c3d.tmp"  # not an output of any stage
+    for path in (*stale, mine):
+        path.write_bytes(b"half")
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    cli.run(lambda argv: ran.append(argv), "render")
+    assert ran == [None] and not any(p.exists() for p in stale) and mine.exists()

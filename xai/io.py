@@ -31,7 +31,7 @@ import signal
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,9 +194,10 @@ def pending_commit(path: str | Path) -> Path | None:
     return None
 
 
-def _remove_stale_temps(path: Path, keep: set[Path]) -> None:
+def remove_stale_temps(path: str | Path, keep: Collection[Path] = ()) -> None:
     """Delete temporary files of `path` that a killed writer left behind (a SIGKILL gives no
     chance to clean up); one stage alone writes a given output, so any not in `keep` is stale."""
+    path = Path(path)
     name = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         if name.fullmatch(stale.name) and stale not in keep:
@@ -213,7 +214,7 @@ def atomic_path(path: str | Path, staged: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     txn = _ACTIVE.get() if staged else None
-    _remove_stale_temps(path, set(txn.staged.values()) if txn is not None else set())
+    remove_stale_temps(path, set(txn.staged.values()) if txn is not None else set())
     tmp: str | None = None
     try:
         with _signals_held():  # an interrupt inside mkstemp would leave its file behind

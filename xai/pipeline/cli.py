@@ -6,9 +6,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
+import yaml
+
 from xai.errors import XaiError
+from xai.io import remove_stale_temps
 from xai.pipeline.config import param_error
 
 EXIT_USER_ERROR = 2
@@ -17,6 +21,20 @@ EXIT_INTERRUPTED = 130
 
 def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def sweep_stale_temps(dvc_yaml: str | Path = "dvc.yaml") -> None:
+    """Delete the temporary files of every stage output that a SIGKILLed stage left behind.
+
+    A SIGKILL gives a stage no chance to clean up, and `dvc repro` may then restore its outputs
+    from the run cache without running it. DVC runs one stage at a time in a workspace, so when a
+    stage starts no other is writing (under torchrun only rank 0 sweeps)."""
+    path = Path(dvc_yaml)
+    if os.environ.get("RANK", "0") != "0" or not path.is_file():
+        return
+    for stage in (yaml.safe_load(path.read_text()) or {}).get("stages", {}).values():
+        for entry in [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]:
+            remove_stale_temps(path.parent / (next(iter(entry)) if isinstance(entry, dict) else entry))
 
 
 def run(main: Callable[[list[str] | None], None], name: str) -> None:
@@ -28,6 +46,7 @@ def run(main: Callable[[list[str] | None], None], name: str) -> None:
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    sweep_stale_temps()
     try:
         main(None)
     except XaiError as exc:
