@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from xai.data.prepared import Dataset, Split, train_val_split
 from xai.errors import ConfigError, DataError
+from xai.io import file_md5
 from xai.settings import SEED_MAX, bounded
 
 
@@ -123,8 +124,6 @@ def raw_fingerprint(cfg: DataConfig, root: Path) -> dict[str, object]:
     Equal raw data gives an equal fingerprint wherever it lies and whatever its timestamps, so a
     fresh copy of the same data set invalidates nothing.
     """
-    from xai.io import file_md5
-
     files = raw_files(cfg, root)
     return {"dataset": cfg.dataset,
             "files": {name: file_md5(p) if p.is_file() else None for name, p in files.items()}}

@@ -102,6 +102,17 @@ def _store_failure(exc: BaseException) -> bool:
     return isinstance(exc, (MlflowException, OSError))
 
 
+def _log_metrics_to(client: Any, run_id: str,
+                    entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
+    """Log (step, metrics, time in ms) entries to a run in as few requests as MLflow allows."""
+    from mlflow.entities import Metric
+
+    items = [Metric(k, float(v), stamp, step) for step, metrics, stamp in entries
+             for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):  # MLflow's per-batch limit
+        client.log_batch(run_id, metrics=items[i:i + 1000])
+
+
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -156,12 +167,7 @@ class Run:
     def log_metric_steps(self, entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
         """Log (step, metrics, time in ms) entries recorded earlier in as few requests as MLflow
         allows (1000 per batch), each with the time it was recorded."""
-        from mlflow.entities import Metric
-
-        items = [Metric(k, float(v), stamp, step) for step, metrics, stamp in entries
-                 for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        _log_metrics_to(self._client, self.run_id, entries)
 
     @_tolerant
     def log_headline(self, metrics: Mapping[str, float]) -> None:
@@ -169,12 +175,8 @@ class Run:
         (the runs table's columns for comparing pipelines)."""
         self.log_metrics(metrics)
         if self.parent_id:
-            from mlflow.entities import Metric
-
-            stamp = now_ms()
-            items = [Metric(f"{self.stage}.{k}", float(v), stamp, 0) for k, v in metrics.items()]
-            for i in range(0, len(items), 1000):
-                self._client.log_batch(self.parent_id, metrics=items[i:i + 1000])
+            prefixed = {f"{self.stage}.{k}": v for k, v in metrics.items()}
+            _log_metrics_to(self._client, self.parent_id, [(0, prefixed, now_ms())])
 
     @_tolerant
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -341,6 +343,8 @@ def _parent_run(client: Any, exp_id: str, pipeline: str, tags: dict[str, str],
         name = os.environ.get("DVC_EXP_NAME") or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
         run_id, logged = client.create_run(exp_id, tags=parent_tags, run_name=name).info.run_id, {}
     Run(client, run_id).log_params({k: v for k, v in pipeline_params.items() if k not in logged})
+    if not found:  # a new pipeline: the params that tell pipelines apart may have changed
+        update_runs_view(client, exp_id, pipeline_params.get("vibi.k", ""))
     return run_id
 
 
@@ -356,7 +360,6 @@ def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any],
         pipeline = pipeline_id()
         tags = run_tags(stage, pipeline)
         parent = _parent_run(client, exp_id, pipeline, tags, pipeline_params or {})
-        update_runs_view(client, exp_id, (pipeline_params or {}).get("vibi.k", ""))
         tags["mlflow.parentRunId"] = parent
         run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id,
                   parent, stage)
