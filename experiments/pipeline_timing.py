@@ -1,0 +1,88 @@
+"""The whole pipeline at a named setting, end to end, timed stage by stage.
+
+    python experiments/pipeline_timing.py experiments/cifar_cpu_setting.json \
+        --data-root ../shared/datasets > experiments/cifar_cpu_pipeline.json
+
+Clones this repository's HEAD into a temporary directory, sets the keys of the setting file's
+`params` in its params.yaml (dotted keys, as `dvc exp run -S` takes them; `data.root` is
+`--data-root`), then runs `dvc repro <stage>` for every stage in dvc.yaml's order, so each call
+runs that stage alone. Prints one JSON object: the setting, the host, each stage's wall seconds
+(DVC's own overhead included), the total, and every stage's `metrics/*.json`. `--figures DIR`
+keeps the run's figures for looking at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def set_key(params: dict, dotted: str, value: object) -> None:
+    """`params[a][b] = value` for `dotted` = "a.b"; the key must exist (a typo fails here)."""
+    *parents, last = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    if last not in node:
+        raise KeyError(f"params.yaml has no key {dotted}")
+    node[last] = value
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("setting", type=Path)
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--figures", type=Path, help="copy the run's figures here")
+    args = parser.parse_args()
+    setting = json.loads(args.setting.read_text())
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+    with tempfile.TemporaryDirectory(prefix="xai-timing-") as tmp:
+        work = Path(tmp) / "xai"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work)], check=True)
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        for key, value in {**setting["params"],
+                           "data.root": str(args.data_root.resolve())}.items():
+            set_key(params, key, value)
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        stages = list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
+        seconds: dict[str, float] = {}
+        for stage in stages:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=work, env=env,
+                           check=True, stdout=sys.stderr)
+            seconds[stage] = round(time.perf_counter() - start, 1)
+            print(f"{stage}: {seconds[stage]} s", file=sys.stderr, flush=True)
+        metrics = {p.stem: json.loads(p.read_text())
+                   for p in sorted((work / "metrics").glob("*.json"))}
+        if args.figures:
+            shutil.copytree(work / "figures", args.figures, dirs_exist_ok=True)
+    print(json.dumps({"setting": setting, "host": {"cpu": cpu_name(), "cores": os.cpu_count()},
+                      "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                      "metrics": metrics}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
