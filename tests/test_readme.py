@@ -32,4 +32,17 @@ def test_a_missing_block_is_named():
     with pytest.raises(ValueError, match="results:stages"):
         render("no blocks here")
     assert set(BLOCKS) == {"stages", "evaluation", "reliability", "vibi-variants",
-                           "cifar-variants"}
+                           "cifar-variants", "cifar-cpu-variants", "cifar-cpu"}
+
+
+def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
+    for folder in ("metrics", "experiments"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    path = tmp_path / "experiments" / "cifar_cpu_pipeline.json"
+    run = json.loads(path.read_text())
+    run["stage_seconds"]["train_vibi"] = 4321.0
+    run["metrics"]["vibi"]["posthoc_accuracy"] = 0.654321
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-cpu"](tmp_path)
+    assert "| 4321 |" in changed and "0.654" in changed

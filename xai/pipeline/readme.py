@@ -23,7 +23,9 @@ from xai.evaluation.table import construction_note, markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
-            "cifar-variants": "experiments/cifar_variants.jsonl"}
+            "cifar-variants": "experiments/cifar_variants.jsonl",
+            "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl"}
+CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 
 
 def _json(root: Path, name: str) -> dict:
@@ -115,6 +117,33 @@ def variants_block(root: Path, results: str) -> str:
     return "\n".join(lines)
 
 
+def cifar_cpu_block(root: Path) -> str:
+    """The CIFAR-10 CPU setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall
+    seconds per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k`."""
+    run = _json(root, CIFAR_CPU)
+    m = run["metrics"]
+    k = run["setting"]["params"]["vibi.k"]
+    seconds = run["stage_seconds"]
+    lines = [f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
+             f"{run['total_seconds'] / 60:.1f} min in all; black box test accuracy "
+             f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} on the "
+             f"test set {m['vibi']['posthoc_accuracy']:.3f} (L2X {m['l2x']['posthoc_accuracy']:.3f})."
+             , "", "| stage | " + " | ".join(f"`{s}`" for s in seconds) + " |",
+             "|---|" + "---|" * len(seconds),
+             "| seconds | " + " | ".join(f"{v:.0f}" for v in seconds.values()) + " |", "",
+             f"| method (evaluation, {run['setting']['params']['evaluate.num_images']} test images)"
+             f" | post-hoc accuracy at k = {k} | judge fidelity at k = {k} |", "|---|---|---|"]
+    methods = m["evaluation"]["methods"]
+
+    def cell(row: dict, key: str) -> str:
+        return f"{row[key]:.3f} [{row[key + '_ci_low']:.3f}, {row[key + '_ci_high']:.3f}]"
+
+    for name, row in sorted(methods.items(), key=lambda item: -item[1][f"posthoc_accuracy_k{k}"]):
+        lines.append(f"| {name} | {cell(row, f'posthoc_accuracy_k{k}')} | "
+                     f"{cell(row, f'fidelity_k{k}')} |")
+    return "\n".join(lines)
+
+
 def reliability_block(root: Path) -> str:
     """`experiments/reliability.json` (`experiments/reliability.py`): cases tried per test."""
     results = _json(root, "experiments/reliability.json")
@@ -127,7 +156,7 @@ def reliability_block(root: Path) -> str:
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "stages": stages_block, "evaluation": evaluation_block,
-    "reliability": reliability_block,
+    "reliability": reliability_block, "cifar-cpu": cifar_cpu_block,
     **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
 
 
