@@ -6,9 +6,9 @@
 Clones this repository's HEAD into a temporary directory, sets the keys of the setting file's
 `params` in its params.yaml (dotted keys, as `dvc exp run -S` takes them; `data.root` is
 `--data-root`), then runs `dvc repro <stage>` for every stage in dvc.yaml's order, so each call
-runs that stage alone. Prints one JSON object: the setting, the host, each stage's wall seconds
-(DVC's own overhead included), the total, and every stage's `metrics/*.json`. `--figures DIR`
-keeps the run's figures for looking at.
+runs that stage alone. Prints one JSON object: the setting, the params.yaml it ran with, the
+host, each stage's wall seconds (DVC's own overhead included), the total, and every stage's
+`metrics/*.json`. `--figures DIR` keeps the run's figures for looking at.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def main() -> None:
                    for p in sorted((work / "metrics").glob("*.json"))}
         if args.figures:
             shutil.copytree(work / "figures", args.figures, dirs_exist_ok=True)
-    print(json.dumps({"setting": setting, "host": {"cpu": cpu_name(), "cores": os.cpu_count()},
+    print(json.dumps({"setting": setting, "params": params,
+                      "host": {"cpu": cpu_name(), "cores": os.cpu_count()},
                       "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
                       "metrics": metrics}, indent=1))
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
+import yaml
 
 from xai.pipeline.readme import ROOT
 
@@ -29,9 +31,6 @@ def test_a_key_params_yaml_does_not_have_is_refused():
 
 
 def test_the_committed_cifar_setting_names_only_existing_keys():
-    import json
-
-    import yaml
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     setting = json.loads((ROOT / "experiments" / "cifar_cpu_setting.json").read_text())
     for key, value in setting["params"].items():

@@ -370,7 +370,8 @@ def differences(ev: Evaluation, s: Settings, reference: str = "vibi") -> dict[st
     return out
 
 
-def _cell(row: Mapping[str, float], measure: str) -> str:
+def interval_cell(row: Mapping[str, float], measure: str) -> str:
+    """`mean [low, high]` of `measure` in a table row, or "n/a" where the row lacks it."""
     if measure not in row:
         return "n/a"
     return (f"{row[measure]:.3f} [{row[measure + '_ci_low']:.3f}, "
@@ -410,13 +411,13 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
              "|---|---|" + "---|" * len(cols)]
     for name, row in methods.items():
         lines.append(f"| {name} | {row['explains']} | "
-                     + " | ".join(_cell(row, c) for c in cols) + " |")
+                     + " | ".join(interval_cell(row, c) for c in cols) + " |")
     for measure in ("posthoc_accuracy", "fidelity") if judged else ("posthoc_accuracy",):
         lines += ["", f"### {measure} at every budget", "",
                   "| method | " + " | ".join(f"k = {b}" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
         for name, row in methods.items():
-            lines.append(f"| {name} | " + " | ".join(_cell(row, f"{measure}_k{b}")
+            lines.append(f"| {name} | " + " | ".join(interval_cell(row, f"{measure}_k{b}")
                                                       for b in budgets) + " |")
     others = ("sparseness", "infidelity", "max_sensitivity", "randomization_spearman_top",
               "randomization_spearman_all")
@@ -427,13 +428,13 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
                      "by construction: the sanity check cannot pass them.", ""] if blind else []),
               "| method | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     for name, row in methods.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(row, m) for m in others) + " |")
+        lines.append(f"| {name} | " + " | ".join(interval_cell(row, m) for m in others) + " |")
     judge = table["judge"]
     if judged:
         lines += ["", "### The judge: agreement with the black box on random chunk subsets", "",
                   "| " + " | ".join(f"k = {b}" for b in budgets) + " |",
                   "|" + "---|" * len(budgets),
-                  "| " + " | ".join(_cell(judge, f"judge_agreement_k{b}") for b in budgets)
+                  "| " + " | ".join(interval_cell(judge, f"judge_agreement_k{b}") for b in budgets)
                   + " |"]
     if diffs:
         label = "VIBI" if reference == "vibi" else f"`{reference}`"
