@@ -54,6 +54,20 @@ def test_relaxed_k_hot_sums_and_keeps_at_most_k_chunks(tau):
     assert ((mask > 0.5).sum(-1) <= 4).all()  # each draw puts more than 1/2 on one chunk at most
 
 
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_relaxed_k_hot_gradient_is_that_of_the_max_of_the_draws(num_samples):
+    """The hand-written backward equals autograd's through softmax and amax over the draws."""
+    logits = torch.randn(6, 49, requires_grad=True)
+    upstream = torch.randn(6, num_samples, 49)
+    mask = relaxed_k_hot(logits, 4, 0.7, num_samples, torch.Generator().manual_seed(3))
+    reference = gumbel_softmax_draws(logits, 4, 0.7, num_samples,
+                                     torch.Generator().manual_seed(3)).amax(dim=2)
+    torch.testing.assert_close(mask, reference, rtol=0, atol=0)
+    ours, = torch.autograd.grad((mask * upstream).sum(), logits)
+    theirs, = torch.autograd.grad((reference * upstream).sum(), logits)
+    torch.testing.assert_close(ours, theirs)
+
+
 def test_relaxed_k_hot_tends_to_a_sample_of_at_most_k_chunks():
     logits = torch.randn(64, 49)
     mask = relaxed_k_hot(logits, k=4, tau=1e-3, num_samples=2,

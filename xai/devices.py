@@ -48,3 +48,10 @@ def fast_bf16(device: torch.device) -> bool:
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Resolve a `precision` param (auto | fp32 | bf16) for `device`."""
     return precision == "bf16" or (precision == "auto" and fast_bf16(device))
+
+
+def conv_layout(bf16: bool) -> torch.memory_format:
+    """The memory layout for convolutions: channels-last under bf16 autocast, where oneDNN (CPU)
+    and tensor cores (CUDA) run them much faster than in NCHW (a CIFAR VIBI step: 1.6x on a
+    2-core AVX512-BF16 CPU), contiguous NCHW in fp32, where channels-last is slower on a CPU."""
+    return torch.channels_last if bf16 else torch.contiguous_format

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from xai.data.prepared import Dataset
-from xai.devices import use_bf16
+from xai.devices import conv_layout, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.explain.vibi import (
     Vibi,
@@ -154,7 +154,7 @@ def explain_split(model: Vibi, x: torch.Tensor, blackbox: Callable[[torch.Tensor
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("p", "m", "q", "kl", "bb")}
     for i in range(0, len(x), batch_size):
-        xb = to_unit(x[i:i + batch_size])
+        xb = to_unit(x[i:i + batch_size]).contiguous(memory_format=conv_layout(amp))
         with autocast(xb.device, amp):
             logits, mask, approx = model.explain(xb, approximator)
             if blackbox is not None:
@@ -316,6 +316,10 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                                   {"params": model.approximator.parameters(),
                                    "name": "approximator"}], lr=settings.lr)
     frozen = None if blackbox is None else blackbox.eval().requires_grad_(False)
+    layout = conv_layout(amp)
+    for net in (model, frozen):
+        if net is not None:
+            net.to(memory_format=layout)
     approximator = frozen if settings.objective == "blackbox" else None
     objective = dist.wrap(_Objective(model, settings.beta, settings.num_samples,
                                      settings.objective, frozen, settings.straight_through),
@@ -369,7 +373,8 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
                     trains = group["name"] == "explainer" or settings.objective == "published" \
                         or (settings.objective == "realx" and loop.step < warmup)
                     group["lr"] = learning_rate(loop.step, total, settings.lr) if trains else 0.0
-                x, p = to_unit(train_set.x[idx]), train_set.probs[idx]
+                x = to_unit(train_set.x[idx]).contiguous(memory_format=layout)
+                p = train_set.probs[idx]
                 with autocast(device, amp):
                     loss, ce, kl = objective(x, p, tau, loop.step < warmup, noise, shard)
                 check_finite(loss, desc, epoch + 1, loop.step)
