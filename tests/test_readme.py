@@ -43,6 +43,7 @@ def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
     run = json.loads(path.read_text())
     run["stage_seconds"]["train_vibi"] = 4321.0
     run["metrics"]["vibi"]["posthoc_accuracy"] = 0.654321
+    run["params"]["vibi"]["epochs"] = 17
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-cpu"](tmp_path)
-    assert "| 4321 |" in changed and "0.654" in changed
+    assert "| 4321 |" in changed and "0.654" in changed and "17 of VIBI" in changed

@@ -23,7 +23,7 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai.devices import fast_bf16, select_device, use_bf16
+from xai.devices import conv_layout, fast_bf16, select_device, use_bf16
 from xai.io import save_json
 from xai.pipeline.config import IMAGE_SHAPES, Config, load_config
 from xai.train.loop import autocast, cpu_threads
@@ -193,26 +193,34 @@ def _prepared_shape() -> tuple[int, int, int]:
 
 
 def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
-    """VIBI's training step (relaxed k-hot masks) and its test-time pass (top-k masks)."""
-    from xai.explain.vibi import Vibi, VibiSpec, vibi_loss
+    """VIBI's training step as the stage runs it (`vibi.objective`: the frozen black box or the
+    approximator predicts from relaxed k-hot masks) and its test-time pass (top-k masks)."""
+    from xai.explain.vibi import Vibi, VibiSpec
+    from xai.models.blackbox import architecture
+    from xai.train.vibi import TrainingObjective
 
     v = cfg.vibi
     c, h, w = _input_shape(cfg)
     amp = use_bf16(v.precision, device)
-    model = Vibi(VibiSpec(v.explainer_type, v.xpl_channels, v.width, c, h, w, 10, v.k)).to(device)
+    layout = conv_layout(amp)  # as training runs it
+    model = Vibi(VibiSpec(v.explainer_type, v.xpl_channels, v.width, c, h, w, 10, v.k)).to(
+        device, memory_format=layout)
+    blackbox = architecture(cfg.blackbox, (c, h, w), 10).build().to(
+        device, memory_format=layout).eval().requires_grad_(False)
+    objective = TrainingObjective(model, v.beta, v.num_samples, v.objective, blackbox)
     opt = torch.optim.Adam(model.parameters(), lr=v.lr)
-    x = torch.rand(v.batch_size, c, h, w, device=device)
+    x = torch.rand(v.batch_size, c, h, w, device=device).contiguous(memory_format=layout)
     p = torch.softmax(torch.randn(v.batch_size, 10, device=device), -1)
+    noise = torch.Generator(device=device).manual_seed(0)
 
     def train_step() -> None:
         with autocast(device, amp):
-            logits, approx = model(x, v.tau_start, v.num_samples)
-            loss = vibi_loss(p, approx, logits, v.beta)[0]
+            loss = objective(x, p, v.tau_start, False, noise, None)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    xe = torch.rand(1000, c, h, w, device=device)
+    xe = torch.rand(1000, c, h, w, device=device).contiguous(memory_format=layout)
 
     @torch.inference_mode()
     def infer() -> None:
@@ -222,7 +230,8 @@ def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
         model.train()
 
     name = f"{v.explainer_type} x{v.width:g}"
-    return [Case(f"vibi train step ({name}, S={v.num_samples})", train_step, v.batch_size, amp),
+    return [Case(f"vibi train step ({name}, S={v.num_samples}, {v.objective})", train_step,
+                 v.batch_size, amp),
             Case(f"vibi explain ({name})", infer, 1000, amp)]
 
 

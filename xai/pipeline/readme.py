@@ -124,8 +124,11 @@ def cifar_cpu_block(root: Path) -> str:
     m, params, seconds = run["metrics"], run["params"], run["stage_seconds"]
     k = params["vibi"]["k"]
     posthoc, fidelity = f"posthoc_accuracy_k{k}", f"fidelity_k{k}"
+    v = params["vibi"]
     summary = (f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
-               f"{run['total_seconds'] / 60:.1f} min in all; black box test accuracy "
+               f"{run['total_seconds'] / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
+               f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
+               f"{params['evaluate']['num_images']} evaluation images); black box test accuracy "
                f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} on "
                f"the test set {m['vibi']['posthoc_accuracy']:.3f} "
                f"(L2X {m['l2x']['posthoc_accuracy']:.3f}).")

@@ -217,7 +217,7 @@ def targets_digest(*splits: Targets) -> str:
     return digest.hexdigest()[:16]
 
 
-class _Objective(nn.Module):
+class TrainingObjective(nn.Module):
     """One training step's loss as a module, so DistributedDataParallel can wrap the whole step
     (warm-up steps use only the approximator, so the explainer may sit out).
 
@@ -294,7 +294,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     unmasked inputs for `settings.warmup_steps` steps, unless `jump_started` (the pair already
     works on masked inputs). `run_id` goes into the checkpoint fingerprint (e.g. the digest of
     the jump-start model). `settings.objective` says who predicts from the kept chunks
-    (`_Objective`); `blackbox` (a frozen model on float [0, 1] images) is needed for `blackbox`.
+    (`TrainingObjective`); `blackbox` (a frozen model on float [0, 1] images) is needed for `blackbox`.
     With `blackbox`, the approximator is not trained and validation fidelity is the black box's
     own agreement on the kept chunks; with `realx`, the approximator is frozen after warm-up.
     """
@@ -321,7 +321,7 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
         if net is not None:
             net.to(memory_format=layout)
     approximator = frozen if settings.objective == "blackbox" else None
-    objective = dist.wrap(_Objective(model, settings.beta, settings.num_samples,
+    objective = dist.wrap(TrainingObjective(model, settings.beta, settings.num_samples,
                                      settings.objective, frozen, settings.straight_through),
                           device,
                           find_unused_parameters=warmup > 0 or settings.objective != "published")
