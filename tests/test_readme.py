@@ -32,7 +32,7 @@ def test_a_missing_block_is_named():
     with pytest.raises(ValueError, match="results:stages"):
         render("no blocks here")
     assert set(BLOCKS) == {"stages", "evaluation", "reliability", "vibi-variants",
-                           "cifar-variants", "cifar-cpu-variants", "cifar-cpu"}
+                           "cifar-variants", "cifar-cpu-variants", "cifar-cpu", "bench"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
@@ -47,3 +47,13 @@ def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-cpu"](tmp_path)
     assert "| 4321 |" in changed and "0.654" in changed and "17 of VIBI" in changed
+
+
+def test_the_bench_block_follows_the_committed_bench_runs(tmp_path):
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
+    path = tmp_path / "experiments" / "bench.json"
+    run = json.loads(path.read_text())
+    run["cases"][0]["images_per_second"] = 98765.4
+    path.write_text(json.dumps(run))
+    assert "| 98765 |" in BLOCKS["bench"](tmp_path)
+    assert "| 98765 |" not in BLOCKS["bench"](ROOT)

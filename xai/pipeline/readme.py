@@ -26,6 +26,8 @@ VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
             "cifar-variants": "experiments/cifar_variants.jsonl",
             "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl"}
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
+BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
+           "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json"}
 
 
 def _json(root: Path, name: str) -> dict:
@@ -147,6 +149,23 @@ def cifar_cpu_block(root: Path) -> str:
     return "\n".join(lines)
 
 
+def bench_block(root: Path) -> str:
+    """`python -m xai.pipeline.bench --out ...` runs (`BENCHES`): one table per params file."""
+    lines = []
+    for title, name in BENCHES.items():
+        run = _json(root, name)
+        ceiling = ", ".join(f"{k} {v:.0f}" for k, v in run["ceiling_gflops"].items())
+        lines += [f"{title} (`{name}`; {run['device']}, {run['threads']} threads; matmul ceiling "
+                  f"GFLOP/s: {ceiling}):", "",
+                  "| case | batch | precision | img/s | MFLOP/img | GFLOP/s | of ceiling |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['name']} | {c['batch']} | {c['precision']} | "
+                  f"{c['images_per_second']:.0f} | {c['mflop_per_image']:.3g} | "
+                  f"{c['gflops']:.1f} | {c['share_of_ceiling']:.0%} |" for c in run["cases"]]
+        lines.append("")
+    return "\n".join(lines[:-1])
+
+
 def reliability_block(root: Path) -> str:
     """`experiments/reliability.json` (`experiments/reliability.py`): cases tried per test."""
     results = _json(root, "experiments/reliability.json")
@@ -159,7 +178,7 @@ def reliability_block(root: Path) -> str:
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "stages": stages_block, "evaluation": evaluation_block,
-    "reliability": reliability_block, "cifar-cpu": cifar_cpu_block,
+    "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
     **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
 
 
