@@ -69,8 +69,8 @@ class _MaxOfDraws(torch.autograd.Function):
 
     Each chunk's mask value comes from one draw j*, so with G the incoming gradient and y the draws,
     d loss / d logits_m = (G_m mask_m - sum_j c_j y_jm) / tau with c_j = sum of G_i mask_i over the
-    chunks i whose max is in draw j. The backward reads the saved draws once (autograd's amax and
-    softmax backward make several B x S x k x d temporaries): about half a CIFAR step's time."""
+    chunks i whose max is in draw j. The backward reads the saved draws once; autograd's amax and
+    softmax backward made several B x S x k x d temporaries, half of a CIFAR-10 step's time."""
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:
