@@ -27,7 +27,7 @@ from xai.io import save_torch
 from xai.models.explainers import CHUNK_SIZE, build_explainer
 from xai.pipeline.config import load_config, param_error
 from xai.train import vibi as vibi_training
-from xai.train.loop import History
+from xai.train.loop import History, to_unit
 from xai.train.vibi import Targets, explain_split, summarize, train
 
 
@@ -208,6 +208,24 @@ def test_training_learns_input_dependent_non_uniform_explanations(params):
     chosen = expl.top_k.float().argmax(-1)
     assert len(chosen.unique()) == 9  # the chosen chunk depends on the input ...
     assert (chosen == val_set.probs.argmax(-1)).float().mean() > 0.9  # ... and is the patch
+
+
+def test_bf16_training_runs_channels_last_and_its_weights_load_into_a_plain_model(params):
+    """Under bf16 autocast training converts the explainer to channels-last; what it learns
+    (and saves) is layout-free: a fresh NCHW model with its weights explains identically."""
+    settings = tiny_settings(params, precision="bf16", epochs=1, warmup_steps=2)
+    train_set, val_set = position_task(256, 0), position_task(64, 1)
+    model = tiny_model(settings)
+    train(model, settings, train_set, val_set, seed=0, history=History(), show_progress=False)
+    conv = next(m for m in model.explainer.modules()
+                if isinstance(m, nn.Conv2d) and m.in_channels > 1 and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # not NCHW as well (a 1-channel weight is both)
+    plain = tiny_model(settings)
+    plain.load_state_dict(model.state_dict())
+    x = to_unit(val_set.x)
+    with torch.inference_mode():
+        torch.testing.assert_close(plain.eval().chunk_logits(x), model.eval().chunk_logits(x))
 
 
 class PatchReader(nn.Module):
