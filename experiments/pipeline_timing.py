@@ -27,17 +27,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xai.pipeline.config import Config, parse_section, set_dotted  # noqa: E402
 
 
-def set_key(params: dict, dotted: str, value: object) -> None:
-    """`params[a][b] = value` for `dotted` = "a.b"; the key must exist (a typo fails here)."""
-    *parents, last = dotted.split(".")
-    node = params
-    for key in parents:
-        node = node[key]
-    if last not in node:
-        raise KeyError(f"params.yaml has no key {dotted}")
-    node[last] = value
+def configured(params: dict, overrides: dict[str, object]) -> dict:
+    """`params` (params.yaml as read) with the dotted `overrides` set, validated as the stages
+    validate it, so a typo or a bad value fails here rather than minutes into the run."""
+    for dotted, value in overrides.items():
+        set_dotted(params, dotted, value)
+    parse_section(Config, params)
+    return params
 
 
 def cpu_name() -> str:
@@ -62,10 +63,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="xai-timing-") as tmp:
         work = Path(tmp) / "xai"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work)], check=True)
-        params = yaml.safe_load((work / "params.yaml").read_text())
-        for key, value in {**setting["params"],
-                           "data.root": str(args.data_root.resolve())}.items():
-            set_key(params, key, value)
+        params = configured(yaml.safe_load((work / "params.yaml").read_text()),
+                            {**setting["params"], "data.root": str(args.data_root.resolve())})
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         stages = list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
         seconds: dict[str, float] = {}

@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from xai.errors import ConfigError
 from xai.pipeline.readme import ROOT
 
 
@@ -19,19 +20,22 @@ def _module():
     return module
 
 
+def _params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
 def test_a_dotted_key_sets_the_nested_param():
-    params = {"vibi": {"k": 4, "lr": 0.001}, "seed": 0}
-    _module().set_key(params, "vibi.k", 64)
-    assert params == {"vibi": {"k": 64, "lr": 0.001}, "seed": 0}
+    expected = _params()
+    expected["vibi"]["k"] = 8
+    assert _module().configured(_params(), {"vibi.k": 8}) == expected
 
 
 def test_a_key_params_yaml_does_not_have_is_refused():
-    with pytest.raises(KeyError, match="vibi.kk"):
-        _module().set_key({"vibi": {"k": 4}}, "vibi.kk", 64)
+    with pytest.raises(ConfigError, match="vibi.kk"):
+        _module().configured(_params(), {"vibi.kk": 64})
 
 
-def test_the_committed_cifar_setting_names_only_existing_keys():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    setting = json.loads((ROOT / "experiments" / "cifar_cpu_setting.json").read_text())
-    for key, value in setting["params"].items():
-        _module().set_key(params, key, value)
+def test_the_committed_settings_name_only_existing_keys():
+    for name in ("cifar_cpu_setting.json", "default_setting.json"):
+        setting = json.loads((ROOT / "experiments" / name).read_text())
+        _module().configured(_params(), setting["params"])

@@ -124,9 +124,9 @@ def cifar_cpu_block(root: Path) -> str:
     seconds per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k`."""
     run = _json(root, CIFAR_CPU)
     m, params, seconds = run["metrics"], run["params"], run["stage_seconds"]
-    k = params["vibi"]["k"]
-    posthoc, fidelity = f"posthoc_accuracy_k{k}", f"fidelity_k{k}"
     v = params["vibi"]
+    k = v["k"]
+    posthoc, fidelity = f"posthoc_accuracy_k{k}", f"fidelity_k{k}"
     summary = (f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
                f"{run['total_seconds'] / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
                f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
@@ -139,8 +139,8 @@ def cifar_cpu_block(root: Path) -> str:
     lines = [summary, "",
              "| stage | " + " | ".join(f"`{s}`" for s in seconds) + " |",
              "|---|" + "---|" * len(seconds),
-             "| seconds | " + " | ".join(f"{v:.0f}" for v in seconds.values()) + " |", "",
-             construction_note(params["vibi"]["objective"], k), "",
+             "| seconds | " + " | ".join(f"{t:.0f}" for t in seconds.values()) + " |", "",
+             construction_note(v["objective"], k), "",
              header, "|---|---|---|---|"]
     methods = m["evaluation"]["methods"]
     for name, row in sorted(methods.items(), key=lambda item: -item[1][posthoc]):

@@ -294,7 +294,8 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     unmasked inputs for `settings.warmup_steps` steps, unless `jump_started` (the pair already
     works on masked inputs). `run_id` goes into the checkpoint fingerprint (e.g. the digest of
     the jump-start model). `settings.objective` says who predicts from the kept chunks
-    (`TrainingObjective`); `blackbox` (a frozen model on float [0, 1] images) is needed for `blackbox`.
+    (`TrainingObjective`); `blackbox` (a frozen model on float [0, 1] images) is needed for
+    `blackbox`. Under bf16 autocast `model` and `blackbox` are left channels-last.
     With `blackbox`, the approximator is not trained and validation fidelity is the black box's
     own agreement on the kept chunks; with `realx`, the approximator is frozen after warm-up.
     """
@@ -322,7 +323,8 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
             net.to(memory_format=layout)
     approximator = frozen if settings.objective == "blackbox" else None
     objective = dist.wrap(TrainingObjective(model, settings.beta, settings.num_samples,
-                                     settings.objective, frozen, settings.straight_through),
+                                            settings.objective, frozen,
+                                            settings.straight_through),
                           device,
                           find_unused_parameters=warmup > 0 or settings.objective != "published")
     noise = torch.Generator(device=device).manual_seed(seed)
