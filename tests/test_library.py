@@ -67,6 +67,20 @@ def test_evaluate_measures_any_methods_on_any_model():
     assert again.table == report.table
 
 
+def test_evaluate_without_robustness_images_skips_robustness_and_sanity():
+    model = HalfBrightness().eval()
+    x = to_unit(separable(16).x)
+    report = xai.evaluate({"saliency": xai.GradientSaliency(model)}, model, x,
+                          **(SMALL | {"robustness_images": 0}))
+    row = report.table["methods"]["saliency"]
+    assert "deletion_auc" in row and "encoding_accuracy" in row
+    assert not any(key.startswith(("infidelity", "max_sensitivity", "randomization"))
+                   for key in row)
+    text = report.markdown()
+    assert "(robustness and sanity not measured)" in text
+    assert text.count("n/a") == 4  # infidelity, max_sensitivity and both randomisations
+
+
 def test_evaluate_with_two_models_and_a_judge():
     from xai.evaluation.judge import Judge
     from xai.models.blackbox import Architecture

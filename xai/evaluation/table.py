@@ -13,10 +13,10 @@ s x s patches, shared by the channels); a budget is a number of chunks kept. Per
 - `encoding_accuracy`: the explained model's class predicted from the top-k selection alone
   (`xai.evaluation.encoding`); the random method's row is the floor;
 - `sparseness`: the Gini index of the chunk scores;
-and on the first `robustness_images` images: Captum's `infidelity` and `max_sensitivity` of the
-unit-L1 chunk maps (the same resolution for every method), and the parameter-randomisation sanity
-checks `randomization_spearman_top` / `_all` (`xai.evaluation.sanity`; lower means the map depends on the
-model). The judge's own agreement with the black box on random subsets of each budget is
+and on the first `robustness_images` images (none when it is 0): Captum's `infidelity` and
+`max_sensitivity` of the unit-L1 chunk maps (the same resolution for every method), and the
+parameter-randomisation sanity checks `randomization_spearman_top` / `_all`
+(`xai.evaluation.sanity`; lower means the map depends on the model). The judge's own agreement with the black box on random subsets of each budget is
 `judge_agreement_k<b>`. Every measure has a 95 % bootstrap interval over images, and every method
 a paired interval of its difference to a reference method.
 """
@@ -77,7 +77,7 @@ class Settings:
     k: int = 4  # the explainer's budget: the encoding check's selections, the headline column
     chunk: int = 4
     curve_points: int = 17
-    robustness_images: int = 100
+    robustness_images: int = 100  # 0: no robustness or sanity measures (the costly ones)
     perturbations: int = 8
     sensitivity_radius: float = 0.02
     noise_std: float = 0.1
@@ -235,10 +235,11 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
     per_image["sparseness"] = sparseness(scores)
     n = s.robustness_images
     clock.lap("judge_encoding_sparseness")
-    per_image.update(_robustness(entry, scores[:n], x[:n], pred[:n], s))
-    clock.lap("robustness")
-    per_image.update(_sanity(entry, scores[:n], x[:n], pred[:n], s))
-    clock.lap("sanity")
+    if n > 0:
+        per_image.update(_robustness(entry, scores[:n], x[:n], pred[:n], s))
+        clock.lap("robustness")
+        per_image.update(_sanity(entry, scores[:n], x[:n], pred[:n], s))
+        clock.lap("sanity")
     return MethodResult(entry.name, entry.model_name,
                         {k: v.detach().float().cpu() for k, v in per_image.items()}, curves,
                         fractions.cpu(), clock.seconds)
@@ -422,7 +423,9 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
     others = ("sparseness", "infidelity", "max_sensitivity", "randomization_spearman_top",
               "randomization_spearman_all")
     blind = [name for name in ("vibi", "l2x", "random") if name in methods]
-    lines += ["", f"### Other measures (robustness and sanity on {robustness_images} images)",
+    scope = (f"robustness and sanity on {robustness_images} images" if robustness_images
+             else "robustness and sanity not measured")
+    lines += ["", f"### Other measures ({scope})",
               "", *(["VIBI, L2X and random chunks do not read the model when they explain (a "
                      "trained explainer, a random draw), so their randomisation correlations are 1 "
                      "by construction: the sanity check cannot pass them.", ""] if blind else []),
