@@ -9,6 +9,13 @@ the black box's post-hoc accuracy on the top-k chunks, the pair's own approximat
 (the published measure; for objective `blackbox` the approximator is the black box), the
 cross-fitted encoding accuracy of the masks (random masks: about 0.11) and mean KL. The committed
 `experiments/vibi_variants.jsonl` was measured on one H100 (`gpu_seconds`).
+
+With `--measure-images N` the first N validation images are also measured as the `evaluate`
+stage measures the test set (`xai.evaluate` at budget k, with the neutral judge of `--judge`):
+post-hoc accuracy, judge fidelity, deletion / insertion with 0 and ROAD fill and the encoding
+check, each with its 95 % bootstrap interval, and VIBI minus each `--references` method
+(attribution methods of the black box, measured once on the same images) paired over images.
+Each reference also gets a line of its own (`"variant"`: its name, no seed).
 """
 
 from __future__ import annotations
@@ -24,16 +31,65 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xai.data.prepared import load_dataset  # noqa: E402
+from xai.data.prepared import Dataset, load_dataset  # noqa: E402
 from xai.evaluation.encoding import encoding_correct  # noqa: E402
+from xai.evaluation.judge import load_judge  # noqa: E402
+from xai.evaluation.table import (  # noqa: E402
+    HEADLINE,
+    Evaluation,
+    Report,
+    Settings,
+    differences,
+    evaluate,
+    headline_key,
+)
+from xai.explain.attribution import (  # noqa: E402
+    GradientShapAttribution,
+    IntegratedGradientsAttribution,
+    Occlusion,
+    VibiAttribution,
+)
 from xai.explain.vibi import Vibi  # noqa: E402
 from xai.models.blackbox import load_blackbox, load_probabilities  # noqa: E402
-from xai.pipeline.config import load_config  # noqa: E402
+from xai.pipeline.config import Config, load_config  # noqa: E402
 from xai.pipeline.tracking import NullRun  # noqa: E402
-from xai.train.loop import History  # noqa: E402
+from xai.train.loop import History, seed_everything, to_unit  # noqa: E402
 from xai.train.vibi import Targets, explain_split, spec_for, summarize, train  # noqa: E402
 
 ENCODING_IMAGES = 3000
+SHAP_BASELINES = 16  # training images GradientShap integrates from (as the evaluate stage)
+REFERENCES = ("gradient_shap", "occlusion", "integrated_gradients")
+
+
+def references(names: list[str], blackbox: torch.nn.Module, data: Dataset, chunk: int,
+               cfg: Config) -> dict[str, object]:
+    """The black box's attribution methods `names`, set up as the evaluate stage sets them."""
+    ev = cfg.evaluate
+    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(ev.seed))
+    made = {"gradient_shap": lambda: GradientShapAttribution(
+                blackbox, to_unit(data.train.x[pick[:SHAP_BASELINES]]), ev.shap_samples),
+            "occlusion": lambda: Occlusion(blackbox, chunk, ev.batch_size),
+            "integrated_gradients": lambda: IntegratedGradientsAttribution(
+                blackbox, steps=ev.ig_steps, internal_batch_size=ev.batch_size)}
+    return {name: made[name]() for name in names}
+
+
+def measured(report: Report, method: str, others: Report | None = None) -> dict[str, object]:
+    """`method`'s headline measures at the report's k as [mean, low, high], and with `others`
+    (a report on the same images) its paired differences to each of their methods as
+    [difference, low, high]."""
+    row, k = report.table["methods"][method], report.settings.k
+    keys = [headline_key(m, k) for m in HEADLINE if headline_key(m, k) in row]
+    out: dict[str, object] = {"measures": {key: [round(row[key], 4), round(row[f"{key}_ci_low"], 4),
+                                                 round(row[f"{key}_ci_high"], 4)]
+                                           for key in keys}}
+    if others is not None:
+        both = Evaluation(report.evaluation.methods + others.evaluation.methods)
+        out["minus"] = {other: {key: [round(d[key][n], 4)
+                                      for n in ("difference", "ci_low", "ci_high")]
+                                for key in keys if key in d}
+                        for other, d in differences(both, report.settings, method).items()}
+    return out
 
 
 def main() -> None:
@@ -46,6 +102,12 @@ def main() -> None:
     parser.add_argument("--data", default="data/prepared/images.pt")
     parser.add_argument("--probs", default="models/blackbox_probs.pt")
     parser.add_argument("--blackbox", default="models/blackbox.pt")
+    parser.add_argument("--judge", default="models/judge.pt",
+                        help="the neutral judge (dvc repro train_judge), for --measure-images")
+    parser.add_argument("--measure-images", type=int, default=0,
+                        help="validation images measured as the evaluate stage does (0: none)")
+    parser.add_argument("--references", nargs="*", default=[], choices=REFERENCES,
+                        help="attribution methods measured beside VIBI (with --measure-images)")
     args = parser.parse_args()
     spec = json.loads(args.variants.read_text())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,13 +115,31 @@ def main() -> None:
     data = load_dataset(args.data, device)
     probs = load_probabilities(args.probs, device)
     blackbox = load_blackbox(args.blackbox, device)
+    if args.measure_images:
+        judge = load_judge(args.judge, device)
+        x = to_unit(data.val.x[:args.measure_images])
+        ev = cfg.evaluate
+        how = Settings((spec["base"]["k"],), spec["base"]["k"], judge.chunk, ev.curve_points, 0,
+                       road_noise_std=cfg.road_noise_std, encoding_folds=ev.encoding_folds,
+                       bootstrap=ev.bootstrap, batch_size=ev.batch_size, seed=ev.seed)
+        seed_everything(ev.seed, device)  # GradientShap draws with torch and numpy
+        refs = references(args.references, blackbox, data, judge.chunk, cfg)
+        measured_refs = evaluate(refs, blackbox, x, judge=judge, settings=how) if refs else None
+        for ref in refs:
+            print(json.dumps({"variant": ref, "settings": {}, "seed": None,
+                              **measured(measured_refs, ref)}), flush=True)
     for name in args.names or list(spec["variants"]):
         overrides = spec["variants"][name]
         settings = replace(cfg.vibi, **{**spec["base"], **overrides}, resume=False,
                            jump_start=False)
+        if args.measure_images and settings.k != how.k:
+            raise SystemExit(f"variant {name} changes k; --measure-images measures one k")
         for seed in args.seeds:
             torch.manual_seed(seed)
             model = Vibi(spec_for(settings, data)).to(device)
+            if args.measure_images and model.spec.chunk != how.chunk:
+                raise SystemExit(f"{args.judge} was trained on {how.chunk}-pixel chunks, variant "
+                                 f"{name} uses {model.spec.chunk}")
             started = time.perf_counter()
             train(model, settings, Targets(data.train.x, probs["train"]),
                   Targets(data.val.x, probs["val"]), seed=seed, history=History(NullRun()),
@@ -71,13 +151,17 @@ def main() -> None:
             predicted = probs["val"].argmax(1)[:ENCODING_IMAGES].cpu()
             encoding = encoding_correct(result.top_k[:ENCODING_IMAGES].cpu(), predicted,
                                         probs["val"].shape[1]).float().mean().item()
-            print(json.dumps({"variant": name, "settings": overrides, "seed": seed,
-                              "posthoc_accuracy": round(measures["posthoc_accuracy"], 4),
-                              "approximator_fidelity": round(measures["fidelity"], 4),
-                              "encoding": round(encoding, 4),
-                              "mean_kl": round(measures["mean_kl"], 4),
-                              "gpu_seconds" if device.type == "cuda" else "cpu_seconds":
-                              round(seconds, 1)}), flush=True)
+            line = {"variant": name, "settings": overrides, "seed": seed,
+                    "posthoc_accuracy": round(measures["posthoc_accuracy"], 4),
+                    "approximator_fidelity": round(measures["fidelity"], 4),
+                    "encoding": round(encoding, 4),
+                    "mean_kl": round(measures["mean_kl"], 4),
+                    "gpu_seconds" if device.type == "cuda" else "cpu_seconds": round(seconds, 1)}
+            if args.measure_images:
+                report = evaluate({"vibi": VibiAttribution(name, model.eval(), blackbox)},
+                                  blackbox, x, judge=judge, settings=how)
+                line |= measured(report, "vibi", measured_refs)
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,15 @@ from xai.data.prepared import Dataset, Split, save_dataset
 from xai.pipeline.config import set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def experiment(name: str) -> ModuleType:
+    """The script `experiments/<name>.py`, imported as a module (experiments are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_params(path: Path, overrides: dict[str, Any] | None = None) -> Path:

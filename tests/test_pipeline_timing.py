@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import yaml
 
+from tests.conftest import experiment
 from xai.errors import ConfigError
 from xai.pipeline.readme import ROOT
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("pipeline_timing",
-                                                  ROOT / "experiments" / "pipeline_timing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _params() -> dict:
@@ -27,15 +19,15 @@ def _params() -> dict:
 def test_a_dotted_key_sets_the_nested_param():
     expected = _params()
     expected["vibi"]["k"] = 8
-    assert _module().configured(_params(), {"vibi.k": 8}) == expected
+    assert experiment("pipeline_timing").configured(_params(), {"vibi.k": 8}) == expected
 
 
 def test_a_key_params_yaml_does_not_have_is_refused():
     with pytest.raises(ConfigError, match="vibi.kk"):
-        _module().configured(_params(), {"vibi.kk": 64})
+        experiment("pipeline_timing").configured(_params(), {"vibi.kk": 64})
 
 
 def test_the_committed_settings_name_only_existing_keys():
     for name in ("cifar_cpu_setting.json", "default_setting.json"):
         setting = json.loads((ROOT / "experiments" / name).read_text())
-        _module().configured(_params(), setting["params"])
+        experiment("pipeline_timing").configured(_params(), setting["params"])

@@ -32,7 +32,8 @@ def test_a_missing_block_is_named():
     with pytest.raises(ValueError, match="results:stages"):
         render("no blocks here")
     assert set(BLOCKS) == {"stages", "evaluation", "reliability", "vibi-variants",
-                           "cifar-variants", "cifar-cpu-variants", "cifar-cpu", "bench"}
+                           "cifar-variants", "cifar-cpu-variants", "cifar-cpu", "bench",
+                           "vibi-variants-judged"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):

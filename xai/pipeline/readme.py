@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
             "cifar-variants": "experiments/cifar_variants.jsonl",
             "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl"}
+JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
            "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json"}
@@ -119,6 +120,54 @@ def variants_block(root: Path, results: str) -> str:
     return "\n".join(lines)
 
 
+def judged_variants_block(root: Path) -> str:
+    """VIBI variants and reference methods measured as the evaluation measures
+    (`experiments/vibi_variants.py --measure-images N --references ...`): one row per variant
+    (mean over its seeds, with their range) or reference, and VIBI minus the reference with the
+    highest judge fidelity, paired over images: the union of the seeds' 95 % intervals, and on
+    how many seeds the interval excludes 0 on either side."""
+    runs = [json.loads(line) for line in (root / JUDGED_VARIANTS).read_text().splitlines()
+            if line]
+    rows: dict[str, list[dict]] = {}
+    for r in runs:
+        rows.setdefault(r["variant"], []).append(r)
+    refs = {name: rs[0] for name, rs in rows.items() if rs[0]["seed"] is None}
+    keys = list(next(iter(rows.values()))[0]["measures"])
+    fidelity = next(key for key in keys if key.startswith("fidelity_k"))
+    best = max(refs, key=lambda name: refs[name]["measures"][fidelity][0])
+
+    def cell(rs: list[dict], key: str) -> str:
+        values = [r["measures"][key] for r in rs]
+        if len(values) == 1:
+            mean, low, high = values[0]
+            return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+        means = [v[0] for v in values]
+        return f"{sum(means) / len(means):.3f} ({min(means):.3f}-{max(means):.3f})"
+
+    def difference(rs: list[dict]) -> str:
+        if best not in rs[0].get("minus", {}):
+            return "-"
+        d = [r["minus"][best][fidelity] for r in rs]
+        below, above = sum(v[2] < 0 for v in d), sum(v[1] > 0 for v in d)
+        return (f"{sum(v[0] for v in d) / len(d):+.3f} [{min(v[1] for v in d):+.3f}, "
+                f"{max(v[2] for v in d):+.3f}]; significantly below on {below}, above on "
+                f"{above} of {len(d)}")
+
+    lines = ["| variant | changes from the base | seeds | " + " | ".join(keys)
+             + f" | VIBI minus {best}, {fidelity} | own approximator's agreement |",
+             "|---|---|---|" + "---|" * (len(keys) + 2)]
+    for name, rs in rows.items():
+        changes = ", ".join(f"{k} {v}" for k, v in rs[0]["settings"].items()) or "(reference)"
+        seeds = ", ".join(str(r["seed"]) for r in rs if r["seed"] is not None) or "-"
+        own = ([r["approximator_fidelity"] for r in rs] if "approximator_fidelity" in rs[0]
+               else [])
+        lines.append(f"| {name} | {changes} | {seeds} | "
+                     + " | ".join(cell(rs, key) for key in keys)
+                     + f" | {difference(rs)} | "
+                     + (f"{sum(own) / len(own):.3f}" if own else "-") + " |")
+    return "\n".join(lines)
+
+
 def cifar_cpu_block(root: Path) -> str:
     """The CIFAR-10 CPU setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall
     seconds per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k`."""
@@ -179,6 +228,7 @@ def reliability_block(root: Path) -> str:
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "stages": stages_block, "evaluation": evaluation_block,
     "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
+    "vibi-variants-judged": judged_variants_block,
     **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
 
 

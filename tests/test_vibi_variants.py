@@ -1,0 +1,41 @@
+"""experiments/vibi_variants.py: a variant's line keeps the evaluation's measures with their
+intervals, and VIBI's paired differences to every reference method."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import xai
+from tests.conftest import experiment, separable
+from xai.train.loop import to_unit
+
+
+def test_measured_keeps_every_headline_measure_and_the_paired_differences():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2)).eval()
+    x = to_unit(separable(24).x)
+    how = {"chunk": 4, "k": 1, "budgets": (1,), "curve_points": 3, "robustness_images": 0,
+           "encoding_folds": 2, "bootstrap": 50}
+    report = xai.evaluate({"vibi": xai.GradientSaliency(model)}, model, x, **how)
+    others = xai.evaluate({"other": xai.RandomChunks(model, 4, seed=0)}, model, x, **how)
+    together = xai.evaluate({"vibi": xai.GradientSaliency(model),
+                             "other": xai.RandomChunks(model, 4, seed=0)}, model, x,
+                            reference="vibi", **how)
+    variants = experiment("vibi_variants")
+    line = variants.measured(report, "vibi", others)
+    assert set(line["measures"]) == {"posthoc_accuracy_k1", "deletion_auc", "insertion_auc",
+                                     "deletion_auc_road", "insertion_auc_road",
+                                     "encoding_accuracy"}  # no judge: no fidelity
+    for mean, low, high in line["measures"].values():
+        assert low <= mean <= high
+    row = report.table["methods"]["vibi"]
+    assert line["measures"]["deletion_auc"][0] == round(row["deletion_auc"], 4)
+    assert set(line["minus"]) == {"other"}
+    difference, low, high = line["minus"]["other"]["posthoc_accuracy_k1"]
+    assert low <= difference <= high
+    # the same numbers as one evaluation of both methods with VIBI as its reference
+    paired = together.differences["other"]["posthoc_accuracy_k1"]
+    assert [difference, low, high] == [round(paired[n], 4)
+                                       for n in ("difference", "ci_low", "ci_high")]
+    assert "minus" not in variants.measured(report, "vibi")
