@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--references", nargs="*", default=[], choices=REFERENCES,
                         help="attribution methods measured beside VIBI (with --measure-images)")
     args = parser.parse_args()
+    if args.references and not args.measure_images:
+        parser.error("--references needs --measure-images")
     spec = json.loads(args.variants.read_text())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(args.params, {"tracking.enabled": False})
@@ -119,7 +121,8 @@ def main() -> None:
         judge = load_judge(args.judge, device)
         x = to_unit(data.val.x[:args.measure_images])
         ev = cfg.evaluate
-        how = Settings((spec["base"]["k"],), spec["base"]["k"], judge.chunk, ev.curve_points, 0,
+        k = spec["base"].get("k", cfg.vibi.k)
+        how = Settings((k,), k, judge.chunk, ev.curve_points, 0,
                        road_noise_std=cfg.road_noise_std, encoding_folds=ev.encoding_folds,
                        bootstrap=ev.bootstrap, batch_size=ev.batch_size, seed=ev.seed)
         seed_everything(ev.seed, device)  # GradientShap draws with torch and numpy
