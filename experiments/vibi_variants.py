@@ -38,7 +38,6 @@ from xai.evaluation.table import (  # noqa: E402
     HEADLINE,
     Evaluation,
     Report,
-    Settings,
     differences,
     evaluate,
     headline_key,
@@ -51,19 +50,19 @@ from xai.explain.attribution import (  # noqa: E402
 )
 from xai.explain.vibi import Vibi  # noqa: E402
 from xai.models.blackbox import load_blackbox, load_probabilities  # noqa: E402
-from xai.pipeline.config import Config, load_config  # noqa: E402
+from xai.pipeline.config import SHAP_BASELINES, Config, load_config  # noqa: E402
 from xai.pipeline.tracking import NullRun  # noqa: E402
 from xai.train.loop import History, seed_everything, to_unit  # noqa: E402
 from xai.train.vibi import Targets, explain_split, spec_for, summarize, train  # noqa: E402
 
 ENCODING_IMAGES = 3000
-SHAP_BASELINES = 16  # training images GradientShap integrates from (as the evaluate stage)
 REFERENCES = ("gradient_shap", "occlusion", "integrated_gradients")
 
 
 def references(names: list[str], blackbox: torch.nn.Module, data: Dataset, chunk: int,
                cfg: Config) -> dict[str, object]:
-    """The black box's attribution methods `names`, set up as the evaluate stage sets them."""
+    """The black box's attribution methods `names`, built with the evaluate stage's params (the
+    GradientShap baselines are `SHAP_BASELINES` training images drawn with `evaluate.seed`)."""
     ev = cfg.evaluate
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(ev.seed))
     made = {"gradient_shap": lambda: GradientShapAttribution(
@@ -122,9 +121,8 @@ def main() -> None:
         x = to_unit(data.val.x[:args.measure_images])
         ev = cfg.evaluate
         k = spec["base"].get("k", cfg.vibi.k)
-        how = Settings((k,), k, judge.chunk, ev.curve_points, 0,
-                       road_noise_std=cfg.road_noise_std, encoding_folds=ev.encoding_folds,
-                       bootstrap=ev.bootstrap, batch_size=ev.batch_size, seed=ev.seed)
+        how = replace(ev.measures((k,), k, judge.chunk, cfg.road_noise_std),
+                      robustness_images=0)
         seed_everything(ev.seed, device)  # GradientShap draws with torch and numpy
         refs = references(args.references, blackbox, data, judge.chunk, cfg)
         measured_refs = evaluate(refs, blackbox, x, judge=judge, settings=how) if refs else None
@@ -137,12 +135,13 @@ def main() -> None:
                            jump_start=False)
         if args.measure_images and settings.k != how.k:
             raise SystemExit(f"variant {name} changes k; --measure-images measures one k")
+        vibi_spec = spec_for(settings, data)
+        if args.measure_images and vibi_spec.chunk != how.chunk:
+            raise SystemExit(f"{args.judge} was trained on {how.chunk}-pixel chunks, variant "
+                             f"{name} uses {vibi_spec.chunk}")
         for seed in args.seeds:
             torch.manual_seed(seed)
-            model = Vibi(spec_for(settings, data)).to(device)
-            if args.measure_images and model.spec.chunk != how.chunk:
-                raise SystemExit(f"{args.judge} was trained on {how.chunk}-pixel chunks, variant "
-                                 f"{name} uses {model.spec.chunk}")
+            model = Vibi(vibi_spec).to(device)
             started = time.perf_counter()
             train(model, settings, Targets(data.train.x, probs["train"]),
                   Targets(data.val.x, probs["val"]), seed=seed, history=History(NullRun()),

@@ -13,7 +13,6 @@ from xai.errors import ConfigError, DataError
 from xai.evaluation.judge import load_judge
 from xai.evaluation.table import (
     HEADLINE,
-    Settings,
     construction_note,
     evaluate,
     headline_key,
@@ -37,14 +36,13 @@ from xai.models.blackbox import load_blackbox
 from xai.models.explainers import evaluation_budgets
 from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.pipeline import cli, tracking
-from xai.pipeline.config import CHUNK_KEYS, flatten, load_config
+from xai.pipeline.config import CHUNK_KEYS, SHAP_BASELINES, flatten, load_config
 from xai.train.loop import seed_everything, to_unit
 from xai.viz.figures import deletion_insertion_figure, measures_figure, save_png
 
 SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "deletion_auc_road", "insertion_auc_road",
                    "encoding_accuracy", "sparseness", "infidelity", "max_sensitivity",
                    "randomization_spearman_top", "randomization_spearman_all"]
-SHAP_BASELINES = 16  # training images GradientShap integrates from
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,10 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             (BoundaryImportance(invertible), "invertible"),
             (GradientSaliency(invertible, name="saliency_invertible"), "invertible"),
         ]
-        settings = Settings(budgets, vibi.spec.k, chunk, ev.curve_points, ev.robustness_images,
-                            ev.perturbations, ev.sensitivity_radius, ev.noise_std,
-                            cfg.road_noise_std, ev.encoding_folds, ev.bootstrap, ev.batch_size,
-                            ev.seed)
+        settings = ev.measures(budgets, vibi.spec.k, chunk, cfg.road_noise_std)
         report = evaluate({method.name: (method, model) for method, model in explainers},
                           {"blackbox": blackbox, "invertible": invertible}, x, judge=judge,
                           reference="vibi", settings=settings)

@@ -24,6 +24,7 @@ from xai.data.sources import DataConfig
 from xai.data.toy import ToyConfig
 from xai.errors import ConfigError, XaiError
 from xai.evaluation.counterfactuals import InvertibleCounterfactualConfig
+from xai.evaluation.table import Settings
 from xai.models.blackbox import BlackboxConfig
 from xai.models.explainers import check_fits, evaluation_budgets
 from xai.settings import SEED_MAX, bounded
@@ -63,6 +64,10 @@ class JudgeConfig:
     start_from_blackbox: bool
 
 
+#: Training images GradientShap integrates from in the evaluation.
+SHAP_BASELINES = 16
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     """The evaluation: one seeded test subset, the pixel budgets and the measures' knobs."""
@@ -83,6 +88,15 @@ class EvaluateConfig:
     encoding_folds: int = bounded(ge=2)
     bootstrap: int = bounded(ge=10)
     batch_size: int = bounded(ge=1)
+
+    def measures(self, budgets: tuple[int, ...], k: int, chunk: int, road_noise_std: float
+                 ) -> Settings:
+        """How `xai.evaluate` measures under these params, at `budgets` and the explainer's `k`
+        chunks of `chunk` pixels (what stage `evaluate` uses)."""
+        return Settings(tuple(budgets), k, chunk, self.curve_points, self.robustness_images,
+                        self.perturbations, self.sensitivity_radius, self.noise_std,
+                        road_noise_std, self.encoding_folds, self.bootstrap, self.batch_size,
+                        self.seed)
 
     def __post_init__(self) -> None:
         if not self.budgets:

@@ -96,13 +96,21 @@ def evaluation_block(root: Path) -> str:
                     construction_note(params["vibi"]["objective"], k)).rstrip("\n")
 
 
+def _runs_by_variant(root: Path, results: str) -> dict[str, list[dict]]:
+    """The JSON lines of `experiments/vibi_variants.py` in `results`, grouped by variant in
+    their order."""
+    by_variant: dict[str, list[dict]] = {}
+    for line in (root / results).read_text().splitlines():
+        if line:
+            run = json.loads(line)
+            by_variant.setdefault(run["variant"], []).append(run)
+    return by_variant
+
+
 def variants_block(root: Path, results: str) -> str:
     """VIBI training variants (`experiments/vibi_variants.py` results in `results`): one row per
     variant, the mean over its seeds with the range when there are several."""
-    runs = [json.loads(line) for line in (root / results).read_text().splitlines() if line]
-    by_variant: dict[str, list[dict]] = {}
-    for r in runs:
-        by_variant.setdefault(r["variant"], []).append(r)
+    by_variant = _runs_by_variant(root, results)
 
     def cell(rows: list[dict], key: str) -> str:
         values = [r[key] for r in rows]
@@ -126,11 +134,7 @@ def judged_variants_block(root: Path) -> str:
     (mean over its seeds, with their range) or reference, and VIBI minus the reference with the
     highest judge fidelity, paired over images: the union of the seeds' 95 % intervals, and on
     how many seeds the interval excludes 0 on either side."""
-    runs = [json.loads(line) for line in (root / JUDGED_VARIANTS).read_text().splitlines()
-            if line]
-    rows: dict[str, list[dict]] = {}
-    for r in runs:
-        rows.setdefault(r["variant"], []).append(r)
+    rows = _runs_by_variant(root, JUDGED_VARIANTS)
     refs = {name: rs[0] for name, rs in rows.items() if rs[0]["seed"] is None}
     keys = list(next(iter(rows.values()))[0]["measures"])
     fidelity = next(key for key in keys if key.startswith("fidelity_k"))
@@ -159,8 +163,7 @@ def judged_variants_block(root: Path) -> str:
     for name, rs in rows.items():
         changes = ", ".join(f"{k} {v}" for k, v in rs[0]["settings"].items()) or "(reference)"
         seeds = ", ".join(str(r["seed"]) for r in rs if r["seed"] is not None) or "-"
-        own = ([r["approximator_fidelity"] for r in rs] if "approximator_fidelity" in rs[0]
-               else [])
+        own = [r["approximator_fidelity"] for r in rs if "approximator_fidelity" in r]
         lines.append(f"| {name} | {changes} | {seeds} | "
                      + " | ".join(cell(rs, key) for key in keys)
                      + f" | {difference(rs)} | "
