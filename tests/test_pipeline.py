@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import ROOT, write_params
@@ -15,10 +17,13 @@ from tests.conftest import ROOT, write_params
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
@@ -78,6 +83,16 @@ def test_changed_raw_data_reruns_prepare_and_an_equal_copy_does_not(project, tmp
     assert (project / "data/prepared/images.pt").read_bytes() != images
 
 
+def _stop_workers(project: Path) -> None:
+    """Terminate the queue workers (and `queue start`) still running in `project`."""
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["cwd"] == str(project) and ("queue-worker" in cmdline
+                                                 or "queue start" in cmdline):
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+
+
 def test_two_queued_experiments_log_their_own_runs(project, tmp_path):
     """`dvc queue start -j 2` runs two experiments at once into one MLflow store, unmixed."""
     import time
@@ -92,13 +107,22 @@ def test_two_queued_experiments_log_their_own_runs(project, tmp_path):
     for n in (300, 400):
         run([DVC, "exp", "run", "--queue", "-S", f"toy.n_samples={n}", "-n", f"n{n}",
              "prepare_toy"], project)
-    run([DVC, "queue", "start", "-j", "2"], project)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = run([DVC, "queue", "status"], project)
-        if "Running" not in status and "Queued" not in status:
-            break
-        time.sleep(2)
+    # The workers outlive `queue start`; with its output in a pipe, waiting for the command
+    # would wait for them, and with -j 2 a worker can hang on shutdown after both tasks succeed
+    # (dvc-task's concurrent empty-queue shutdown), so the output goes to a file and the
+    # deadline below is what bounds the test.
+    with (tmp_path / "queue.log").open("w") as log:
+        subprocess.run([DVC, "queue", "start", "-j", "2"], cwd=project, env=_env(), stdout=log,
+                       stderr=subprocess.STDOUT, check=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            status = run([DVC, "queue", "status"], project)
+            if "Running" not in status and "Queued" not in status:
+                break
+            time.sleep(2)
+    finally:
+        _stop_workers(project)
     assert status.count("Success") == 2, status
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
