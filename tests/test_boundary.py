@@ -181,6 +181,56 @@ def test_crossed_counterfactual_lands_past_the_boundary_by_the_margin(margin):
             assert (crossed - p.projected).abs().max() < 1e-12
 
 
+def test_class_centres_are_the_mean_features_of_each_class():
+    model = toy_model(classes=3, seed=4)
+    x = blobs(90)
+    y = torch.arange(3).repeat(30)
+    centres = boundary.class_centres(model, x, y, 3, batch_size=7)
+    with torch.no_grad():
+        z = model.features(x)
+    for c in range(3):
+        assert torch.allclose(centres[c], z[y == c].mean(0), atol=1e-12)
+    with pytest.raises(ValueError, match=r"every class in 0\.\.3.*\[3\]"):
+        boundary.class_centres(model, x, y, 4)
+
+
+def test_crossing_between_class_centres_moves_along_their_difference_by_the_margin():
+    model = toy_model(classes=3, seed=0)
+    torch.manual_seed(0)
+    x = torch.randn(300, 2, dtype=torch.float64) * 3
+    with torch.no_grad():
+        y = model(x).argmax(1)  # centres of the model's own classes lie on their side
+    centres = boundary.class_centres(model, x, y, 3)
+    for target in (None, 2):
+        p = boundary.project(model, x[not_predicted_as(model, x, target)], counterfactual=target)
+        w, _ = boundary.hyperplane(model, p.source, p.counterfactual, (2,))
+        d = centres[p.counterfactual] - centres[p.source]
+        across = (w * d).sum(1) < 0
+        assert across.any()
+        crossed = boundary.cross(model, p, 1.5, batch_size=7, centres=centres)
+        gap = logit_gap(model, crossed, p.counterfactual, p.source)  # f_k - f_c
+        assert torch.allclose(gap, torch.full_like(gap, 1.5), atol=1e-9)
+        with torch.no_grad():
+            move = model.features(crossed) - p.features
+        # along the centres' difference where it points across the boundary, the normal elsewhere
+        along = torch.where(across[:, None], d, -w)
+        cosine = torch.nn.functional.cosine_similarity(move, along, dim=1)
+        assert torch.allclose(cosine, torch.ones_like(cosine), atol=1e-9)
+
+
+def test_centres_that_do_not_point_across_fall_back_to_the_normal():
+    model = linear_toy([[1.0, 0.0], [-1.0, 0.0]], [0.0, 0.0])  # f_0 - f_1 = 2 x_0
+    x = torch.tensor([[1.0, 0.5]], dtype=torch.float64)  # class 0 by 2; crossed by 2 at x_0 = -1
+    p = boundary.project(model, x)
+    backwards = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)  # d = (2, 0)
+    sideways = torch.tensor([[0.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)   # d = (-1, 1)
+    normal = boundary.cross(model, p, 2.0)
+    assert torch.allclose(normal, torch.tensor([[-1.0, 0.5]], dtype=torch.float64))
+    assert torch.allclose(boundary.cross(model, p, 2.0, centres=backwards), normal)
+    assert torch.allclose(boundary.cross(model, p, 2.0, centres=sideways),
+                          torch.tensor([[-1.0, 2.5]], dtype=torch.float64))
+
+
 def test_walk_goes_from_the_input_through_the_projection_to_the_counterfactual():
     model = toy_model(classes=2, seed=3)
     x = blobs(30)[:5]

@@ -6,7 +6,9 @@ The public API (see the README's "Python API"):
 - the explanation methods of the evaluation, one call shape each (`xai.explain.attribution`);
 - `evaluate(methods, model, x)`: every method measured the same way, a table with intervals;
 - `project(model, x)` and `BoundaryImportance(model)`: projections onto the decision boundary of
-  any classifier that follows the `Invertible` protocol (`InvertibleClassifier` is one).
+  any classifier that follows the `Invertible` protocol (`InvertibleClassifier` is one), and
+  `cross(model, projection, margin, centres=class_centres(model, x, y, classes))`:
+  counterfactuals a margin past it.
 
 Names are imported on first use, so `import xai.explain.boundary` does not load Captum.
 """
@@ -19,8 +21,8 @@ from typing import Any
 _WHERE = {"VIBI": "xai.explain.vibi_api",
           "evaluate": "xai.evaluation.table", "Report": "xai.evaluation.table",
           **{name: "xai.explain.boundary" for name in (
-              "AffineHead", "BoundaryImportance", "Invertible", "Projection", "importance",
-              "project")},
+              "AffineHead", "BoundaryImportance", "Invertible", "Projection", "class_centres",
+              "cross", "importance", "project")},
           "InvertibleClassifier": "xai.models.invertible",
           **{name: "xai.explain.attribution" for name in (
               "GradientSaliency", "GradientShapAttribution", "InputTimesGradient",

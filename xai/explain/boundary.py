@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 
 from xai.models.invertible import InvertibleClassifier
-from xai.train.loop import predict
+from xai.train.loop import predict, to_unit
 
 _BATCH = 1024
 
@@ -156,16 +156,56 @@ def project(model: Invertible, x: torch.Tensor, *,
         "margin")))
 
 
+@torch.inference_mode()
+def class_centres(model: Invertible, x: torch.Tensor, y: torch.Tensor, classes: int,
+                  batch_size: int = _BATCH) -> torch.Tensor:
+    """Where each class lies in feature space: the mean of `T(x)` over the points of each class
+    (classes x feature shape), from inputs `x` (uint8 images or floats) with labels `y`, batched.
+
+    A flow trained with cross-entropy and a likelihood need not put its data at the head's own
+    class means; these are where the data are, the centres ECINN moves between."""
+    counts = torch.bincount(y, minlength=classes)
+    if len(counts) > classes or bool((counts == 0).any()):
+        missing = [c for c in range(classes) if c >= len(counts) or counts[c] == 0]
+        raise ValueError(f"class_centres needs points of every class in 0..{classes - 1}; "
+                         f"labels out of range or classes without points: {missing}")
+    sums = None
+    for i in range(0, len(x), batch_size):
+        z = model.features(to_unit(x[i:i + batch_size]))
+        if sums is None:
+            sums = torch.zeros(classes, *z.shape[1:], dtype=torch.float64, device=z.device)
+        sums.index_add_(0, y[i:i + batch_size], z.double())
+    return (sums / counts.view(-1, *([1] * (sums.dim() - 1)))).to(z.dtype)
+
+
+def crossing_direction(w: torch.Tensor, source: torch.Tensor, counterfactual: torch.Tensor,
+                       centres: torch.Tensor | None) -> torch.Tensor:
+    """Per point, the direction a counterfactual moves in feature space: the boundary's normal
+    `-w` (towards `counterfactual`), or with `centres` ECINN's `centres[k] - centres[c]` where that
+    points across the boundary (`w·d < 0`; the normal elsewhere)."""
+    if centres is None:
+        return -w
+    d = centres[counterfactual] - centres[source]
+    across = (_dot(w, d) < 0).view(-1, *([1] * (w.dim() - 1)))
+    return torch.where(across, d, -w)
+
+
 @torch.no_grad()
 def cross(model: Invertible, projection: Projection, margin: float,
-          steps: torch.Tensor | None = None, batch_size: int = _BATCH) -> torch.Tensor:
-    """Counterfactuals across the boundary: `T^-1` of the features moved along the boundary's
-    normal until the counterfactual class wins by `margin` logits (`f_k - f_c = margin`).
+          steps: torch.Tensor | None = None, batch_size: int = _BATCH,
+          centres: torch.Tensor | None = None) -> torch.Tensor:
+    """Counterfactuals across the boundary: `T^-1` of the features moved in a straight line until
+    the counterfactual class wins by `margin` logits (`f_k - f_c = margin`).
 
-    The move is orthogonal to the boundary, so `z_cf = z_p + margin / ||w|| * (-w / ||w||)`: the
-    projection `x_p` and the crossed point differ only in the direction that separates the two
-    classes. With `steps` (S values in [0, 1]) returns the walk from `x` (0) through `x_p` to the
-    crossed point (1) instead, in feature space along the straight line, N x S x C x H x W.
+    By default the move is along the boundary's normal, `z_cf = z_p + margin / ||w|| * (-w /
+    ||w||)`: the projection `x_p` and the crossed point differ only in the direction that
+    separates the two classes. With `centres` (`class_centres` of the training data) it is along
+    the difference between the two classes' centres, as in ECINN (Hvilshoj et al., 2021): the
+    point takes on what the data of `k` have and those of `c` lack, not only the direction the
+    head reads. The logits are affine in `z`, so the step that reaches the margin is exact. With
+    `steps` (S values in [0, 1]) returns the walk from `x` (0) to the crossed point (1) instead,
+    N x S x C x H x W; it crosses the boundary at `t* = m / (m + margin)` (`m`: the margin at
+    `x`), at `x_p` itself for the normal's move.
     """
     out = []
     for i in range(0, len(projection.inputs), batch_size):
@@ -173,7 +213,9 @@ def cross(model: Invertible, projection: Projection, margin: float,
         c = projection.source[i:i + batch_size]
         k = projection.counterfactual[i:i + batch_size]
         w, b = hyperplane(model, c, k, tuple(z.shape[1:]))
-        z_cf = project_features(z, w, b, margin)
+        d = crossing_direction(w, c, k, centres)
+        step = (_dot(w, z) + b + margin) / -_dot(w, d)
+        z_cf = z + step.view(-1, *([1] * (z.dim() - 1))) * d
         if steps is None:
             out.append(model.inverse(z_cf))
             continue
