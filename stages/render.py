@@ -9,6 +9,7 @@ import torch
 
 from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
+from xai.evaluation.counterfactuals import centres_for
 from xai.io import load_torch, transaction
 from xai.models.blackbox import load_probabilities
 from xai.models.invertible import IMAGE_KIND, load_classifier
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     r = cfg.render
-    params = {**flatten(r, "render"),
-              "invertible.counterfactual.margin": cfg.invertible.counterfactual.margin}
+    cf = cfg.invertible.counterfactual
+    params = {**flatten(r, "render"), "invertible.counterfactual.margin": cf.margin,
+              "invertible.counterfactual.direction": cf.direction}
     with tracking.stage_run(cfg, "render", params) as run, transaction() as outputs:
         g = torch.Generator().manual_seed(r.seed)
         data = load_dataset(args.data)
@@ -65,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model = load_classifier(args.invertible, IMAGE_KIND).eval()
         chosen = to_unit(data.test.x[_pick(len(data.test), r.counterfactual_images, g)])
-        rows = counterfactual_rows(model, chosen, r.counterfactual_target,
-                                   cfg.invertible.counterfactual.margin)
+        centres = centres_for(cf.direction, model, data.train, data.num_classes, cf.batch_size)
+        rows = counterfactual_rows(model, chosen, r.counterfactual_target, cf.margin, centres)
         save_png(counterfactuals(rows, data.classes), args.counterfactual_figure, r.dpi)
 
         histories = {Path(p).stem: read_rows(p) for p in args.plots}

@@ -86,7 +86,13 @@ def test_vibi_grid_and_counterfactuals(tmp_path):
 
     net = image_classifier((1, 8, 8), 3, downsample=[2, 4], blocks=[1, 1], hidden=[4, 4],
                            kernel=[3, 1]).eval()
-    rows = counterfactual_rows(net, test.x[:2].float() / 255, target=2, margin=5.0)
+    x = test.x[:2].float() / 255
+    rows = counterfactual_rows(net, x, target=2, margin=5.0)
     assert {r.kind for r in rows} <= {"runner-up", "target"} and len(rows) >= 2
     save_png(counterfactuals(rows, ["a", "b", "c"]), tmp_path / "cf.png", 80)
     assert_png(tmp_path / "cf.png")
+    centres = torch.randn(3, *net.features(x).shape[1:], generator=g)
+    rows = counterfactual_rows(net, x, target=2, margin=5.0, centres=centres)
+    assert {r.along for r in rows} == {"class centres"}
+    save_png(counterfactuals(rows, ["a", "b", "c"]), tmp_path / "cf_centres.png", 80)
+    assert_png(tmp_path / "cf_centres.png")

@@ -33,7 +33,7 @@ def test_a_missing_block_is_named():
         render("no blocks here")
     assert set(BLOCKS) == {"stages", "evaluation", "reliability", "vibi-variants",
                            "cifar-variants", "cifar-cpu-variants", "cifar-cpu", "bench",
-                           "vibi-variants-judged"}
+                           "vibi-variants-judged", "counterfactual-sweep"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):

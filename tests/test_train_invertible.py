@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stages import evaluate_counterfactuals, train_invertible
+from tests.conftest import experiment
 from xai.data.prepared import Dataset, Split, save_dataset
 from xai.data.toy import make_toy
 from xai.errors import ConfigError
@@ -124,7 +125,7 @@ def _image_arg(argv: list[str], i: int) -> bool:
     return flag == "--images" or flag.startswith("--image-")
 
 
-def test_counterfactual_stage_writes_finite_measures(tmp_path, params):
+def test_counterfactual_stage_writes_finite_measures(tmp_path, params, capsys):
     p = params(TINY)
     out = run_stage(tmp_path, p)
     torch.manual_seed(0)
@@ -136,19 +137,39 @@ def test_counterfactual_stage_writes_finite_measures(tmp_path, params):
                                    "--invertible", out["image-model"], "--blackbox",
                                    str(blackbox), "--metrics", str(metrics_path)])
     metrics = json.loads(metrics_path.read_text())
-    expected = {"image_counterfactual_validity", "image_counterfactual_reached",
-                "image_counterfactual_l1", "image_counterfactual_l2",
-                "image_counterfactual_out_of_range", "image_counterfactual_bits_per_dim",
-                "image_test_bits_per_dim", "image_counterfactual_bits_per_dim_gap",
-                "image_boundary_posthoc_accuracy_k4", "image_saliency_posthoc_accuracy_k4"}
-    assert set(metrics) == expected
+    shares = {"image_counterfactual_validity", "image_counterfactual_reached",
+              "image_counterfactual_out_of_range", "image_boundary_posthoc_accuracy_k4",
+              "image_saliency_posthoc_accuracy_k4"}
+    sizes = {"image_counterfactual_l1", "image_counterfactual_l2",
+             "image_counterfactual_bits_per_dim", "image_test_bits_per_dim",
+             "image_counterfactual_bits_per_dim_gap"}
+    gap = "image_boundary_minus_saliency_posthoc_k4"
+    intervals = {"image_counterfactual_validity", "image_counterfactual_out_of_range", gap}
+    assert set(metrics) == shares | sizes | {gap} | {f"{key}_{end}" for key in intervals
+                                                    for end in ("low", "high")}
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["image_counterfactual_reached"] == 1.0  # the model itself gives the target
-    for key in expected - {"image_counterfactual_bits_per_dim", "image_test_bits_per_dim",
-                           "image_counterfactual_bits_per_dim_gap", "image_counterfactual_l1",
-                           "image_counterfactual_l2"}:
+    for key in shares:
         assert 0 <= metrics[key] <= 1
+    for key in intervals:
+        assert metrics[f"{key}_low"] <= metrics[key] <= metrics[f"{key}_high"]
+    assert metrics[gap] == pytest.approx(metrics["image_boundary_posthoc_accuracy_k4"]
+                                         - metrics["image_saliency_posthoc_accuracy_k4"])
     assert metrics["image_counterfactual_l1"] > 0
+
+    # experiments/counterfactual_sweep.py on the same models: one line per direction and margin
+    capsys.readouterr()
+    experiment("counterfactual_sweep").main([
+        "--params", str(p), "--data", str(tmp_path / "images.pt"), "--invertible",
+        out["image-model"], "--blackbox", str(blackbox), "--margins", "1", "3", "--images", "9"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["direction"], r["margin"]) for r in lines] == [
+        ("class_centres", 1), ("class_centres", 3), ("normal", 1), ("normal", 3)]
+    for r in lines:
+        assert r["images"] == 9 and r["flow"]["epochs"] == TINY["invertible.image.epochs"]
+        for key in ("validity", "out_of_range", "l1", "bits_per_dim_gap"):
+            mean, low, high = r[key]
+            assert low <= mean <= high
 
 
 def test_image_net_that_does_not_fit_the_data_fails_before_any_work(tmp_path, params):

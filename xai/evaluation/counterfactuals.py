@@ -2,7 +2,9 @@
 
 For every test image `x` (source class `c` = the model's prediction, target `k` = its runner-up)
 the counterfactual `x_cf` is `T^-1` of `T(x)` moved across the boundary until `k` wins by `margin`
-logits (`xai.explain.boundary.cross`). The measures (Wachter et al. 2017; Van Looveren and Klaise 2019):
+logits (`xai.explain.boundary.cross`): along the difference between the two classes' centres in
+feature space (`direction` "class_centres", ECINN's move) or along the boundary's normal
+("normal"). The measures (Wachter et al. 2017; Van Looveren and Klaise 2019):
 
 - validity: the independent black box, shown `x_cf` clipped to [0, 1] (the picture a person
   sees), answers `k`; `reached`: the invertible model itself answers `k` (1 up to float error);
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from xai.data.prepared import Split
 from xai.evaluation.measures import chunk_scores, expand, posthoc_agreement, top_k_mask
+from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 from xai.explain import boundary
 from xai.explain.attribution import GradientSaliency
 from xai.models.invertible import InvertibleClassifier
@@ -40,10 +44,11 @@ RANGE_TOLERANCE = 0.05
 @dataclass(frozen=True)
 class InvertibleCounterfactualConfig:
     """Counterfactuals of the image invertible classifier and how they are measured: `margin`
-    logits past the boundary; the importance's post-hoc accuracy keeps `posthoc_k` chunks of
-    `posthoc_chunk` x `posthoc_chunk` pixels."""
+    logits past the boundary, moving in `direction`; the importance's post-hoc accuracy keeps
+    `posthoc_k` chunks of `posthoc_chunk` x `posthoc_chunk` pixels."""
 
     margin: float = bounded(20.0, ge=0)
+    direction: Literal["class_centres", "normal"] = "class_centres"
     posthoc_k: int = bounded(4, ge=1)
     posthoc_chunk: int = bounded(4, ge=1)
     batch_size: int = bounded(500, ge=1)
@@ -57,28 +62,43 @@ def bits_per_dim(model: InvertibleClassifier, x: torch.Tensor) -> torch.Tensor:
     return -log_px / (x[0].numel() * math.log(2)) + 8.0
 
 
+def centres_for(direction: str, model: InvertibleClassifier, train: Split, classes: int,
+                batch_size: int) -> torch.Tensor | None:
+    """What `boundary.cross` needs to move in `direction`: the class centres of the training
+    images for "class_centres", None for "normal"."""
+    if direction == "normal":
+        return None
+    return boundary.class_centres(model, train.x, train.y, classes, batch_size)
+
+
 def _posthoc(model: InvertibleClassifier, x: torch.Tensor, scores: torch.Tensor,
              predicted: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
     keep = expand(top_k_mask(chunk_scores(scores, chunk), k), tuple(x.shape[1:]), chunk)
     return posthoc_agreement(model, x, keep, predicted).float()
 
 
-def counterfactual_quality(model: InvertibleClassifier, blackbox: torch.nn.Module, test: Split,
-                           margin: float, k: int, chunk: int, batch_size: int,
-                           generator: torch.Generator) -> dict[str, float]:
-    """The measures of the module docstring over all of `test` (uint8 images), in batches;
-    `generator` draws the dequantisation noise of the real images."""
-    sums: dict[str, float] = {}
+def per_image_quality(model: InvertibleClassifier, blackbox: torch.nn.Module, test: Split,
+                      margin: float, k: int, chunk: int, batch_size: int,
+                      generator: torch.Generator, centres: torch.Tensor | None = None,
+                      posthoc: bool = True) -> dict[str, torch.Tensor]:
+    """Each measure of the module docstring per image of `test` (uint8 images; N values each, on
+    the CPU), in batches: `validity`, `reached`, `l1`, `l2`, `out_of_range`, `bits_per_dim`,
+    `test_bits_per_dim` and, with `posthoc`, `boundary_posthoc` and `saliency_posthoc`.
+    `generator` draws the dequantisation noise of the real images. `centres`
+    (`boundary.class_centres` of the training images) moves along the class centres' difference;
+    None along the normal."""
+    parts: dict[str, list[torch.Tensor]] = {}
 
     def add(name: str, values: torch.Tensor) -> None:
-        sums[name] = sums.get(name, 0.0) + float(values.double().sum())
+        parts.setdefault(name, []).append(values.detach().double().cpu())
 
     model.eval()
     for i in range(0, len(test), batch_size):
         raw = test.x[i:i + batch_size]
         x = to_unit(raw)
         projection = boundary.project(model, x, batch_size=batch_size)
-        x_cf = boundary.cross(model, projection, margin, batch_size=batch_size)
+        x_cf = boundary.cross(model, projection, margin, batch_size=batch_size,
+                              centres=centres)
         target = projection.counterfactual
         with torch.no_grad():
             add("validity", blackbox(x_cf.clamp(0, 1)).argmax(1) == target)
@@ -92,22 +112,45 @@ def counterfactual_quality(model: InvertibleClassifier, blackbox: torch.nn.Modul
         noise = torch.rand((2, *raw.shape), generator=generator).to(raw.device)
         add("bits_per_dim", bits_per_dim(model, dequantize(picture, noise[0])))
         add("test_bits_per_dim", bits_per_dim(model, dequantize(raw, noise[1])))
-        predicted = projection.source
-        add("boundary_posthoc", _posthoc(model, x, boundary.importance(model, projection),
-                                         predicted, k, chunk))
-        saliency = GradientSaliency(model).attribute(x, predicted)
-        add("saliency_posthoc", _posthoc(model, x, saliency, predicted, k, chunk))
-    n = len(test)
-    m = {name: total / n for name, total in sums.items()}
+        if posthoc:
+            predicted = projection.source
+            add("boundary_posthoc", _posthoc(model, x, boundary.importance(model, projection),
+                                             predicted, k, chunk))
+            saliency = GradientSaliency(model).attribute(x, predicted)
+            add("saliency_posthoc", _posthoc(model, x, saliency, predicted, k, chunk))
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def counterfactual_quality(model: InvertibleClassifier, blackbox: torch.nn.Module, test: Split,
+                           margin: float, k: int, chunk: int, batch_size: int,
+                           generator: torch.Generator, centres: torch.Tensor | None = None,
+                           resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The measures of `per_image_quality` averaged over `test`, with 95 % bootstrap intervals
+    over images (`resamples`, seeded by `seed`) for validity, the out-of-range share and the
+    boundary importance's post-hoc accuracy minus saliency's (paired over images)."""
+    per = per_image_quality(model, blackbox, test, margin, k, chunk, batch_size, generator,
+                            centres)
+    m = {name: float(v.mean()) for name, v in per.items()}
+    indices = resample_indices(len(test), resamples, seed)
+    validity = bootstrap(per["validity"], indices)
+    out_of_range = bootstrap(per["out_of_range"], indices)
+    posthoc_gap = paired_difference(per["boundary_posthoc"], per["saliency_posthoc"], indices)
     return {
         "image_counterfactual_validity": m["validity"],
+        "image_counterfactual_validity_low": validity.low,
+        "image_counterfactual_validity_high": validity.high,
         "image_counterfactual_reached": m["reached"],
         "image_counterfactual_l1": m["l1"],
         "image_counterfactual_l2": m["l2"],
         "image_counterfactual_out_of_range": m["out_of_range"],
+        "image_counterfactual_out_of_range_low": out_of_range.low,
+        "image_counterfactual_out_of_range_high": out_of_range.high,
         "image_counterfactual_bits_per_dim": m["bits_per_dim"],
         "image_test_bits_per_dim": m["test_bits_per_dim"],
         "image_counterfactual_bits_per_dim_gap": m["bits_per_dim"] - m["test_bits_per_dim"],
         f"image_boundary_posthoc_accuracy_k{k}": m["boundary_posthoc"],
         f"image_saliency_posthoc_accuracy_k{k}": m["saliency_posthoc"],
+        f"image_boundary_minus_saliency_posthoc_k{k}": posthoc_gap.mean,
+        f"image_boundary_minus_saliency_posthoc_k{k}_low": posthoc_gap.low,
+        f"image_boundary_minus_saliency_posthoc_k{k}_high": posthoc_gap.high,
     }

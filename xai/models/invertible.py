@@ -373,12 +373,14 @@ class GaussianHead(nn.Module):
     two classes is the hyperplane halfway between their means, orthogonal to `mu_c - mu_k`.
 
     The means start `separation` apart in a random orthonormal frame of the first `active`
-    channels (all by default). With `learned` they are parameters: trained with the flow's
-    likelihood, each becomes where its class lies in feature space, so `mu_k - mu_c`, the normal of
-    the boundary, carries what separates the two classes over the whole feature tensor (ECINN's
-    move between classes). Fixed means had to be reached by the flow on the few coordinates that
-    hold them: it learned to do that with small changes of the image, and moving a digit across a
-    boundary changed it by noise (validity about 5 % at any margin; learned: 40-75 %).
+    channels (all by default). With `learned` they are parameters trained with the flow, so the
+    boundary's normal `mu_c - mu_k` runs over the whole feature tensor. They are not where the data
+    lie: a briefly trained flow separates its classes by stretching the features along `mu_c - mu_k`
+    (on MNIST the training images' class centres end up several times further apart than the
+    means), so counterfactuals move between those centres (`xai.explain.boundary.class_centres`).
+    Fixed means had to be reached by the flow on the few coordinates that hold them: it learned to
+    do that with small changes of the image, and moving a digit across a boundary changed it by
+    noise (validity about 5 % at any margin).
     """
 
     def __init__(self, feature_shape: Sequence[int], classes: int, separation: float,

@@ -36,14 +36,22 @@ def _json(root: Path, name: str) -> dict:
 
 
 def _counterfactual_row(cf: dict) -> str:
+    def ci(key: str, fmt: str) -> str:
+        return (f"{cf[key]:{fmt}} [{cf[key + '_low']:{fmt}}, {cf[key + '_high']:{fmt}}]")
+
     posthoc = {key.split("_posthoc")[0].removeprefix("image_"): (key.rsplit("_k", 1)[1], v)
                for key, v in cf.items() if "_posthoc_accuracy_k" in key}
-    return (f"validity (black box gives the target) {cf['image_counterfactual_validity']:.3f}; "
+    gap = next(key for key in cf if key.startswith("image_boundary_minus_saliency_posthoc_k")
+               and not key.endswith(("_low", "_high")))
+    return (f"validity (black box gives the target) "
+            f"{ci('image_counterfactual_validity', '.3f')}; "
             f"L1 {cf['image_counterfactual_l1']:.1f}, L2 {cf['image_counterfactual_l2']:.2f}; "
             f"bits/dim {cf['image_counterfactual_bits_per_dim']:.2f} (test images "
             f"{cf['image_test_bits_per_dim']:.2f}); pixels out of range "
-            f"{cf['image_counterfactual_out_of_range']:.4f}; post-hoc accuracy on its own model "
-            + ", ".join(f"{name} {v:.3f} (k = {k})" for name, (k, v) in sorted(posthoc.items())))
+            f"{ci('image_counterfactual_out_of_range', '.4f')}; post-hoc accuracy on its own "
+            "model "
+            + ", ".join(f"{name} {v:.3f} (k = {k})" for name, (k, v) in sorted(posthoc.items()))
+            + f", boundary minus saliency {ci(gap, '+.3f')}")
 
 
 def stages_block(root: Path) -> str:
@@ -218,6 +226,25 @@ def bench_block(root: Path) -> str:
     return "\n".join(lines[:-1])
 
 
+def counterfactual_sweep_block(root: Path) -> str:
+    """`experiments/counterfactual_sweep.jsonl`: the image flow's counterfactuals by direction and
+    margin on validation images, each measure with its 95 % interval."""
+    runs = [json.loads(line) for line in
+            (root / "experiments/counterfactual_sweep.jsonl").read_text().splitlines() if line]
+
+    def ci(values: list[float], fmt: str) -> str:
+        mean, low, high = values
+        return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+    lines = ["| direction | margin | validity (black box) | pixels out of range | bits/dim minus "
+             "the real images' | L1 |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['direction']} | {r['margin']:g} | {ci(r['validity'], '.3f')} | "
+                     f"{ci(r['out_of_range'], '.4f')} | {ci(r['bits_per_dim_gap'], '+.2f')} | "
+                     f"{ci(r['l1'], '.1f')} |")
+    return "\n".join(lines)
+
+
 def reliability_block(root: Path) -> str:
     """`experiments/reliability.json` (`experiments/reliability.py`): cases tried per test."""
     results = _json(root, "experiments/reliability.json")
@@ -232,6 +259,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "stages": stages_block, "evaluation": evaluation_block,
     "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
     "vibi-variants-judged": judged_variants_block,
+    "counterfactual-sweep": counterfactual_sweep_block,
     **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
 
 

@@ -207,21 +207,23 @@ class Counterfactual:
     projected: torch.Tensor   # C x H x W, x_p on the boundary
     crossed: torch.Tensor     # C x H x W, x_cf: the counterfactual class ahead by `margin`
     importance: torch.Tensor  # C x H x W
-    walk: torch.Tensor        # S x C x H x W, from x (first) through x_p to x_cf (last)
-    walk_margins: torch.Tensor  # S: f_k - f_c along the walk (0 at x_p)
+    walk: torch.Tensor        # S x C x H x W, from x (first) across the boundary to x_cf (last)
+    walk_margins: torch.Tensor  # S: f_k - f_c along the walk (0 on the boundary)
     source: int               # predicted class c
     counterfactual: int       # the class on the other side, k
     crossed_top: int          # the invertible model's class at x_cf (k up to float error)
     kind: str                 # "runner-up" or "target"
+    along: str                # the move's direction: "normal" (through x_p) or "class centres"
 
 
-#: Frames of the walk on each side of x_p (x_p itself is shared).
+#: Frames of the walk on each side of the boundary (the boundary point itself is shared).
 WALK_FRAMES = 4
 
 
 def counterfactuals(rows: Sequence[Counterfactual], classes: Sequence[str]) -> Figure:
     """input | counterfactual across the boundary | difference x - x_cf | importance, per row;
-    then, for the first row of each kind, the walk from x through x_p to x_cf."""
+    then, for the first row of each kind, the walk from x across the boundary (through x_p when
+    the move is along the normal) to x_cf."""
     walks = [r for i, r in enumerate(rows) if i == 0 or r.kind != rows[i - 1].kind]
     frames = len(rows[0].walk) if rows else 0
     cols = max(4, frames)
@@ -253,18 +255,23 @@ def counterfactuals(rows: Sequence[Counterfactual], classes: Sequence[str]) -> F
         for j, (image, margin) in enumerate(zip(row.walk, row.walk_margins)):
             ax = axes[len(rows) + w][j]
             _show_image(ax, image.clamp(0, 1))
-            label = "x" if j == 0 else "x_p" if j == WALK_FRAMES - 1 else \
+            on_boundary = "x_p" if row.along == "normal" else "boundary"
+            label = "x" if j == 0 else on_boundary if j == WALK_FRAMES - 1 else \
                 "x_cf" if j == len(row.walk) - 1 else ""
             ax.set_title(f"{label} f_{k} - f_{c} = {float(margin):+.1f}", fontsize=7)
-    fig.suptitle("Invertible classifier: counterfactuals across decision boundaries "
-                 "(bottom: walks from x through x_p)")
+    move = {"normal": "along the boundary's normal", "class centres": "between class centres"}
+    fig.suptitle("Invertible classifier: counterfactuals across decision boundaries, moving "
+                 f"{move[rows[0].along] if rows else ''} (bottom: walks from x across the "
+                 "boundary)")
     return fig
 
 
 def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | None,
-                        margin: float) -> list[Counterfactual]:
+                        margin: float, centres: torch.Tensor | None = None
+                        ) -> list[Counterfactual]:
     """Rows for each image: across the runner-up boundary, and across `target`'s where it differs,
-    `margin` logits past it."""
+    `margin` logits past it, moving between the class `centres` (`boundary.cross`) or, without
+    them, along the boundary's normal."""
     jobs = [("runner-up", x, None)]
     if target is not None:
         with torch.no_grad():
@@ -276,9 +283,9 @@ def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | N
             continue
         p = project(model, inputs, counterfactual=counterfactual)
         imp = importance(model, p)
-        crossed = cross(model, p, margin)
-        # the walk: WALK_FRAMES frames from x to x_p, then WALK_FRAMES - 1 more to x_cf, in
-        # feature space along the straight line (x_p lies at t* = m / (m + margin))
+        crossed = cross(model, p, margin, centres=centres)
+        # the walk: WALK_FRAMES frames from x to the boundary, then WALK_FRAMES - 1 more to x_cf,
+        # in feature space along the straight line (the boundary lies at t* = m / (m + margin))
         t_star = p.margin / (p.margin + margin)
         walks, margins = [], []
         for i in range(len(inputs)):
@@ -287,12 +294,13 @@ def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | N
             single = Projection(*(getattr(p, f)[i:i + 1] for f in (
                 "inputs", "projected", "features", "projected_features", "source",
                 "counterfactual", "margin")))
-            walks.append(cross(model, single, margin, steps)[0])
+            walks.append(cross(model, single, margin, steps, centres=centres)[0])
             margins.append(-(float(p.margin[i]) - steps * (float(p.margin[i]) + margin)))
         with torch.no_grad():
             top = model(crossed).argmax(1)
         rows += [Counterfactual(p.inputs[i], p.projected[i], crossed[i], imp[i], walks[i],
                                 margins[i], int(p.source[i]), int(p.counterfactual[i]),
-                                int(top[i]), kind)
+                                int(top[i]), kind,
+                                "normal" if centres is None else "class centres")
                  for i in range(len(inputs))]
     return rows
