@@ -47,7 +47,7 @@ class InvertibleCounterfactualConfig:
     logits past the boundary, moving in `direction`; the importance's post-hoc accuracy keeps
     `posthoc_k` chunks of `posthoc_chunk` x `posthoc_chunk` pixels."""
 
-    margin: float = bounded(20.0, ge=0)
+    margin: float = bounded(15.0, ge=0)
     direction: Literal["class_centres", "normal"] = "class_centres"
     posthoc_k: int = bounded(4, ge=1)
     posthoc_chunk: int = bounded(4, ge=1)
