@@ -7,7 +7,8 @@ feature space (`direction` "class_centres", ECINN's move) or along the boundary'
 ("normal"). The measures (Wachter et al. 2017; Van Looveren and Klaise 2019):
 
 - validity: the independent black box, shown `x_cf` clipped to [0, 1] (the picture a person
-  sees), answers `k`; `reached`: the invertible model itself answers `k` (1 up to float error);
+  sees), answers `k`; `reached`: the invertible model itself answers `k` (the margin is over `c`
+  only, so this falls below 1 where a third class overtakes both on the way);
 - proximity: mean L1 and L2 norm of `x - x_cf` (pixels in [0, 1]);
 - plausibility: bits per dimension under the flow of the picture a person sees (`x_cf` clipped
   to [0, 1] and quantised to 8 bits), beside those of the real test images, both dequantised as

@@ -195,7 +195,8 @@ def cross(model: Invertible, projection: Projection, margin: float,
           steps: torch.Tensor | None = None, batch_size: int = _BATCH,
           centres: torch.Tensor | None = None) -> torch.Tensor:
     """Counterfactuals across the boundary: `T^-1` of the features moved in a straight line until
-    the counterfactual class wins by `margin` logits (`f_k - f_c = margin`).
+    the counterfactual class beats the source by `margin` logits (`f_k - f_c = margin`; a third
+    class can still be higher).
 
     By default the move is along the boundary's normal, `z_cf = z_p + margin / ||w|| * (-w /
     ||w||)`: the projection `x_p` and the crossed point differ only in the direction that
