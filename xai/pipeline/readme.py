@@ -35,9 +35,14 @@ def _json(root: Path, name: str) -> dict:
     return json.loads((root / name).read_text())
 
 
+def _interval(mean: float, low: float, high: float, fmt: str = ".3f") -> str:
+    """`mean [low, high]`, every number in `fmt`."""
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
 def _counterfactual_row(cf: dict) -> str:
     def ci(key: str, fmt: str) -> str:
-        return (f"{cf[key]:{fmt}} [{cf[key + '_low']:{fmt}}, {cf[key + '_high']:{fmt}}]")
+        return _interval(cf[key], cf[key + "_low"], cf[key + "_high"], fmt)
 
     posthoc = {key.split("_posthoc")[0].removeprefix("image_"): (key.rsplit("_k", 1)[1], v)
                for key, v in cf.items() if "_posthoc_accuracy_k" in key}
@@ -151,8 +156,7 @@ def judged_variants_block(root: Path) -> str:
     def cell(rs: list[dict], key: str) -> str:
         values = [r["measures"][key] for r in rs]
         if len(values) == 1:
-            mean, low, high = values[0]
-            return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+            return _interval(*values[0])
         means = [v[0] for v in values]
         return f"{sum(means) / len(means):.3f} ({min(means):.3f}-{max(means):.3f})"
 
@@ -232,16 +236,13 @@ def counterfactual_sweep_block(root: Path) -> str:
     runs = [json.loads(line) for line in
             (root / "experiments/counterfactual_sweep.jsonl").read_text().splitlines() if line]
 
-    def ci(values: list[float], fmt: str) -> str:
-        mean, low, high = values
-        return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
-
     lines = ["| direction | margin | validity (black box) | pixels out of range | bits/dim minus "
              "the real images' | L1 |", "|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['direction']} | {r['margin']:g} | {ci(r['validity'], '.3f')} | "
-                     f"{ci(r['out_of_range'], '.4f')} | {ci(r['bits_per_dim_gap'], '+.2f')} | "
-                     f"{ci(r['l1'], '.1f')} |")
+        lines.append(f"| {r['direction']} | {r['margin']:g} | {_interval(*r['validity'])} | "
+                     f"{_interval(*r['out_of_range'], '.4f')} | "
+                     f"{_interval(*r['bits_per_dim_gap'], '+.2f')} | "
+                     f"{_interval(*r['l1'], '.1f')} |")
     return "\n".join(lines)
 
 
