@@ -36,7 +36,7 @@ def main() -> float:
             loss.backward()
             optimiser.step()
 
-    vibi = xai.VIBI(model, k=2, explainer="ResNet_4x", width=0.25, warmup_steps=0)
+    vibi = xai.VIBI(model, k=2, explainer="ResNet_4x", width_multiplier=0.25, warmup_steps=0)
     vibi.fit(x, epochs=2, show_progress=False)
     test, _ = quadrant_images(256, 1)
     keep = vibi.top_k(test)

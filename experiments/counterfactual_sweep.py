@@ -25,17 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xai.data.prepared import Split, load_dataset  # noqa: E402
-from xai.devices import select_device  # noqa: E402
-from xai.evaluation.counterfactuals import centres_for, per_image_quality  # noqa: E402
-from xai.evaluation.uncertainty import (  # noqa: E402
-    bootstrap,
-    paired_difference,
-    resample_indices,
-)
-from xai.models.blackbox import load_blackbox  # noqa: E402
-from xai.models.invertible import IMAGE_KIND, load_classifier  # noqa: E402
-from xai.pipeline.config import load_config  # noqa: E402
+from xai.data.prepared import Split, load_dataset
+from xai.devices import select_device
+from xai.evaluation.counterfactuals import centres_for, per_image_quality
+from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
+from xai.models.blackbox import load_blackbox
+from xai.models.invertible import IMAGE_KIND, load_classifier
+from xai.pipeline.config import load_config
 
 RESAMPLES = 1000
 

@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xai.pipeline.config import Config, parse_section, set_dotted  # noqa: E402
+from xai.pipeline.config import Config, parse_section, set_dotted
 
 
 def configured(params: dict, overrides: dict[str, object]) -> dict:

@@ -3,8 +3,9 @@
     python experiments/reliability.py experiments/reliability.json
 
 Runs tests/test_faults.py, tests/test_reliability.py and tests/test_io.py with pytest and writes,
-per test, the cases tried and the failures; `python -m xai.pipeline.readme` turns the file into the
-README's reliability table, and tests/test_faults.py checks that its counts match the case lists.
+per test, the cases tried and the failures; `python tools/docs.py` turns the file into the
+reliability table of docs/reliability.md, and tests/test_faults.py checks that its counts match
+the case lists.
 """
 
 from __future__ import annotations

@@ -31,10 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xai.data.prepared import Dataset, load_dataset  # noqa: E402
-from xai.evaluation.encoding import encoding_correct  # noqa: E402
-from xai.evaluation.judge import load_judge  # noqa: E402
-from xai.evaluation.table import (  # noqa: E402
+from xai.data.prepared import Dataset, load_dataset
+from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.table import (
     HEADLINE,
     Evaluation,
     Report,
@@ -42,18 +41,20 @@ from xai.evaluation.table import (  # noqa: E402
     evaluate,
     headline_key,
 )
-from xai.explain.attribution import (  # noqa: E402
-    GradientShapAttribution,
-    IntegratedGradientsAttribution,
+from xai.explain.attribution import (
+    ExplainerDistribution,
+    GradientShap,
+    IntegratedGradients,
     Occlusion,
-    VibiAttribution,
 )
-from xai.explain.vibi import Vibi  # noqa: E402
-from xai.models.blackbox import load_blackbox, load_probabilities  # noqa: E402
-from xai.pipeline.config import SHAP_BASELINES, Config, load_config  # noqa: E402
-from xai.pipeline.tracking import NullRun  # noqa: E402
-from xai.train.loop import History, seed_everything, to_unit  # noqa: E402
-from xai.train.vibi import Targets, explain_split, spec_for, summarize, train  # noqa: E402
+from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.models.judge import load_judge
+from xai.models.vibi import VibiModel, explain_split
+from xai.pipeline.config import SHAP_BASELINES, Config, load_config
+from xai.pipeline.tracking import NullRun
+from xai.tensors import to_unit
+from xai.train.loop import History, seed_everything
+from xai.train.vibi import Targets, spec_for, summarize, train
 
 ENCODING_IMAGES = 3000
 REFERENCES = ("gradient_shap", "occlusion", "integrated_gradients")
@@ -65,10 +66,10 @@ def references(names: list[str], blackbox: torch.nn.Module, data: Dataset, chunk
     GradientShap baselines are `SHAP_BASELINES` training images drawn with `evaluate.seed`)."""
     ev = cfg.evaluate
     pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(ev.seed))
-    made = {"gradient_shap": lambda: GradientShapAttribution(
+    made = {"gradient_shap": lambda: GradientShap(
                 blackbox, to_unit(data.train.x[pick[:SHAP_BASELINES]]), ev.shap_samples),
             "occlusion": lambda: Occlusion(blackbox, chunk, ev.batch_size),
-            "integrated_gradients": lambda: IntegratedGradientsAttribution(
+            "integrated_gradients": lambda: IntegratedGradients(
                 blackbox, steps=ev.ig_steps, internal_batch_size=ev.batch_size)}
     return {name: made[name]() for name in names}
 
@@ -141,7 +142,7 @@ def main() -> None:
                              f"{name} uses {vibi_spec.chunk}")
         for seed in args.seeds:
             torch.manual_seed(seed)
-            model = Vibi(vibi_spec).to(device)
+            model = VibiModel(vibi_spec).to(device)
             started = time.perf_counter()
             train(model, settings, Targets(data.train.x, probs["train"]),
                   Targets(data.val.x, probs["val"]), seed=seed, history=History(NullRun()),
@@ -160,7 +161,7 @@ def main() -> None:
                     "mean_kl": round(measures["mean_kl"], 4),
                     "gpu_seconds" if device.type == "cuda" else "cpu_seconds": round(seconds, 1)}
             if args.measure_images:
-                report = evaluate({"vibi": VibiAttribution(name, model.eval(), blackbox)},
+                report = evaluate({"vibi": ExplainerDistribution(name, model.eval(), blackbox)},
                                   blackbox, x, judge=judge, settings=how)
                 line |= measured(report, "vibi", measured_refs)
             print(json.dumps(line), flush=True)

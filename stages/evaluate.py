@@ -10,34 +10,30 @@ import torch
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError, DataError
-from xai.evaluation.judge import load_judge
-from xai.evaluation.table import (
-    HEADLINE,
-    construction_note,
-    evaluate,
-    headline_key,
-)
+from xai.evaluation.table import HEADLINE, construction_note, evaluate, headline_key
 from xai.explain.attribution import (
+    ExplainerDistribution,
     GradientSaliency,
-    GradientShapAttribution,
+    GradientShap,
     InputTimesGradient,
-    IntegratedGradientsAttribution,
-    KernelShapAttribution,
-    LimeAttribution,
+    IntegratedGradients,
+    KernelShap,
+    Lime,
     Occlusion,
     RandomChunks,
     SmoothGrad,
-    VibiAttribution,
 )
 from xai.explain.boundary import BoundaryImportance
-from xai.explain.vibi import load_vibi
 from xai.io import save_json, transaction, write_bytes
 from xai.models.blackbox import load_blackbox
 from xai.models.explainers import evaluation_budgets
 from xai.models.invertible import IMAGE_KIND, load_classifier
+from xai.models.judge import load_judge
+from xai.models.vibi import load_vibi
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import CHUNK_KEYS, SHAP_BASELINES, flatten, load_config
-from xai.train.loop import seed_everything, to_unit
+from xai.tensors import to_unit
+from xai.train.loop import seed_everything
 from xai.viz.figures import deletion_insertion_figure, measures_figure, save_png
 
 SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "deletion_auc_road", "insertion_auc_road",
@@ -89,18 +85,18 @@ def main(argv: list[str] | None = None) -> None:
         references = torch.randperm(len(data.train), generator=generator)[:SHAP_BASELINES]
         shap_baselines = to_unit(data.train.x[references].to(device))
         explainers = [
-            (VibiAttribution("vibi", vibi, blackbox), "blackbox"),
-            (VibiAttribution("l2x", l2x, blackbox), "blackbox"),
+            (ExplainerDistribution("vibi", vibi, blackbox), "blackbox"),
+            (ExplainerDistribution("l2x", l2x, blackbox), "blackbox"),
             (GradientSaliency(blackbox), "blackbox"),
             (InputTimesGradient(blackbox), "blackbox"),
             (SmoothGrad(blackbox, ev.smoothgrad_samples, ev.smoothgrad_std, ev.batch_size),
              "blackbox"),
-            (IntegratedGradientsAttribution(blackbox, steps=ev.ig_steps,
+            (IntegratedGradients(blackbox, steps=ev.ig_steps,
                                             internal_batch_size=ev.batch_size), "blackbox"),
-            (GradientShapAttribution(blackbox, shap_baselines, ev.shap_samples), "blackbox"),
+            (GradientShap(blackbox, shap_baselines, ev.shap_samples), "blackbox"),
             (Occlusion(blackbox, chunk, ev.batch_size), "blackbox"),
-            (LimeAttribution(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
-            (KernelShapAttribution(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
+            (Lime(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
+            (KernelShap(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
             (RandomChunks(blackbox, chunk, ev.seed), "blackbox"),
             (BoundaryImportance(invertible), "invertible"),
             (GradientSaliency(invertible, name="saliency_invertible"), "invertible"),

@@ -10,13 +10,13 @@ import torch
 from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
 from xai.evaluation.counterfactuals import centres_for
+from xai.evaluation.invertible import PROJECTIONS_KIND
 from xai.io import load_torch, transaction
 from xai.models.blackbox import load_probabilities
 from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import flatten, load_config
-from xai.train.invertible import PROJECTIONS_KIND
-from xai.train.loop import to_unit
+from xai.tensors import to_unit
 from xai.train.vibi import EXPLANATIONS_KIND
 from xai.viz.figures import read_rows, save_png, training_curves
 from xai.viz.render import (

@@ -18,16 +18,14 @@ from xai.models.blackbox import (
     architecture,
     check_outputs,
     describe,
-    evaluate,
     load_user_model,
     parameter_count,
-    probabilities,
     save_blackbox,
     save_probabilities,
-    train_blackbox,
 )
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import Config, flatten, load_config, param_error
+from xai.train.blackbox import loss_and_accuracy, probabilities, train_blackbox
 from xai.train.loop import (
     History,
     distributed_device,
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         history = History(run, target_key="val_accuracy", target=VAL_TARGET)
         trained = train_blackbox(cfg.blackbox, data, history, generator, dist)
         train_seconds = history.elapsed
-        test_loss, test_acc = evaluate(trained.model, data.test.x, data.test.y,
+        test_loss, test_acc = loss_and_accuracy(trained.model, data.test.x, data.test.y,
                                        cfg.blackbox.eval_batch_size)
         if not dist.is_main:
             return
@@ -106,8 +104,8 @@ def user_blackbox(cfg: Config, device: torch.device, args: argparse.Namespace,
             raise param_error(exc) from None
         spec = architecture(cfg.blackbox, data.input_shape, data.num_classes)
         batch = cfg.blackbox.eval_batch_size
-        test_loss, test_acc = evaluate(model, data.test.x, data.test.y, batch)
-        val_loss, val_acc = evaluate(model, data.val.x, data.val.y, batch)
+        test_loss, test_acc = loss_and_accuracy(model, data.test.x, data.test.y, batch)
+        val_loss, val_acc = loss_and_accuracy(model, data.val.x, data.val.y, batch)
         save_blackbox(model, spec, data.classes, args.model)
         save_probabilities(probabilities(model, data, batch), args.probs)
         History(run).save(args.plots)  # no training, no epochs: an empty plots file

@@ -16,6 +16,7 @@ import time
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError
+from xai.evaluation.invertible import check, image_projections, toy_projections
 from xai.io import save_json, save_torch, transaction
 from xai.models.invertible import (
     IMAGE_KIND,
@@ -25,13 +26,7 @@ from xai.models.invertible import (
 )
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import flatten, load_config
-from xai.train.invertible import (
-    check,
-    image_projections,
-    toy_projections,
-    train_image,
-    train_toy,
-)
+from xai.train.invertible import train_image, train_toy
 from xai.train.loop import (
     History,
     cpu_threads,

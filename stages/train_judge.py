@@ -6,21 +6,16 @@ import argparse
 
 import torch
 
+from xai.chunks import num_chunks
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
-from xai.evaluation.judge import (
-    Judge,
-    JudgeTraining,
-    agreement,
-    num_chunks,
-    save_judge,
-    train_judge,
-)
 from xai.io import save_json, transaction
 from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
 from xai.models.explainers import CHUNK_SIZE
+from xai.models.judge import Judge, agreement, save_judge
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import flatten, load_config
+from xai.train.judge import train_judge
 from xai.train.loop import History, seed_everything
 
 REPORTED_SHARES = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # budgets reported, share of chunks
@@ -53,11 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         if start:
             judge.start_from(blackbox)
         run.log_params({"judge.started_from_blackbox": start})
-        settings = JudgeTraining(cfg.judge.epochs, cfg.judge.batch_size, cfg.judge.lr,
-                                 cfg.judge.imputed_fraction, cfg.road_noise_std, start)
         history = History(run)
-        train_judge(judge, data.train.x, probs["train"], settings, generator, history,
-                    val=(data.val.x, probs["val"]))
+        train_judge(judge, data.train.x, probs["train"], cfg.judge, generator, history,
+                    val=(data.val.x, probs["val"]), noise_std=cfg.road_noise_std)
         reference = probs["test"].argmax(1)
         d = num_chunks(tuple(data.input_shape), chunk)
         metrics: dict[str, float] = {"num_chunks": d}

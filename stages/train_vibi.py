@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from xai.data.prepared import load_dataset
+from xai.data.prepared import Split, load_dataset
 from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.explain.vibi import Vibi, load_vibi, save_vibi
 from xai.io import file_md5, save_json, save_torch, transaction
 from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.models.vibi import VibiModel, explain_split, load_vibi, save_vibi
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import flatten, load_config
 from xai.train.loop import (
@@ -23,9 +23,7 @@ from xai.train.loop import (
     seed_everything,
 )
 from xai.train.vibi import (
-    Targets,
     entry_settings,
-    explain_split,
     explanations_state,
     spec_for,
     summarize,
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                                 f"{len(getattr(data, split))} images of {data.num_classes} "
                                 "classes); re-run train_blackbox")
         spec = spec_for(settings, data)
-        model = Vibi(spec).to(device)
+        model = VibiModel(spec).to(device)
         init_digest = ""
         if settings.jump_start:
             init = load_vibi(args.init, device)
@@ -83,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             model.load_state_dict(init.state_dict())
             init_digest = file_md5(args.init)
         history = History(run, target_key="val_fidelity", target=VAL_TARGET)
-        train(model, settings, Targets(data.train.x, probs["train"]),
-              Targets(data.val.x, probs["val"]), seed=cfg.seed, history=history,
+        train(model, settings, Split(data.train.x, probs["train"]),
+              Split(data.val.x, probs["val"]), seed=cfg.seed, history=history,
               checkpoint=args.checkpoint, jump_started=settings.jump_start,
               run_id=init_digest, desc=args.method, show_progress=dist.is_main, dist=dist,
               blackbox=blackbox)

@@ -10,18 +10,18 @@ import torch
 from torch import nn
 
 import xai
-import xai.explain.vibi_api
+import xai.explain.vibi
 from tests.conftest import ROOT
 
 
 def test_public_names_are_exported():
-    assert set(xai.__all__) >= {"VIBI", "Occlusion", "LimeAttribution", "KernelShapAttribution"}
+    assert set(xai.__all__) >= {"VIBI", "Occlusion", "Lime", "KernelShap"}
     for name in xai.__all__:
         assert getattr(xai, name) is not None
 
 
 def test_the_module_example_runs():
-    assert doctest.testmod(xai.explain.vibi_api).failed == 0
+    assert doctest.testmod(xai.explain.vibi).failed == 0
 
 
 def test_the_example_explains_a_user_model():
@@ -40,7 +40,7 @@ def test_save_load_and_a_plain_callable_black_box(tmp_path):
         return linear(x.flatten(1))
 
     x = torch.rand(128, 1, 8, 8)
-    vibi = xai.VIBI(blackbox, k=2, width=0.25, warmup_steps=0)
+    vibi = xai.VIBI(blackbox, k=2, width_multiplier=0.25, warmup_steps=0)
     with pytest.raises(RuntimeError, match="call fit"):
         vibi.attribute(x)
     vibi.fit(x, epochs=1, show_progress=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xai.evaluation.measures import chunk_areas
-from xai.explain.attribution import KernelShapAttribution, LimeAttribution, Occlusion
+from xai.chunks import chunk_areas
+from xai.explain.attribution import KernelShap, Lime, Occlusion
 
 
 class OneChunkModel(nn.Module):
@@ -35,8 +35,8 @@ def test_perturbation_methods_credit_the_one_chunk_the_model_reads():
     p_full = model(x).softmax(1)[:, 0]
     gain = p_full - 0.5  # the chunk removed: logits (0, 0)
     # LIME's ridge shrinks its coefficients slightly; KernelSHAP's fit is exact here
-    for method, tol in ((LimeAttribution(model, 2, samples=64, seed=0), 5e-3),
-                        (KernelShapAttribution(model, 2, samples=64, seed=0), 1e-3)):
+    for method, tol in ((Lime(model, 2, samples=64, seed=0), 5e-3),
+                        (KernelShap(model, 2, samples=64, seed=0), 1e-3)):
         scores = chunk_scores(method.attribute(x, target))
         assert torch.allclose(scores[:, 5], gain, atol=tol), method.name
         others = torch.cat([scores[:, :5], scores[:, 6:]], 1)
@@ -51,14 +51,14 @@ def test_kernel_shap_values_add_up_and_reruns_differ_but_seeds_reproduce():
     net = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
     x = torch.rand(5, 1, 6, 6)
     target = torch.tensor([0, 1, 2, 0, 1])
-    shap = KernelShapAttribution(net, 2, samples=40, seed=3)
+    shap = KernelShap(net, 2, samples=40, seed=3)
     a = chunk_scores(shap.attribute(x, target))
     with torch.no_grad():
         p = net(x).softmax(1).gather(1, target[:, None])[:, 0]
         p0 = net(torch.zeros_like(x)).softmax(1).gather(1, target[:, None])[:, 0]
     assert torch.allclose(a.sum(1), p - p0, atol=1e-3)  # efficiency
     assert not torch.equal(chunk_scores(shap.attribute(x, target)), a)
-    again = KernelShapAttribution(net, 2, samples=40, seed=3)
+    again = KernelShap(net, 2, samples=40, seed=3)
     assert torch.equal(chunk_scores(again.attribute(x, target)), a)
     assert chunk_areas((1, 6, 6), 2).shape[1] == 9
 
@@ -70,7 +70,7 @@ def test_surrogates_stay_defined_with_fewer_subsets_than_chunks():
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 4))
     x = torch.rand(6, 3, 12, 12)
     target = torch.arange(6) % 4
-    for method in (LimeAttribution(net, 1, samples=20, seed=0),
-                   KernelShapAttribution(net, 1, samples=20, seed=0)):
+    for method in (Lime(net, 1, samples=20, seed=0),
+                   KernelShap(net, 1, samples=20, seed=0)):
         maps = method.attribute(x, target)  # 144 chunks, 20 subsets
         assert maps.shape == x.shape and torch.isfinite(maps).all(), method.name

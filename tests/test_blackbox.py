@@ -15,7 +15,7 @@ from xai.io import save_torch
 from xai.models.blackbox import architecture, load_blackbox, load_probabilities
 from xai.pipeline.config import load_config
 
-TINY = {"blackbox.width": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
+TINY = {"blackbox.channels": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
         "blackbox.lr": 0.003, "blackbox.schedule": "constant", "device": "cpu"}
 
 

@@ -10,10 +10,10 @@ import pytest
 from stages import evaluate
 from tests.test_figures import assert_png
 from xai.errors import ConfigError
-from xai.evaluation.judge import Judge, save_judge
-from xai.explain.vibi import Vibi, VibiSpec, save_vibi
 from xai.models.blackbox import Architecture, save_blackbox
 from xai.models.invertible import IMAGE_KIND, image_classifier, save_classifier
+from xai.models.judge import Judge, save_judge
+from xai.models.vibi import VibiModel, VibiSpec, save_vibi
 
 TINY_EVAL = {"device": "cpu", "vibi.k": 1, "evaluate.num_images": 16, "evaluate.budgets": [1, 2],
              "evaluate.curve_points": 5, "evaluate.ig_steps": 4, "evaluate.robustness_images": 4,
@@ -34,7 +34,7 @@ def models(tmp_path):
     save_blackbox(spec.build(), spec, ("left", "right"), paths["blackbox"])
     save_judge(Judge(spec, chunk=4), paths["judge"])
     for name in ("vibi", "l2x"):
-        save_vibi(Vibi(VibiSpec("ResNet_4x", 1, 0.25, 1, 8, 8, 2, 1)), paths[name])
+        save_vibi(VibiModel(VibiSpec("ResNet_4x", 1, 0.25, 1, 8, 8, 2, 1)), paths[name])
     net = image_classifier((1, 8, 8), 2, downsample=[2, 4], blocks=[1, 1], hidden=[4, 4],
                            kernel=[3, 1])
     save_classifier(net, paths["invertible"], IMAGE_KIND)
@@ -113,7 +113,7 @@ def test_colour_images_with_pixel_chunks_evaluate_completely(tmp_path, params):
     save_blackbox(spec.build(), spec, ("left", "right"), paths["blackbox"])
     save_judge(Judge(spec, chunk=1), paths["judge"])
     for name in ("vibi", "l2x"):
-        save_vibi(Vibi(VibiSpec("Unet", 1, 0.25, 3, 8, 8, 2, 4)), paths[name])
+        save_vibi(VibiModel(VibiSpec("Unet", 1, 0.25, 3, 8, 8, 2, 4)), paths[name])
     net = image_classifier((3, 8, 8), 2, downsample=[2, 4], blocks=[1, 1], hidden=[4, 4],
                            kernel=[3, 1])
     save_classifier(net, paths["invertible"], IMAGE_KIND)

@@ -3,7 +3,7 @@
 Every case ends in a clear message (a `XaiError`, exit code 2, naming the file or key) or in a
 documented conversion, and after each kill `dvc repro` brings the pipeline back to the same
 metrics bit for bit. The case lists below are what `experiments/faults.py` counts for the
-README's reliability section (`tests/test_readme.py` keeps the two in step).
+reliability table in docs/reliability.md (`tests/test_readme.py` keeps the two in step).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from tests.conftest import ROOT, image_tree, write_params, write_tar
 from xai.data.prepared import load_dataset
 from xai.data.sources import read_folder
 from xai.errors import ConfigError, DataError, XaiError
-from xai.evaluation.judge import load_judge
-from xai.explain.vibi import load_vibi
+from xai.evaluation.invertible import PROJECTIONS_KIND
 from xai.io import load_torch
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier
+from xai.models.judge import load_judge
+from xai.models.vibi import load_vibi
 from xai.pipeline.config import load_config
-from xai.train.invertible import PROJECTIONS_KIND
 from xai.train.vibi import EXPLANATIONS_KIND
 
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -44,7 +44,7 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 
 TINY_PIPELINE = {
     "device": "cpu", "data.dataset": "folder", "data.val_fraction": 0.25,
-    "blackbox.width": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
+    "blackbox.channels": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
     "blackbox.schedule": "constant",
     "toy.n_samples": 90, "toy.dataset": "blobs",
     "invertible.toy.epochs": 4, "invertible.toy.milestones": [2, 3],
@@ -53,7 +53,7 @@ TINY_PIPELINE = {
     "invertible.image.hidden": [4, 4], "invertible.image.kernel": [3, 1],
     "invertible.image.epochs": 1, "invertible.image.batch_size": 16,
     "invertible.image.eval_batch_size": 16,
-    "vibi.width": 0.25, "vibi.k": 1, "vibi.epochs": 1, "vibi.l2x_epochs": 1,
+    "vibi.width_multiplier": 0.25, "vibi.k": 1, "vibi.epochs": 1, "vibi.l2x_epochs": 1,
     "vibi.batch_size": 16, "vibi.warmup_steps": 0, "vibi.precision": "fp32",
     "judge.epochs": 1, "judge.batch_size": 16,
     "render.dpi": 40, "render.vibi_images": 2, "render.vibi_columns": 2,
@@ -393,7 +393,7 @@ def test_malformed_params_stop_a_real_stage_with_exit_2_before_any_work(tmp_path
 
 
 def test_the_committed_counts_in_the_readme_match_these_case_lists():
-    """experiments/reliability.json (the README's table) was made from the cases above."""
+    """experiments/reliability.json (docs/reliability.md's table) was made from the cases above."""
     results = json.loads((ROOT / "experiments/reliability.json").read_text())
     tried = {t["test"]: t["cases"] for t in results["tests"]
              if t["file"] == "tests/test_faults.py"}

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xai.evaluation.imputation import (
-    NEIGHBOUR_WEIGHTS,
-    linear_impute,
-    noisy_linear_impute,
-)
+from xai.data.imputation import NEIGHBOUR_WEIGHTS, linear_impute, noisy_linear_impute
 
 
 def _neighbour_mean_residual(filled: torch.Tensor, removed: torch.Tensor) -> float:

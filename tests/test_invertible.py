@@ -6,20 +6,22 @@ import pytest
 import torch
 
 from xai.errors import CheckpointError
-from xai.models.invertible import (
-    IMAGE_KIND,
-    TOY_KIND,
+from xai.models.flow import (
     ActNorm,
     AffineCoupling,
-    ChannelMLP,
     Coupling,
-    GaussianHead,
-    InvertibleClassifier,
     InvertibleConv1x1,
     InvertibleNet,
     Logit,
     Permutation,
     SpaceToDepth,
+)
+from xai.models.invertible import (
+    IMAGE_KIND,
+    TOY_KIND,
+    ChannelMLP,
+    GaussianHead,
+    InvertibleClassifier,
     image_classifier,
     load_classifier,
     reconstruction_error,

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from xai.chunks import expand, num_chunks, random_chunk_masks
+from xai.data.imputation import fill
 from xai.evaluation.encoding import encoding_correct
-from xai.evaluation.judge import (
-    Judge,
-    JudgeTraining,
-    agreement,
-    fill,
-    load_judge,
-    num_chunks,
-    random_chunk_masks,
-    save_judge,
-    train_judge,
-)
-from xai.evaluation.measures import expand
 from xai.models.blackbox import Architecture
+from xai.models.judge import Judge, agreement, load_judge, save_judge
+from xai.train.judge import JudgeConfig, train_judge
 from xai.train.loop import History
 
 
@@ -104,7 +96,7 @@ def test_cheating_explainer_is_flagged_and_the_judge_gives_it_low_fidelity():
 
     # the judge, trained on random subsets only, cannot read the cheat's positions
     judge = Judge(Architecture("small_cnn", 1, 4, 8, 8), chunk)
-    train_judge(judge, (x * 255).to(torch.uint8), probs, JudgeTraining(epochs=12, batch_size=32,
+    train_judge(judge, (x * 255).to(torch.uint8), probs, JudgeConfig(epochs=12, batch_size=32,
                 lr=3e-3, imputed_fraction=0.0), torch.Generator().manual_seed(0),
                 History(), show_progress=False)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import xai
 from tests.conftest import separable
-from xai.train.loop import to_unit
+from xai.tensors import to_unit
 
 SMALL = {"chunk": 4, "k": 1, "budgets": (1, 2), "curve_points": 5, "robustness_images": 8,
          "perturbations": 2, "encoding_folds": 2, "bootstrap": 200, "batch_size": 64}
@@ -82,8 +82,8 @@ def test_evaluate_without_robustness_images_skips_robustness_and_sanity():
 
 
 def test_evaluate_with_two_models_and_a_judge():
-    from xai.evaluation.judge import Judge
     from xai.models.blackbox import Architecture
+    from xai.models.judge import Judge
 
     blackbox, other = HalfBrightness().eval(), HalfBrightness().eval()
     x = to_unit(separable(16).x)

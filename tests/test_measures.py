@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from xai.chunks import chunk_areas, chunk_scores, expand, top_k_mask
 from xai.evaluation.measures import (
     auc,
-    chunk_areas,
-    chunk_scores,
     deletion_insertion,
-    expand,
     posthoc_agreement,
     sparseness,
-    top_k_mask,
 )
 
 
@@ -74,10 +71,10 @@ def test_exact_attribution_beats_random_on_deletion_and_posthoc():
 
 def test_partial_chunks_match_the_explainer_grid():
     # ResNet_8x on 28 x 28: a 4 x 4 grid whose last row and column are 4 px wide
-    from xai.explain.attribution import VibiAttribution
-    from xai.explain.vibi import Vibi, VibiSpec
+    from xai.explain.attribution import ExplainerDistribution
+    from xai.models.vibi import VibiModel, VibiSpec
 
-    vibi = Vibi(VibiSpec("ResNet_8x", 1, 0.25, 1, 28, 28, 10, 3)).eval()
+    vibi = VibiModel(VibiSpec("ResNet_8x", 1, 0.25, 1, 28, 28, 10, 3)).eval()
     areas = chunk_areas((1, 28, 28), 8)
     assert areas.shape == (1, 16) and areas.sum() == 28 * 28
     assert areas[0, 0] == 64 and areas[0, 3] == 32 and areas[0, 15] == 16
@@ -89,6 +86,6 @@ def test_partial_chunks_match_the_explainer_grid():
     torch.testing.assert_close(pixels, vibi.pixel_mask(mask), rtol=0, atol=0)
 
     x = torch.rand(2, 1, 28, 28)
-    attr = VibiAttribution("vibi", vibi, vibi).attribute(x)
+    attr = ExplainerDistribution("vibi", vibi, vibi).attribute(x)
     p = vibi.chunk_logits(x).softmax(1)
     torch.testing.assert_close(chunk_scores(attr, 8), p)  # the map sums back to p(z | x)

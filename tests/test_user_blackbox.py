@@ -20,7 +20,7 @@ from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
 from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
 from xai.pipeline.config import load_config, set_dotted
-from xai.train.loop import to_unit
+from xai.tensors import to_unit
 
 
 class HalfBrightness(nn.Module):

@@ -10,25 +10,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xai.data.prepared import Split
 from xai.errors import CheckpointError, ConfigError
-from xai.explain.vibi import (
-    Vibi,
+from xai.io import save_torch
+from xai.models.explainers import CHUNK_SIZE, build_explainer
+from xai.models.vibi import (
+    VibiModel,
     VibiSpec,
+    explain_split,
     gumbel_softmax_draws,
     hard_top_k,
     kl_to_uniform,
     load_vibi,
     relaxed_k_hot,
     save_vibi,
-    soft_cross_entropy,
-    vibi_loss,
 )
-from xai.io import save_torch
-from xai.models.explainers import CHUNK_SIZE, build_explainer
 from xai.pipeline.config import load_config, param_error
+from xai.tensors import to_unit
 from xai.train import vibi as vibi_training
-from xai.train.loop import History, to_unit
-from xai.train.vibi import Targets, explain_split, summarize, train
+from xai.train.loop import History
+from xai.train.vibi import summarize, train
+from xai.train.vibi_objective import soft_cross_entropy, vibi_loss
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +139,7 @@ def test_explainer_outputs_the_chunk_grid_its_name_says(name, size):
     chunk = CHUNK_SIZE[name]
     cells = math.ceil(size / chunk)
     for in_channels, xpl_channels in ((1, 1), (3, 1), (3, 3)):
-        net = build_explainer(name, in_channels, xpl_channels, width=0.25)
+        net = build_explainer(name, in_channels, xpl_channels, width_multiplier=0.25)
         out = net(torch.rand(2, in_channels, size, size))
         assert out.shape == (2, xpl_channels, cells, cells)
     spec = VibiSpec(name, 3, 0.25, 3, size, size, 10, 4)
@@ -147,7 +149,7 @@ def test_explainer_outputs_the_chunk_grid_its_name_says(name, size):
 @pytest.mark.parametrize("xpl_channels", [1, 3])
 def test_pixel_mask_is_the_chunk_mask_up_sampled(xpl_channels):
     spec = VibiSpec("ResNet_8x", xpl_channels, 0.25, 3, 28, 28, 10, 1)  # 4 x 4 chunks, last partial
-    model = Vibi(spec)
+    model = VibiModel(spec)
     mask = torch.zeros(1, spec.num_chunks)
     mask[0, spec.num_chunks - 1] = 1.0  # last channel, bottom-right chunk: pixels 24..27
     pixels = model.pixel_mask(mask)
@@ -161,7 +163,7 @@ def test_pixel_mask_is_the_chunk_mask_up_sampled(xpl_channels):
 # ----------------------------------------------------------------------------- training
 
 
-def position_task(n: int, seed: int) -> Targets:
+def position_task(n: int, seed: int) -> Split:
     """12 x 12 noisy images with one bright 4 x 4 patch; the class is the patch's chunk (of 9).
 
     Only the right chunk tells the class, so fidelity needs input-dependent explanations.
@@ -174,12 +176,12 @@ def position_task(n: int, seed: int) -> Targets:
         for dc in range(4):
             x[torch.arange(n), 0, rows + dr, cols + dc] = 1.0
     probs = F.one_hot(labels, 9).float() * 0.9 + 0.01
-    return Targets((x * 255).round().to(torch.uint8), probs)
+    return Split((x * 255).round().to(torch.uint8), probs)
 
 
 def tiny_settings(params, **overrides):
     """The paper's training (its own approximator) unless `objective` is overridden."""
-    base = {"vibi.objective": "published", "vibi.explainer_type": "ResNet_4x", "vibi.width": 0.5, "vibi.k": 1,
+    base = {"vibi.objective": "published", "vibi.explainer_type": "ResNet_4x", "vibi.width_multiplier": 0.5, "vibi.k": 1,
             "vibi.beta": 0.01, "vibi.batch_size": 32, "vibi.epochs": 4, "vibi.warmup_steps": 10,
             "vibi.lr": 0.003, "vibi.num_samples": 2, "vibi.precision": "fp32",
             "vibi.tau_start": 1.0, "vibi.tau_end": 0.2}
@@ -187,27 +189,27 @@ def tiny_settings(params, **overrides):
     return load_config(params(base)).vibi
 
 
-def tiny_model(settings) -> Vibi:
+def tiny_model(settings) -> VibiModel:
     torch.manual_seed(0)
-    return Vibi(VibiSpec(settings.explainer_type, 1, settings.width, 1, 12, 12, 9, settings.k))
+    return VibiModel(VibiSpec(settings.explainer_type, 1, settings.width_multiplier, 1, 12, 12, 9, settings.k))
 
 
 def test_training_learns_input_dependent_non_uniform_explanations(params):
     settings = tiny_settings(params)
     train_set, val_set = position_task(512, 0), position_task(256, 1)
     model = tiny_model(settings)
-    before = summarize(explain_split(model, val_set.x), val_set.probs)
+    before = summarize(explain_split(model, val_set.x), val_set.y)
     history = History()
     train(model, settings, train_set, val_set, seed=0, history=history, show_progress=False)
     losses = [row["train_ce"] for row in history.rows]
     assert losses[-1] < losses[0] < math.log(9)
     expl = explain_split(model, val_set.x)
-    after = summarize(expl, val_set.probs)
+    after = summarize(expl, val_set.y)
     assert after["fidelity"] > 0.9 > before["fidelity"] + 0.3
     assert after["mean_kl"] > 0.5  # far from the uniform distribution (log 9 = 2.2 at one-hot)
     chosen = expl.top_k.float().argmax(-1)
     assert len(chosen.unique()) == 9  # the chosen chunk depends on the input ...
-    assert (chosen == val_set.probs.argmax(-1)).float().mean() > 0.9  # ... and is the patch
+    assert (chosen == val_set.y.argmax(-1)).float().mean() > 0.9  # ... and is the patch
 
 
 def test_bf16_training_runs_channels_last_and_its_weights_load_into_a_plain_model(params):
@@ -246,9 +248,9 @@ def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(para
     train(model, settings, train_set, val_set, seed=0, history=History(),
           show_progress=False, blackbox=blackbox)
     expl = explain_split(model, val_set.x, blackbox)
-    assert summarize(expl, val_set.probs)["posthoc_accuracy"] > 0.9
+    assert summarize(expl, val_set.y)["posthoc_accuracy"] > 0.9
     chosen = expl.top_k.float().argmax(-1)
-    assert (chosen == val_set.probs.argmax(-1)).float().mean() > 0.9  # the patch
+    assert (chosen == val_set.y.argmax(-1)).float().mean() > 0.9  # the patch
 
 
 def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monkeypatch):
@@ -308,7 +310,7 @@ def test_checkpoint_from_other_settings_is_not_resumed(params, tmp_path, capsys)
 
 
 def test_model_round_trips_with_weights_only(tmp_path):
-    model = Vibi(VibiSpec("Unet", 3, 0.25, 3, 32, 32, 10, 64)).eval()
+    model = VibiModel(VibiSpec("Unet", 3, 0.25, 3, 32, 32, 10, 64)).eval()
     save_vibi(model, tmp_path / "vibi.pt")
     loaded = load_vibi(tmp_path / "vibi.pt")
     x = torch.rand(2, 3, 32, 32)

@@ -29,7 +29,7 @@ def changed(repo):
 
 def test_beta_reruns_only_vibi_and_k_reruns_both_entries(project):  # noqa: F811
     set_params(project, {**VIBI, **{k: v for k, v in TINY.items() if k != "device"},
-                         "blackbox.width": 2, "vibi.width": 0.125})
+                         "blackbox.channels": 2, "vibi.width_multiplier": 0.125})
     out = run([DVC, "repro", "train_vibi"], project)
     assert "Running stage 'train_l2x'" in out and "Running stage 'train_vibi'" in out
     assert changed(project) == set()

@@ -10,10 +10,10 @@ import torch
 from stages import train_blackbox, train_vibi
 from tests.test_blackbox import TINY
 from xai.errors import CheckpointError
-from xai.explain.vibi import load_vibi
 from xai.io import load_torch
+from xai.models.vibi import load_vibi
 
-VIBI = {**TINY, "vibi.width": 0.25, "vibi.k": 1, "vibi.epochs": 1, "vibi.l2x_epochs": 1,
+VIBI = {**TINY, "vibi.width_multiplier": 0.25, "vibi.k": 1, "vibi.epochs": 1, "vibi.l2x_epochs": 1,
         "vibi.batch_size": 32, "vibi.warmup_steps": 2}
 OUTPUTS = (("model", "pt"), ("explanations", "pt"), ("metrics", "json"), ("timings", "json"),
            ("plots", "csv"), ("checkpoint", "pt"))
@@ -61,7 +61,7 @@ def test_l2x_then_vibi_write_every_output(tiny_images, blackbox, params, tmp_pat
         assert not files["checkpoint"].exists()  # deleted once training completed
 
     with pytest.raises(CheckpointError, match="re-run train_l2x"):
-        run("vibi", params({**VIBI, "vibi.width": 0.5, "vibi.jump_start": True}), tiny_images,
+        run("vibi", params({**VIBI, "vibi.width_multiplier": 0.5, "vibi.jump_start": True}), tiny_images,
             blackbox, tmp_path, init=l2x["model"])
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import xai
 from tests.conftest import experiment, separable
-from xai.train.loop import to_unit
+from xai.tensors import to_unit
 
 
 def test_measured_keeps_every_headline_measure_and_the_paired_differences():

@@ -18,15 +18,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_WHERE = {"VIBI": "xai.explain.vibi_api",
+_WHERE = {"VIBI": "xai.explain.vibi",
           "evaluate": "xai.evaluation.table", "Report": "xai.evaluation.table",
           **{name: "xai.explain.boundary" for name in (
               "AffineHead", "BoundaryImportance", "Invertible", "Projection", "class_centres",
               "cross", "importance", "project")},
           "InvertibleClassifier": "xai.models.invertible",
           **{name: "xai.explain.attribution" for name in (
-              "GradientSaliency", "GradientShapAttribution", "InputTimesGradient",
-              "IntegratedGradientsAttribution", "KernelShapAttribution", "LimeAttribution",
+              "GradientSaliency", "GradientShap", "InputTimesGradient",
+              "IntegratedGradients", "KernelShap", "Lime",
               "Occlusion", "RandomChunks", "SmoothGrad")}}
 __all__ = list(_WHERE)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import csv
+import dataclasses
 import glob
 import hashlib
 import io
@@ -33,7 +34,7 @@ import threading
 import zipfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 
@@ -280,11 +281,31 @@ def file_md5(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_torch(path: str | Path, *, kind: str, required: Sequence[str] = ()) -> dict[str, Any]:
+class SavedFields:
+    """A dataclass saved as a mapping of its fields, some spelled by an older name in the files
+    (`SAVED_NAMES`: field -> saved name), so renaming a field in code leaves every saved file's
+    bytes, and the files already written, as they are."""
+
+    SAVED_NAMES: ClassVar[dict[str, str]] = {}
+
+    def to_state(self) -> dict[str, Any]:
+        """The fields, in order, as a saved file holds them."""
+        return {self.SAVED_NAMES.get(k, k): v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """Rebuild from `to_state`'s mapping."""
+        code_name = {saved: name for name, saved in cls.SAVED_NAMES.items()}
+        return cls(**{code_name.get(k, k): v for k, v in state.items()})
+
+
+def load_torch(path: str | Path, *, kind: str, required: Sequence[str] = (),
+               older_kinds: Sequence[str] = ()) -> dict[str, Any]:
     """Load a file we wrote with `save_torch`, with `weights_only=True`.
 
     `kind` names what the file should be (used in messages and checked against the file's own
-    `kind` entry when it has one); `required` lists keys the file must hold. Anything else (a
+    `kind` entry when it has one; `older_kinds` are earlier names of the same format, still
+    accepted); `required` lists keys the file must hold. Anything else (a
     missing file, a truncated or foreign file, missing keys) raises `CheckpointError`.
     """
     path = Path(path)
@@ -306,7 +327,7 @@ def load_torch(path: str | Path, *, kind: str, required: Sequence[str] = ()) -> 
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a {kind} file written by xai (not a mapping)")
-    if "kind" in obj and obj["kind"] != kind:
+    if "kind" in obj and obj["kind"] != kind and obj["kind"] not in older_kinds:
         raise CheckpointError(f"{path} holds a {obj['kind']!r}, expected a {kind!r}")
     absent = [key for key in required if key not in obj]
     if absent:

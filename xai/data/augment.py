@@ -28,3 +28,8 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the images left-right."""
     flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def dequantize(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels plus uniform noise in [0, 1), scaled to [0, 1): a density's continuous data."""
+    return (x.float() + noise) / 256.0

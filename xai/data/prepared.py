@@ -21,7 +21,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs and labels of one split."""
+    """Inputs of one split and what a model should predict for them: class labels (N), or class
+    probabilities (N x K) to fit, as VIBI fits the black box's."""
 
     x: torch.Tensor
     y: torch.Tensor

@@ -28,15 +28,16 @@ from typing import Literal
 
 import torch
 
+from xai.chunks import chunk_scores, expand, top_k_mask
+from xai.data.augment import dequantize
 from xai.data.prepared import Split
-from xai.evaluation.measures import chunk_scores, expand, posthoc_agreement, top_k_mask
+from xai.evaluation.measures import posthoc_agreement
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 from xai.explain import boundary
 from xai.explain.attribution import GradientSaliency
 from xai.models.invertible import InvertibleClassifier
 from xai.settings import bounded
-from xai.train.invertible import dequantize
-from xai.train.loop import to_unit
+from xai.tensors import to_unit
 
 #: A pixel counts as out of range when it lies more than this outside [0, 1].
 RANGE_TOLERANCE = 0.05

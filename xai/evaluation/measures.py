@@ -17,66 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+
+from xai.chunks import expand, ranking
 
 Model = Callable[[torch.Tensor], torch.Tensor]  # float images -> logits
 Fill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, 0/1 keep mask) -> images
-
-
-def chunk_scores(attribution: torch.Tensor, chunk: int, per_channel: bool = False
-                 ) -> torch.Tensor:
-    """Sum of |attribution| over each chunk: N x C x H x W -> N x d (d = [C x] rows x cols).
-
-    Where `chunk` does not divide H or W the last row or column of chunks is partial, as the
-    explainers make it (`xai.models.explainers.chunk_grid`)."""
-    a = attribution.abs()
-    if not per_channel:
-        a = a.sum(1, keepdim=True)
-    h, w = a.shape[-2:]
-    if h % chunk or w % chunk:
-        a = F.pad(a, (0, -w % chunk, 0, -h % chunk))
-    return (F.avg_pool2d(a, chunk) * chunk * chunk).flatten(1)
-
-
-def chunk_areas(shape: tuple[int, ...], chunk: int, per_channel: bool = False) -> torch.Tensor:
-    """1 x d: pixels (times channels, for shared chunks) in each chunk of C x H x W inputs."""
-    return chunk_scores(torch.ones(1, *shape), chunk, per_channel)
-
-
-def chunk_grid(shape: tuple[int, ...], chunk: int, per_channel: bool = False
-               ) -> tuple[int, int, int]:
-    """(channels of the mask, rows, cols) of the chunk grid of C x H x W inputs."""
-    c, h, w = shape
-    return (c if per_channel else 1), -(-h // chunk), -(-w // chunk)
-
-
-def chunks_to_pixels(values: torch.Tensor, grid: tuple[int, int, int], chunk: int,
-                     size: tuple[int, int]) -> torch.Tensor:
-    """... x d chunk values -> ... x channels x H x W: each value on its chunk's pixels (nearest
-    up-sampling; partial chunks at the bottom and right edge are cropped to `size`)."""
-    cells = values.reshape(*values.shape[:-1], *grid)
-    pixels = cells.repeat_interleave(chunk, dim=-2).repeat_interleave(chunk, dim=-1)
-    return pixels[..., :size[0], :size[1]]
-
-
-def expand(chunk_mask: torch.Tensor, shape: tuple[int, ...], chunk: int,
-           per_channel: bool = False) -> torch.Tensor:
-    """N x d chunk mask -> N x C x H x W pixel mask (nearest up-sampling, shared channels)."""
-    grid = chunk_grid(shape, chunk, per_channel)
-    pixels = chunks_to_pixels(chunk_mask.to(torch.float32), grid, chunk, shape[1:])
-    return pixels.expand(-1, shape[0], -1, -1)
-
-
-def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean N x d mask of the k highest scores per row (ties: lowest index first)."""
-    order = ranking(scores)
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    return mask.scatter_(1, order[:, :k], True)
-
-
-def ranking(scores: torch.Tensor) -> torch.Tensor:
-    """Chunk indices from most to least important; a stable sort keeps ties deterministic."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
 @torch.inference_mode()

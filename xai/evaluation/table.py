@@ -4,7 +4,7 @@ Each method's attribution map is reduced to scores of the same chunks (the VIBI 
 s x s patches, shared by the channels); a budget is a number of chunks kept. Per image:
 - `posthoc_accuracy_k<b>`: the explained model, shown only the top-b chunks (the rest 0), agrees
   with its own prediction on the whole image;
-- `fidelity_k<b>`: the neutral judge (`xai.evaluation.judge`, trained on random chunk subsets, never on an
+- `fidelity_k<b>`: the neutral judge (`xai.models.judge`, trained on random chunk subsets, never on an
   explainer's) shown the same chunks agrees with the black box;
 - `deletion_auc` / `insertion_auc`: the explained model's probability of its prediction as the
   top chunks are removed (lower is better) / as only they are kept (higher is better), removed
@@ -27,30 +27,28 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 from tqdm import tqdm
 
+from xai.chunks import chunk_areas, chunk_scores, expand, spread, top_k_mask
+from xai.data.imputation import noisy_linear_impute
 from xai.evaluation.encoding import encoding_correct
-from xai.evaluation.imputation import noisy_linear_impute
-from xai.evaluation.judge import Judge, agreement
 from xai.evaluation.measures import (
     auc,
-    chunk_areas,
-    chunk_scores,
     deletion_insertion,
-    expand,
     posthoc_agreement,
     sparseness,
-    top_k_mask,
 )
 from xai.evaluation.sanity import randomised, spearman
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
-from xai.explain.attribution import spread
-from xai.train.loop import predict
+from xai.explain.attribution import Attribution
+from xai.models.judge import Judge, agreement
+from xai.settings import SEED_MAX, bounded
+from xai.tensors import predict
 
 #: Measures the headline table shows at the explainer's budget k, and every difference.
 HEADLINE = ("posthoc_accuracy", "fidelity", "deletion_auc", "insertion_auc", "deletion_auc_road",
@@ -60,32 +58,24 @@ LOWER_IS_BETTER = {"deletion_auc", "deletion_auc_road", "encoding_accuracy", "in
                    "max_sensitivity", "randomization_spearman_top", "randomization_spearman_all"}
 
 
-class Method(Protocol):
-    """An explanation method in Captum's call shape: a map the size of `inputs` for the classes
-    `target` (one per image). Methods that are dataclasses with a `model` field (those of
-    `xai.explain.attribution`) are also re-run on randomised copies of their model (the sanity checks)."""
-
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
-
-
 @dataclass(frozen=True)
-class Settings:
+class MeasureConfig:
     """How the evaluation measures: budgets in chunks of `chunk` x `chunk` pixels, the headline
     budget `k`, curve resolution, subset sizes, perturbations, intervals, batching and the seed."""
 
-    budgets: tuple[int, ...] = (1, 2, 4, 8, 16)
-    k: int = 4  # the explainer's budget: the encoding check's selections, the headline column
-    chunk: int = 4
-    curve_points: int = 17
-    robustness_images: int = 100  # 0: no robustness or sanity measures (the costly ones)
-    perturbations: int = 8
-    sensitivity_radius: float = 0.02
-    noise_std: float = 0.1
-    road_noise_std: float = 0.01
-    encoding_folds: int = 5
-    bootstrap: int = 1000
-    batch_size: int = 1024
-    seed: int = 0
+    budgets: tuple[int, ...] = bounded((1, 2, 4, 8, 16), ge=1)
+    k: int = bounded(4, ge=1)  # the explainer's budget: the headline column, encoding's selections
+    chunk: int = bounded(4, ge=1)
+    curve_points: int = bounded(17, ge=2)
+    robustness_images: int = bounded(100, ge=0)  # 0: no robustness or sanity measures (costly)
+    perturbations: int = bounded(8, ge=1)
+    sensitivity_radius: float = bounded(0.02, gt=0)
+    noise_std: float = bounded(0.1, gt=0)
+    road_noise_std: float = bounded(0.01, ge=0)
+    encoding_folds: int = bounded(5, ge=2)
+    bootstrap: int = bounded(1000, ge=10)
+    batch_size: int = bounded(1024, ge=1)
+    seed: int = bounded(0, ge=0, le=SEED_MAX)
 
 
 @dataclass
@@ -113,7 +103,7 @@ class Explained:
     """One method under evaluation: its name, the model it explains and that model's name."""
 
     name: str
-    method: Method
+    method: Attribution
     model: nn.Module
     model_name: str
 
@@ -124,7 +114,7 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
                       for i in range(0, len(x), batch_size)])
 
 
-def _unit_chunk_scores(attribution: Method, chunk: int) -> Callable[..., torch.Tensor]:
+def _unit_chunk_scores(attribution: Attribution, chunk: int) -> Callable[..., torch.Tensor]:
     """The method's chunk scores scaled to unit L1 per image (Captum passes a 1-tuple)."""
     def explain(inputs: torch.Tensor | tuple[torch.Tensor], target: torch.Tensor
                 ) -> torch.Tensor | tuple[torch.Tensor]:
@@ -137,7 +127,7 @@ def _unit_chunk_scores(attribution: Method, chunk: int) -> Callable[..., torch.T
 
 
 def _robustness(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
-                target: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
+                target: torch.Tensor, s: MeasureConfig) -> dict[str, torch.Tensor]:
     """Per image: Captum's infidelity (Gaussian perturbations) and max-sensitivity (uniform in a
     ball) of the unit-L1 chunk maps."""
     shape = tuple(x.shape[1:])
@@ -158,14 +148,14 @@ def _robustness(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
     return {"infidelity": infid.float(), "max_sensitivity": sens.float()}
 
 
-def _rebuildable(method: Method) -> bool:
+def _rebuildable(method: Attribution) -> bool:
     """Whether `dataclasses.replace(method, model=...)` gives the method for another model."""
     return dataclasses.is_dataclass(method) and any(
         f.name == "model" for f in dataclasses.fields(method))
 
 
 def _sanity(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
-            target: torch.Tensor, s: Settings) -> dict[str, torch.Tensor]:
+            target: torch.Tensor, s: MeasureConfig) -> dict[str, torch.Tensor]:
     """Per image: Spearman correlation of the chunk scores on the trained model with those on
     the model with its top layer, and with all layers, re-initialised (nothing for a method that
     cannot be rebuilt on another model)."""
@@ -179,7 +169,7 @@ def _sanity(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
     return out
 
 
-def _road_fill(s: Settings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _road_fill(s: MeasureConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     generator = torch.Generator().manual_seed(s.seed)
 
     def fill(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -202,7 +192,7 @@ class _PhaseClock:
 
 def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
                     blackbox_pred: torch.Tensor, judge: Judge | None, num_classes: int,
-                    s: Settings) -> MethodResult:
+                    s: MeasureConfig) -> MethodResult:
     """All measures of one method on inputs `x` (float [0, 1]); `pred`: the predictions of the
     model it explains, `blackbox_pred`: the black box's (what the judge must reproduce; without a
     judge there is no `fidelity_k<b>`)."""
@@ -246,7 +236,7 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
 
 
 def run_methods(entries: Sequence[Explained], x: torch.Tensor, blackbox: nn.Module,
-                judge: Judge | None, s: Settings) -> Evaluation:
+                judge: Judge | None, s: MeasureConfig) -> Evaluation:
     """Evaluate every method on `x` (float [0, 1]); `blackbox` is the model the judge mimics."""
     models = {id(m): m for m in (blackbox, *(e.model for e in entries))}
     logits = {key: predict(m, x, s.batch_size) for key, m in models.items()}
@@ -268,12 +258,34 @@ def run_methods(entries: Sequence[Explained], x: torch.Tensor, blackbox: nn.Modu
 class Report:
     """What `evaluate` returns: the method x measure `table` (what `metrics/evaluation.json`
     holds), the paired `differences` to the reference method, and the per-image `evaluation`
-    (curves, timings) behind both."""
+    (curves, timings) behind both.
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(10, 1, 4, 4)
+    >>> methods = {"occlusion": xai.Occlusion(model, chunk=2),
+    ...            "random": xai.RandomChunks(model, chunk=2, seed=0)}
+    >>> report = xai.evaluate(methods, model, x, chunk=2, k=1, budgets=(1,), curve_points=5,
+    ...                       robustness_images=0, bootstrap=20, encoding_folds=2,
+    ...                       reference="random")
+    >>> isinstance(report, xai.Report), report.settings.k, report.reference
+    (True, 1, 'random')
+    >>> row = report.table["methods"]["occlusion"]  # a row per method, every measure's interval
+    >>> all(f"{m}_ci_low" in row and f"{m}_ci_high" in row for m in ("insertion_auc", "sparseness"))
+    True
+    >>> sorted(report.differences), sorted(report.differences["occlusion"]["insertion_auc"])
+    (['occlusion'], ['ci_high', 'ci_low', 'difference'])
+    >>> [r.name for r in report.evaluation.methods]
+    ['occlusion', 'random']
+    >>> print(report.markdown().splitlines()[0])
+    ### At the explainer's budget (k = 1 chunks); mean [95 % interval]
+    """
 
     table: dict[str, dict]
     differences: dict[str, dict]
     evaluation: Evaluation
-    settings: Settings
+    settings: MeasureConfig
     reference: str | None = None
 
     def markdown(self, note: str = "") -> str:
@@ -283,20 +295,36 @@ class Report:
                         self.reference or "")
 
 
-def evaluate(methods: Mapping[str, Method | tuple[Method, str]],
+def evaluate(methods: Mapping[str, Attribution | tuple[Attribution, str]],
              model: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, *,
              judge: Judge | None = None, reference: str | None = None,
-             settings: Settings | None = None, **changes: Any) -> Report:
+             settings: MeasureConfig | None = None, **changes: Any) -> Report:
     """Measure every explanation method the same way on images `x` (N x C x H x W, floats in
     [0, 1]) and return the method x measure table with 95 % bootstrap intervals over images.
 
     `methods` maps a name to a method (anything with `attribute(inputs, target)`, e.g. the classes
     of `xai.explain.attribution` or `xai.VIBI`) explaining `model`. With several models, `model` maps
     names to models (the first is the black box the judge mimics) and each method is given as
-    `(method, model name)`. `judge` (`xai.evaluation.judge.Judge`) adds the fidelity columns; `reference`
+    `(method, model name)`. `judge` (`xai.models.judge.Judge`) adds the fidelity columns; `reference`
     names the method every other is compared with, paired over images. `settings` (or keyword
     changes to its defaults, e.g. `chunk=4, k=4, budgets=(1, 4)`) say how to measure; `k` is
     always one of the budgets.
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(10, 1, 4, 4)
+    >>> methods = {"saliency": xai.GradientSaliency(model),
+    ...            "random": xai.RandomChunks(model, chunk=2, seed=0)}
+    >>> report = xai.evaluate(methods, model, x, chunk=2, k=1, budgets=(1, 2), curve_points=5,
+    ...                       robustness_images=0, bootstrap=20, encoding_folds=2)
+    >>> sorted(report.table["methods"])  # a row per method
+    ['random', 'saliency']
+    >>> row = report.table["methods"]["saliency"]
+    >>> row["explains"], row["deletion_auc_ci_low"] <= row["deletion_auc_ci_high"]  # 95 % interval
+    ('model', True)
+    >>> sorted(key for key in row if key.startswith("posthoc_accuracy") and "_ci_" not in key)
+    ['posthoc_accuracy_k1', 'posthoc_accuracy_k2']
     """
     models = dict(model) if isinstance(model, Mapping) else {"model": model}
     if not models:
@@ -313,7 +341,7 @@ def evaluate(methods: Mapping[str, Method | tuple[Method, str]],
         raise ValueError("evaluate needs at least one method")
     if reference is not None and reference not in methods:
         raise ValueError(f"reference {reference!r} is not one of the methods {sorted(methods)}")
-    s = dataclasses.replace(settings or Settings(), **changes)
+    s = dataclasses.replace(settings or MeasureConfig(), **changes)
     chunks = chunk_areas(tuple(x.shape[1:]), s.chunk).shape[1]
     if max(*s.budgets, s.k) > chunks:
         raise ValueError(f"budgets {list(s.budgets)} and k = {s.k} must be at most the "
@@ -338,7 +366,7 @@ def _with_interval(values: Mapping[str, torch.Tensor], indices: torch.Tensor
     return out
 
 
-def summary(ev: Evaluation, s: Settings) -> dict[str, dict]:
+def summary(ev: Evaluation, s: MeasureConfig) -> dict[str, dict]:
     """What `metrics/evaluation.json` holds: {"judge": {...}, "methods": {name: {"explains",
     measure, measure_ci_low, measure_ci_high, ...}}}; intervals over images, one resampling for
     every method."""
@@ -349,7 +377,7 @@ def summary(ev: Evaluation, s: Settings) -> dict[str, dict]:
     return {"judge": _with_interval(ev.judge_agreement, indices), "methods": methods}
 
 
-def differences(ev: Evaluation, s: Settings, reference: str = "vibi") -> dict[str, dict]:
+def differences(ev: Evaluation, s: MeasureConfig, reference: str = "vibi") -> dict[str, dict]:
     """`reference` minus every other method on the headline measures at budget k (and every
     measure at every budget): {method: {measure: {difference, ci_low, ci_high}}}, paired over
     images."""

@@ -1,7 +1,8 @@
-"""Explanation methods behind one call shape, Captum's: `attribute(inputs, target) -> map`.
+"""Explanation methods behind one call shape, Captum's: `attribute(inputs, target=None) -> map`.
 
 Every method returns an attribution map the size of the input (N x C x H x W) for the class
-`target` of the model it explains, so the evaluation can reduce any of them to chunk scores and
+`target` (one per image, one for all, or None: the explained model's own prediction) of the
+model it explains, so the evaluation can reduce any of them to chunk scores and
 measure them the same way. The gradient methods are Captum's; the perturbation methods
 (occlusion, LIME, KernelSHAP) are batched implementations here (Captum fits one surrogate per image
 in a Python loop) and work on the chunk grid of the VIBI explainer (removed chunks set to 0), so
@@ -16,45 +17,46 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from captum.attr import (
-    GradientShap,
-    InputXGradient,
-    IntegratedGradients,
-    NoiseTunnel,
-    Saliency,
-)
+from captum import attr as captum
 from torch import nn
 
-from xai.evaluation.measures import chunk_areas, chunk_grid, expand
+from xai.chunks import chunk_areas, chunk_grid, expand, spread
+
+#: The classes a map explains: one per image, one for every image, or None (the prediction).
+Target = torch.Tensor | int | None
 
 
 class Attribution(Protocol):
-    """What the evaluation needs of a method."""
+    """An explanation method: all the evaluation (`xai.evaluate`) needs of one. Those that are
+    dataclasses with a `model` field (this module's) are also re-run on randomised copies of
+    their model (the sanity checks)."""
 
-    name: str
-    model: nn.Module  # the model whose decisions the attributions explain
-
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        """A map the size of `inputs` for the classes `target`."""
 
 
-def spread(values: torch.Tensor, shape: tuple[int, ...], chunk: int) -> torch.Tensor:
-    """N x d chunk values -> N x C x H x W map whose sum over each chunk is the chunk's value."""
-    area = chunk_areas(shape, chunk).to(values.device)
-    return expand(values / area, shape, chunk).contiguous()
+def explained_classes(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """`target` as one class index per image; None means the model's own prediction."""
+    if target is None:
+        with torch.no_grad():
+            return model(inputs).argmax(1)
+    if isinstance(target, int):
+        return torch.full((len(inputs),), target, dtype=torch.long, device=inputs.device)
+    return target
 
 
 @dataclass
-class VibiAttribution:
+class ExplainerDistribution:
     """The VIBI (or L2X) explainer's chunk distribution p(z | x), spread evenly over each chunk's
     pixels (and channels, when chunks are shared by the channels). It explains the black box, but
     does not read it: a trained explainer's map does not change when the black box does."""
 
     name: str
-    vibi: nn.Module  # xai.explain.vibi.Vibi
+    vibi: nn.Module  # xai.models.vibi.VibiModel
     model: nn.Module  # the black box it was trained to explain
 
     @torch.inference_mode()
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
         spec = self.vibi.spec
         p = self.vibi.chunk_logits(inputs).softmax(1)
         shape, per_channel = tuple(inputs.shape[1:]), spec.xpl_channels > 1
@@ -64,32 +66,69 @@ class VibiAttribution:
 
 @dataclass
 class GradientSaliency:
-    """|d f_target / d x| (Captum `Saliency`; Simonyan et al., 2014)."""
+    """|d f_target / d x| (Captum `Saliency`; Simonyan et al., 2014).
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> saliency = xai.GradientSaliency(model).attribute(x, target=1)
+    >>> saliency.shape
+    torch.Size([2, 1, 4, 4])
+    >>> torch.allclose(saliency, model[1].weight[1].abs().view(1, 1, 4, 4).expand(2, -1, -1, -1))
+    True
+    """
 
     model: nn.Module
     name: str = "saliency"
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        target = explained_classes(self.model, inputs, target)
         x = inputs.detach().clone().requires_grad_(True)
-        return Saliency(self.model).attribute(x, target=target, abs=True).detach()
+        return captum.Saliency(self.model).attribute(x, target=target, abs=True).detach()
 
 
 @dataclass
 class InputTimesGradient:
-    """x * d f_target / d x (Captum `InputXGradient`; Shrikumar et al., 2016)."""
+    """x * d f_target / d x (Captum `InputXGradient`; Shrikumar et al., 2016).
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> attribution = xai.InputTimesGradient(model).attribute(x, target=torch.tensor([0, 2]))
+    >>> attribution.shape
+    torch.Size([2, 1, 4, 4])
+    >>> w = model[1].weight.view(3, 1, 4, 4)
+    >>> torch.allclose(attribution, x * w[[0, 2]])
+    True
+    """
 
     model: nn.Module
     name: str = "input_x_gradient"
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        target = explained_classes(self.model, inputs, target)
         x = inputs.detach().clone().requires_grad_(True)
-        return InputXGradient(self.model).attribute(x, target=target).detach()
+        return captum.InputXGradient(self.model).attribute(x, target=target).detach()
 
 
 @dataclass
 class SmoothGrad:
     """Saliency averaged over noisy copies of the input (Captum `NoiseTunnel`; Smilkov et al.,
-    2017). The noise comes from torch's global generator, seeded by the stage."""
+    2017). The noise comes from torch's global generator, seeded by the stage.
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> smooth = xai.SmoothGrad(model, samples=4).attribute(x, target=1)
+    >>> smooth.shape
+    torch.Size([2, 1, 4, 4])
+    >>> saliency = xai.GradientSaliency(model).attribute(x, target=1)
+    >>> torch.allclose(smooth, saliency)  # a linear model's gradient is the same everywhere
+    True
+    """
 
     model: nn.Module
     samples: int = 16
@@ -97,35 +136,64 @@ class SmoothGrad:
     batch_size: int = 1024
     name: str = "smoothgrad"
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        target = explained_classes(self.model, inputs, target)
         x = inputs.detach().clone().requires_grad_(True)
-        nt = NoiseTunnel(Saliency(self.model))
+        nt = captum.NoiseTunnel(captum.Saliency(self.model))
         return nt.attribute(x, nt_type="smoothgrad", nt_samples=self.samples, stdevs=self.std,
                             nt_samples_batch_size=max(self.batch_size // len(x), 1),
                             target=target, abs=True).detach()
 
 
 @dataclass
-class IntegratedGradientsAttribution:
+class IntegratedGradients:
     """Integrated gradients from the black (all-zero) image (Captum `IntegratedGradients`;
-    Sundararajan et al., 2017)."""
+    Sundararajan et al., 2017).
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> ig = xai.IntegratedGradients(model, steps=8).attribute(x, target=1)
+    >>> ig.shape
+    torch.Size([2, 1, 4, 4])
+    >>> with torch.no_grad():  # completeness: the map adds up to f(x) - f(0)
+    ...     gain = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    >>> torch.allclose(ig.sum(dim=(1, 2, 3)), gain, atol=1e-5)
+    True
+    """
 
     model: nn.Module
     steps: int = 32
     internal_batch_size: int = 2048
     name: str = "integrated_gradients"
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ig = IntegratedGradients(self.model)
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        target = explained_classes(self.model, inputs, target)
+        ig = captum.IntegratedGradients(self.model)
         return ig.attribute(inputs.clone(), baselines=torch.zeros_like(inputs), target=target,
                             n_steps=self.steps, internal_batch_size=self.internal_batch_size
                             ).detach()
 
 
 @dataclass
-class GradientShapAttribution:
+class GradientShap:
     """Expected gradients against a distribution of reference images (Captum `GradientShap`;
-    Lundberg and Lee, 2017): `baselines` are training images, not evaluated ones."""
+    Lundberg and Lee, 2017): `baselines` are training images, not evaluated ones.
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x, reference = torch.rand(2, 1, 4, 4), torch.rand(1, 1, 4, 4)
+    >>> method = xai.GradientShap(model, baselines=reference, samples=8, std=0.0)
+    >>> shap = method.attribute(x, target=1)
+    >>> shap.shape
+    torch.Size([2, 1, 4, 4])
+    >>> with torch.no_grad():  # one reference and no noise: the map adds up to f(x) - f(reference)
+    ...     gain = model(x)[:, 1] - model(reference)[:, 1]
+    >>> torch.allclose(shap.sum(dim=(1, 2, 3)), gain, atol=1e-5)
+    True
+    """
 
     model: nn.Module
     baselines: torch.Tensor
@@ -133,9 +201,10 @@ class GradientShapAttribution:
     std: float = 0.09
     name: str = "gradient_shap"
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        target = explained_classes(self.model, inputs, target)
         x = inputs.detach().clone().requires_grad_(True)
-        return GradientShap(self.model).attribute(
+        return captum.GradientShap(self.model).attribute(
             x, baselines=self.baselines.to(x.device), n_samples=self.samples, stdevs=self.std,
             target=target).detach()
 
@@ -144,14 +213,28 @@ class GradientShapAttribution:
 class Occlusion:
     """The drop of the target logit when one chunk is set to 0, for every chunk (occlusion at the
     chunk size, partial edge chunks included; Zeiler and Fergus, 2014). All images x chunks
-    occluded copies go through the model in batches of `batch_size`."""
+    occluded copies go through the model in batches of `batch_size`.
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> drops = xai.Occlusion(model, chunk=2).attribute(x, target=1)  # four 2 x 2 chunks
+    >>> drops.shape
+    torch.Size([2, 1, 4, 4])
+    >>> with torch.no_grad():  # a linear model's drops add up to f(x) - f(0)
+    ...     gain = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    >>> torch.allclose(drops.sum(dim=(1, 2, 3)), gain, atol=1e-5)
+    True
+    """
 
     model: nn.Module
     chunk: int
     batch_size: int = 1024
     name: str = "occlusion"
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        target = explained_classes(self.model, inputs, target)
         shape = tuple(inputs.shape[1:])
         _, rows, cols = chunk_grid(shape, self.chunk)
         d = rows * cols
@@ -201,11 +284,10 @@ def _surrogate_coefficients(model: nn.Module, inputs: torch.Tensor, target: torc
 
 
 @dataclass
-class LimeAttribution:
-    """LIME over the chunk grid (Ribeiro et al., 2016), batched: per image, `samples` random chunk
-    subsets (each chunk kept with probability 1/2, the rest 0), weighted by LIME's exponential
-    kernel on their cosine distance to the whole image (width 0.25), and a ridge surrogate of the
-    class probability (where Captum's default is a Lasso: ridge solves every image at once)."""
+class _ChunkSurrogate:
+    """A local surrogate over the chunk grid: per image, `samples` chunk subsets (the rest set to
+    0), weighted, and a ridge fit of the class probability on which chunks are kept; its
+    coefficients are the chunks' scores. Subclasses say how subsets are drawn and weighted."""
 
     model: nn.Module
     chunk: int
@@ -213,67 +295,115 @@ class LimeAttribution:
     seed: int = 0
     ridge: float = 1e-2
     batch_size: int = 4096
-    name: str = "lime"
+    name: str = "surrogate"
     generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def coalitions(self, n: int, d: int, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kept: n x S x d booleans, weights: n x S) for `n` images of `d` chunks."""
+        raise NotImplementedError
+
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        target = explained_classes(self.model, inputs, target)
         shape = tuple(inputs.shape[1:])
         d = chunk_areas(shape, self.chunk).shape[1]
-        kept = torch.rand(len(inputs), self.samples, d, generator=self.generator) < 0.5
-        kept = kept.to(inputs.device)
-        distance = 1 - (kept.sum(2).float() / d).sqrt()  # cosine distance to the all-kept mask
-        weights = torch.exp(-distance.square() / 0.25 ** 2)
+        kept, weights = self.coalitions(len(inputs), d, inputs.device)
         coefficients = _surrogate_coefficients(self.model, inputs, target, self.chunk, kept,
                                                weights, self.ridge, self.batch_size)
         return spread(coefficients, shape, self.chunk)
 
 
 @dataclass
-class KernelShapAttribution:
+class Lime(_ChunkSurrogate):
+    """LIME over the chunk grid (Ribeiro et al., 2016), batched: per image, `samples` random chunk
+    subsets (each chunk kept with probability 1/2, the rest 0), weighted by LIME's exponential
+    kernel on their cosine distance to the whole image (width 0.25), and a ridge surrogate of the
+    class probability (where Captum's default is a Lasso: ridge solves every image at once).
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> lime = xai.Lime(model, chunk=2, samples=32).attribute(x)  # the predicted classes
+    >>> lime.shape
+    torch.Size([2, 1, 4, 4])
+    >>> torch.equal(lime, xai.Lime(model, chunk=2, samples=32).attribute(x))  # seeded
+    True
+    >>> bool((lime[:, :, :2, :2] == lime[:, :, :1, :1]).all())  # one value per chunk
+    True
+    """
+
+    ridge: float = 1e-2
+    name: str = "lime"
+
+    def coalitions(self, n: int, d: int, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = torch.rand(n, self.samples, d, generator=self.generator) < 0.5
+        kept = kept.to(device)
+        distance = 1 - (kept.sum(2).float() / d).sqrt()  # cosine distance to the all-kept mask
+        return kept, torch.exp(-distance.square() / 0.25 ** 2)
+
+
+@dataclass
+class KernelShap(_ChunkSurrogate):
     """KernelSHAP over the chunk grid (Lundberg and Lee, 2017), batched: per image, `samples`
     chunk subsets whose sizes follow the Shapley kernel (size s with probability proportional to
     (d - 1) / (s (d - s))), plus the empty and the full set with a large weight so that the
     values add up to f(x) - f(0); the least-squares fit of the class probability gives the
-    chunks' Shapley values."""
+    chunks' Shapley values.
 
-    model: nn.Module
-    chunk: int
-    samples: int = 100
-    seed: int = 0
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> shap = xai.KernelShap(model, chunk=2, samples=32).attribute(x, target=1)
+    >>> shap.shape
+    torch.Size([2, 1, 4, 4])
+    >>> with torch.no_grad():  # efficiency: the values add up to p(x) - p(0) of the class
+    ...     gain = model(x).softmax(1)[:, 1] - model(torch.zeros_like(x)).softmax(1)[:, 1]
+    >>> torch.allclose(shap.sum(dim=(1, 2, 3)), gain, atol=1e-3)
+    True
+    """
+
     ridge: float = 1e-4  # keeps the fit defined with fewer subsets than chunks
-    batch_size: int = 4096
     name: str = "kernel_shap"
-    generator: torch.Generator = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed)
-
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        shape = tuple(inputs.shape[1:])
-        d = chunk_areas(shape, self.chunk).shape[1]
-        n = len(inputs)
+    def coalitions(self, n: int, d: int, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         sizes_allowed = torch.arange(1, d, dtype=torch.float64)
         kernel = (d - 1) / (sizes_allowed * (d - sizes_allowed))
         sizes = 1 + torch.multinomial(kernel, n * self.samples, replacement=True,
                                       generator=self.generator).view(n, self.samples, 1)
         order = torch.rand(n, self.samples, d, generator=self.generator).argsort(2).argsort(2)
         kept = torch.cat([order < sizes, torch.zeros(n, 1, d, dtype=torch.bool),
-                          torch.ones(n, 1, d, dtype=torch.bool)], 1).to(inputs.device)
-        weights = torch.ones(n, self.samples + 2, device=inputs.device)
+                          torch.ones(n, 1, d, dtype=torch.bool)], 1).to(device)
+        weights = torch.ones(n, self.samples + 2, device=device)
         weights[:, -2:] = 1e4  # the efficiency constraint, softly
-        coefficients = _surrogate_coefficients(self.model, inputs, target, self.chunk, kept,
-                                               weights, self.ridge, self.batch_size)
-        return spread(coefficients, shape, self.chunk)
+        return kept, weights
 
 
 @dataclass
 class RandomChunks:
     """Uniformly random chunk scores: the baseline every method must beat. Every call draws
     fresh scores from one generator seeded once, so repeated calls differ (as a random method's
-    maps do) while a whole run is reproducible."""
+    maps do) while a whole run is reproducible.
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> random = xai.RandomChunks(model, chunk=2, seed=0)
+    >>> first, second = random.attribute(x), random.attribute(x)
+    >>> first.shape
+    torch.Size([2, 1, 4, 4])
+    >>> torch.equal(first, second)  # fresh scores on every call
+    False
+    >>> torch.equal(first, xai.RandomChunks(model, chunk=2, seed=0).attribute(x))  # seeded
+    True
+    """
 
     model: nn.Module
     chunk: int
@@ -284,7 +414,7 @@ class RandomChunks:
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
         shape = tuple(inputs.shape[1:])
         d = chunk_areas(shape, self.chunk).shape[1]
         scores = torch.rand(len(inputs), d, generator=self.generator)

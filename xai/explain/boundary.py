@@ -23,13 +23,26 @@ from typing import Protocol
 import torch
 
 from xai.models.invertible import InvertibleClassifier
-from xai.train.loop import predict, to_unit
+from xai.tensors import predict, to_unit
 
 _BATCH = 1024
 
 
 class AffineHead(Protocol):
-    """A classifier head that is affine in the features: `logits = (weight * z).sum + bias`."""
+    """A classifier head that is affine in the features: `logits = (weight * z).sum + bias`.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> weight, bias = model.head.affine((2,))  # the head of an InvertibleClassifier is affine
+    >>> weight.shape, bias.shape
+    (torch.Size([3, 2]), torch.Size([3]))
+    >>> z = torch.randn(5, 2)
+    >>> with torch.no_grad():
+    ...     torch.allclose(model.head(z), (weight * z[:, None]).sum(2) + bias, atol=1e-5)
+    True
+    """
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
 
@@ -43,6 +56,20 @@ class Invertible(Protocol):
     """What projection and boundary importance need of a classifier `f(x) = head(T(x))`: the
     features `T(x)`, their inverse, an affine head, and the logits `f(x)` (differentiable in x).
     `xai.models.invertible.InvertibleClassifier` is one; any invertible network with these members works.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x = torch.randn(5, 2)  # an InvertibleClassifier follows the protocol
+    >>> with torch.no_grad():
+    ...     z = model.features(x)                    # T(x)
+    ...     torch.allclose(model.inverse(z), x, atol=1e-5)  # T^-1(T(x)) = x
+    ...     torch.allclose(model.head(z), model(x))  # f(x) = head(T(x))
+    True
+    True
+    >>> xai.project(model, x).projected.shape  # so it can be projected
+    torch.Size([5, 2])
     """
 
     head: AffineHead
@@ -56,7 +83,25 @@ class Invertible(Protocol):
 
 @dataclass(frozen=True)
 class Projection:
-    """Points, their projections onto the boundary between `source` and `counterfactual`."""
+    """Points, their projections onto the boundary between `source` and `counterfactual`.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x = torch.randn(5, 2)
+    >>> p = xai.project(model, x, counterfactual=0, source=1)
+    >>> isinstance(p, xai.Projection), p.source.tolist(), p.counterfactual.tolist()
+    (True, [1, 1, 1, 1, 1], [0, 0, 0, 0, 0])
+    >>> torch.equal(p.explanation, p.inputs - p.projected)
+    True
+    >>> with torch.no_grad():
+    ...     logits = model(x)
+    >>> torch.allclose(p.margin, logits[:, 1] - logits[:, 0], atol=1e-5)
+    True
+    >>> torch.allclose(model.features(p.projected), p.projected_features, atol=1e-4)
+    True
+    """
 
     inputs: torch.Tensor               # x
     projected: torch.Tensor            # x_p = T^-1(z_p)
@@ -141,6 +186,23 @@ def project(model: Invertible, x: torch.Tensor, *,
     `source` (the class explained) defaults to the predicted class; `counterfactual` (the class on
     the other side) to the strongest other class. Either may be one class for all points or one per
     point. Runs without gradients; `model` should be in eval mode.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x = torch.randn(5, 2)
+    >>> p = xai.project(model, x)  # onto the boundary with each point's runner-up class
+    >>> p.projected.shape
+    torch.Size([5, 2])
+    >>> with torch.no_grad():
+    ...     logits, projected = model(x), model(p.projected)
+    >>> torch.equal(p.source, logits.argmax(1))
+    True
+    >>> c, k = p.source[:, None], p.counterfactual[:, None]
+    >>> gap = projected.gather(1, c) - projected.gather(1, k)
+    >>> bool((gap.abs() < 1e-4).all())  # on the boundary: the two logits are equal
+    True
     """
     n = len(x)
     c_all = _per_point(source, n, x.device)
@@ -163,7 +225,20 @@ def class_centres(model: Invertible, x: torch.Tensor, y: torch.Tensor, classes: 
     (classes x feature shape), from inputs `x` (uint8 images or floats) with labels `y`, batched.
 
     A flow trained with cross-entropy and a likelihood need not put its data at the head's own
-    class means; these are where the data are, the centres ECINN moves between."""
+    class means; these are where the data are, the centres ECINN moves between.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x, y = torch.randn(30, 2), torch.arange(30) % 3
+    >>> centres = xai.class_centres(model, x, y, classes=3)
+    >>> centres.shape
+    torch.Size([3, 2])
+    >>> with torch.no_grad():
+    ...     torch.allclose(centres[1], model.features(x[y == 1]).mean(0), atol=1e-5)
+    True
+    """
     counts = torch.bincount(y, minlength=classes)
     if len(counts) > classes or bool((counts == 0).any()):
         missing = [c for c in range(classes) if c >= len(counts) or counts[c] == 0]
@@ -207,6 +282,29 @@ def cross(model: Invertible, projection: Projection, margin: float,
     `steps` (S values in [0, 1]) returns the walk from `x` (0) to the crossed point (1) instead,
     N x S x C x H x W; it crosses the boundary at `t* = m / (m + margin)` (`m`: the margin at
     `x`), at `x_p` itself for the normal's move.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x = torch.randn(5, 2)
+    >>> p = xai.project(model, x)
+    >>> crossed = xai.cross(model, p, margin=1.0)  # the runner-up wins by one logit
+    >>> with torch.no_grad():
+    ...     logits = model(crossed)
+    >>> lead = logits.gather(1, p.counterfactual[:, None]) - logits.gather(1, p.source[:, None])
+    >>> bool(((lead - 1.0).abs() < 1e-3).all())
+    True
+    >>> train_x, train_y = torch.randn(30, 2), torch.arange(30) % 3
+    >>> centres = xai.class_centres(model, train_x, train_y, classes=3)
+    >>> along = xai.cross(model, p, margin=1.0, centres=centres)  # ECINN's direction
+    >>> with torch.no_grad():
+    ...     logits = model(along)
+    >>> lead = logits.gather(1, p.counterfactual[:, None]) - logits.gather(1, p.source[:, None])
+    >>> bool(((lead - 1.0).abs() < 1e-3).all())
+    True
+    >>> xai.cross(model, p, 1.0, steps=torch.linspace(0, 1, 4)).shape  # the walk from x
+    torch.Size([5, 4, 2])
     """
     out = []
     for i in range(0, len(projection.inputs), batch_size):
@@ -246,6 +344,20 @@ def importance(model: Invertible, projection: Projection,
 
     The gradient is taken at `x_p`, the point the first-order Taylor expansion is around (there the
     margin is 0), so the signed terms sum to about the margin at `x`.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x = torch.randn(5, 2)
+    >>> p = xai.project(model, x)
+    >>> scores = xai.importance(model, p)
+    >>> scores.shape, bool((scores >= 0).all())
+    (torch.Size([5, 2]), True)
+    >>> on_boundary = xai.project(model, p.projected, source=p.source,
+    ...                           counterfactual=p.counterfactual)
+    >>> bool((xai.importance(model, on_boundary) < 1e-4).all())  # nothing separates it
+    True
     """
     grads = []
     for i in range(0, len(projection.inputs), batch_size):
@@ -271,6 +383,19 @@ class BoundaryImportance:
     `|d(f_t - f_k)/dx (x_p) * (x - x_p)|`, a tensor shaped like `inputs`. It explains the
     invertible classifier itself; `name` labels it in an evaluation, and `dataclasses.replace(
     method, model=other)` gives the same method for another model (the randomisation check).
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x = torch.randn(5, 2)
+    >>> scores = xai.BoundaryImportance(model).attribute(x)  # the predicted classes
+    >>> scores.shape
+    torch.Size([5, 2])
+    >>> torch.equal(scores, xai.importance(model, xai.project(model, x)))
+    True
+    >>> xai.BoundaryImportance(model).attribute(x, target=0, counterfactual=2).shape
+    torch.Size([5, 2])
     """
 
     model: Invertible

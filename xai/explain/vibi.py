@@ -1,259 +1,167 @@
-"""VIBI: an explainer picks k of d chunks, an approximator predicts the black box from them alone.
+"""VIBI for your own model, from a notebook: `VIBI(blackbox).fit(x_train).attribute(x)`.
 
-Objective (Bang et al.): maximise I(y; t) - beta * I(x; t) with t = x * z and z a k-hot mask over
-the d chunks. In practice:
+The pipeline's stages train VIBI from params.yaml; this is the same training with library defaults
+(the pipeline's MNIST defaults) and nothing of DVC, MLflow or params.yaml. The black box is any
+`nn.Module` or callable mapping images (N x C x H x W, floats in [0, 1]) to class logits; `fit`
+queries it for the probabilities it explains.
 
-- the explainer gives d logits; p(z | x) = softmax(logits);
-- training: a relaxed k-hot sample (k Gumbel-softmax draws over the d chunks at temperature tau,
-  element-wise max), `num_samples` per input; test: the hard top-k mask of the logits;
-- loss = H(p, q) + beta * KL(p(z | x) || uniform(d)), where H is the soft cross-entropy between the
-  black box's class probabilities p(y | x) and the approximator's q(y | t), summed over classes
-  and averaged over samples and batch. beta = 0 is L2X.
-
-Gumbel noise is added to the logits (log-probabilities up to a constant), never to the
-probabilities; the KL runs from p(z | x) to the uniform prior, not the reverse.
+    >>> import torch, xai
+    >>> blackbox = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    >>> x = torch.rand(256, 1, 8, 8)
+    >>> vibi = xai.VIBI(blackbox, k=1, width_multiplier=0.25).fit(x, epochs=1, show_progress=False)
+    >>> vibi.attribute(x[:3]).shape
+    torch.Size([3, 1, 8, 8])
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from xai.errors import CheckpointError
-from xai.evaluation.measures import chunks_to_pixels
-from xai.io import load_torch, save_torch
-from xai.models.approximator import Approximator
-from xai.models.explainers import CHUNK_SIZE, build_explainer, explainer_grid
-from xai.train.loop import state_dict_cpu
+from xai.data.prepared import Split
+from xai.errors import DataError
+from xai.explain.attribution import ExplainerDistribution
+from xai.io import load_torch
+from xai.models.explainers import check_fits
+from xai.models.vibi import KIND, VibiModel, VibiSpec, save_vibi, vibi_from_state
+from xai.train.loop import History
+from xai.train.vibi import VibiConfig, train
 
-KIND = "xai.vibi"
-
-
-# ----------------------------------------------------------------------------- the math
-
-
-def _gumbel(logits: torch.Tensor, k: int, num_samples: int, generator: torch.Generator | None,
-            shard: tuple[int, int, int] | None) -> torch.Tensor:
-    """Standard Gumbel noise, B x S x k x d for `logits` B x d (rows rank::world of the whole
-    batch's noise under `shard`), built in place: it is the largest tensor of a training step."""
-    b, d = logits.shape
-    rows = b if shard is None else shard[0]
-    u = torch.rand((rows, num_samples, k, d), generator=generator, device=logits.device)
-    if shard is not None:
-        u = u[shard[1]::shard[2]]
-    tiny = torch.finfo(u.dtype).tiny
-    return u.clamp_(min=tiny, max=1.0 - 1e-7).log_().neg_().log_().neg_()
+Model = Callable[[torch.Tensor], torch.Tensor]
+_DEFAULTS = VibiConfig()
+#: What `VIBI.save` wrote before it wrote the pipeline's format (still loads).
+OLDER_KIND = "xai.api.vibi"
 
 
-def gumbel_softmax_draws(logits: torch.Tensor, k: int, tau: float, num_samples: int = 1,
-                         generator: torch.Generator | None = None,
-                         shard: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """`num_samples` x `k` relaxed one-hot draws per row of `logits` (B x d) -> B x S x k x d.
+class _Callable(nn.Module):
+    """A plain callable as a module, so the training code can freeze and call it."""
 
-    Each draw is softmax((logits + Gumbel noise) / tau): a point of the simplex (it sums to 1) that
-    tends to a one-hot sample of softmax(logits) as tau -> 0. `shard = (global rows, rank, world)`
-    says `logits` are rows rank::world of a larger batch: the noise of the whole batch is drawn
-    and this shard's rows kept, so sharded training sees the noise one process would.
-    """
-    noise = _gumbel(logits, k, num_samples, generator, shard)
-    return noise.add_(logits.float()[:, None, None, :]).div_(tau).softmax(dim=-1)
-
-
-class _MaxOfDraws(torch.autograd.Function):
-    """The element-wise max over the k draws of `gumbel_softmax_draws`, differentiated by hand.
-
-    Each chunk's mask value comes from one draw j*, so with G the incoming gradient and y the draws,
-    d loss / d logits_m = (G_m mask_m - sum_j c_j y_jm) / tau with c_j = sum of G_i mask_i over the
-    chunks i whose max is in draw j. The backward reads the saved draws once; autograd's amax and
-    softmax backward made several B x S x k x d temporaries, half of a CIFAR-10 step's time."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:
-        with torch.autocast(logits.device.type, enabled=False):
-            draws = noise.add_(logits[:, None, None, :]).div_(tau).softmax(dim=-1)
-            mask, pick = draws.max(dim=2)
-        ctx.save_for_backward(draws, mask, pick)
-        ctx.tau = tau
-        return mask
-
-    @staticmethod
-    def backward(ctx: Any, grad_mask: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        draws, mask, pick = ctx.saved_tensors
-        with torch.autocast(grad_mask.device.type, enabled=False):
-            weighted = grad_mask.float() * mask  # B x S x d
-            per_draw = torch.zeros(draws.shape[:3], dtype=weighted.dtype, device=weighted.device)
-            per_draw.scatter_add_(2, pick, weighted)  # B x S x k
-            spread = torch.matmul(per_draw.unsqueeze(2), draws).squeeze(2)  # B x S x d
-            return (weighted - spread).sum(1) / ctx.tau, None, None
-
-
-def relaxed_k_hot(logits: torch.Tensor, k: int, tau: float, num_samples: int = 1,
-                  generator: torch.Generator | None = None,
-                  shard: tuple[int, int, int] | None = None,
-                  straight_through: bool = False) -> torch.Tensor:
-    """Relaxed k-hot masks (B x S x d): the element-wise max of k Gumbel-softmax draws.
-
-    Every entry is in [0, 1], a mask sums to between 1 and k, and at most k entries exceed 1/2
-    (each draw has at most one), so it tends to a mask with at most k chunks on as tau -> 0.
-    `straight_through`: the forward value is the exact k-hot mask of the k largest entries (what
-    the test-time mask looks like: no faint extra chunks), the gradient the relaxed mask's.
-    """
-    soft = _MaxOfDraws.apply(logits.float(), _gumbel(logits, k, num_samples, generator, shard),
-                             tau)
-    if not straight_through:
-        return soft
-    hard = torch.zeros_like(soft).scatter_(-1, soft.topk(k, dim=-1).indices, 1.0)
-    return hard + soft - soft.detach()
-
-
-def hard_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """The test-time mask (B x d, float): 1 at the k largest logits of each row, else 0."""
-    index = logits.topk(k, dim=-1).indices
-    return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, index, 1.0)
-
-
-def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(logits) || uniform(d)) = sum_j p_j log p_j + log d, per row (0 <= KL <= log d)."""
-    log_p = logits.float().log_softmax(dim=-1)
-    plogp = torch.where(log_p > -math.inf, log_p.exp() * log_p, torch.zeros_like(log_p))
-    return plogp.sum(dim=-1) + math.log(logits.shape[-1])
-
-
-def soft_cross_entropy(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """H(p, q) summed over classes and averaged over every other axis.
-
-    `target_probs` is B x K; `logits` is B x K or B x S x K (S samples of the same input).
-    """
-    log_q = logits.float().log_softmax(dim=-1)
-    if log_q.dim() == 3:
-        target_probs = target_probs[:, None, :]
-    return -(target_probs * log_q).sum(dim=-1).mean()
-
-
-def vibi_loss(target_probs: torch.Tensor, approx_logits: torch.Tensor,
-              explainer_logits: torch.Tensor, beta: float
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, cross-entropy, mean KL): loss = H(p, q) + beta * KL(p(z|x) || uniform)."""
-    ce = soft_cross_entropy(target_probs, approx_logits)
-    kl = kl_to_uniform(explainer_logits).mean()
-    return ce + beta * kl, ce, kl
-
-
-def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence (nats, in [0, log 2]) between rows of two probability tables."""
-    m = 0.5 * (p + q)
-
-    def kl(a: torch.Tensor) -> torch.Tensor:
-        return torch.where(a > 0, a * (a.clamp_min(1e-30).log() - m.clamp_min(1e-30).log()),
-                           torch.zeros_like(a)).sum(dim=-1)
-
-    return 0.5 * (kl(p) + kl(q))
-
-
-# ----------------------------------------------------------------------------- the model pair
-
-
-@dataclass(frozen=True)
-class VibiSpec:
-    """Everything needed to rebuild an explainer/approximator pair."""
-
-    explainer_type: str
-    xpl_channels: int
-    width: float
-    in_channels: int
-    height: int
-    width_px: int
-    num_classes: int
-    k: int
-
-    @property
-    def chunk(self) -> int:
-        return CHUNK_SIZE[self.explainer_type]
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return explainer_grid(self.explainer_type, self.height, self.width_px)
-
-    @property
-    def num_chunks(self) -> int:
-        h, w = self.grid
-        return self.xpl_channels * h * w
-
-
-class Vibi(nn.Module):
-    """The explainer and the approximator, with the masking that connects them."""
-
-    def __init__(self, spec: VibiSpec) -> None:
+    def __init__(self, fn: Model) -> None:
         super().__init__()
-        self.spec = spec
-        self.explainer = build_explainer(spec.explainer_type, spec.in_channels,
-                                         spec.xpl_channels, spec.width)
-        self.approximator = Approximator(spec.in_channels, spec.num_classes, spec.height,
-                                         spec.width_px, spec.width)
+        self.fn = fn
 
-    def chunk_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """B x d logits of p(z | x), d = xpl_channels * rows * columns (float32)."""
-        return self.explainer(x).flatten(1).float()
-
-    def pixel_mask(self, chunk_mask: torch.Tensor) -> torch.Tensor:
-        """Chunk masks (... x d) -> pixel masks (... x xpl_channels x H x W), nearest up-sampling."""
-        s = self.spec
-        return chunks_to_pixels(chunk_mask, (s.xpl_channels, *s.grid), s.chunk,
-                                (s.height, s.width_px))
-
-    def masked(self, x: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
-        """Inputs times their masks: x (B x C x H x W), masks B x d or B x S x d -> (B*S) x C x H x W."""
-        mask = self.pixel_mask(chunk_mask.to(x.dtype))
-        if mask.dim() == 5:  # S samples per input
-            return (x[:, None] * mask).flatten(0, 1)
-        return x * mask
-
-    def forward(self, x: torch.Tensor, tau: float, num_samples: int,
-                generator: torch.Generator | None = None,
-                shard: tuple[int, int, int] | None = None,
-                straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: (chunk logits B x d, approximator logits B x S x K on relaxed masks);
-        `shard` and `straight_through` as in `gumbel_softmax_draws` and `relaxed_k_hot`."""
-        logits = self.chunk_logits(x)
-        mask = relaxed_k_hot(logits, self.spec.k, tau, num_samples, generator, shard,
-                             straight_through)
-        approx = self.approximator(self.masked(x, mask))
-        return logits, approx.float().reshape(x.shape[0], num_samples, -1)
-
-    def explain(self, x: torch.Tensor, approximator: nn.Module | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Test pass: (chunk logits B x d, hard top-k masks B x d, approximator logits B x K);
-        `approximator` replaces the pair's own (e.g. the black box it was trained against)."""
-        logits = self.chunk_logits(x)
-        mask = hard_top_k(logits, self.spec.k)
-        predictor = self.approximator if approximator is None else approximator
-        return logits, mask, predictor(self.masked(x, mask)).float()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
-def save_vibi(model: Vibi, path: str | Path, **extra: Any) -> None:
-    """Write the pair as {"kind", "spec", "state_dict", ...extra}: loadable with weights_only."""
-    save_torch({"kind": KIND, "spec": asdict(model.spec), "state_dict": state_dict_cpu(model),
-                **extra}, path)
+class VIBI:
+    """An explainer that keeps the `k` chunks of an image from which the black box still makes its
+    prediction (Bang et al., 2021), trained by default against the black box itself (objective
+    `blackbox`; `published` trains the paper's approximator instead: see the README's VIBI section).
+
+    >>> import torch, xai
+    >>> _ = torch.manual_seed(0)
+    >>> blackbox = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    >>> x = torch.rand(64, 1, 8, 8)  # four 4 x 4 chunks per image (the ResNet_4x explainer)
+    >>> vibi = xai.VIBI(blackbox, k=1, width_multiplier=0.25).fit(x, epochs=1, show_progress=False)
+    >>> maps = vibi.attribute(x[:3])  # p(chunk | x), spread over each chunk's pixels
+    >>> maps.shape, torch.allclose(maps.sum(dim=(1, 2, 3)), torch.ones(3))
+    (torch.Size([3, 1, 8, 8]), True)
+    >>> vibi.top_k(x[:3]).sum(dim=(1, 2, 3)).tolist()  # the k = 1 chunk kept: 16 pixels
+    [16, 16, 16]
+    """
+
+    def __init__(self, blackbox: Model, *, k: int = _DEFAULTS.k, beta: float = _DEFAULTS.beta,
+                 explainer: str = _DEFAULTS.explainer_type,
+                 xpl_channels: int = _DEFAULTS.xpl_channels,
+                 width_multiplier: float = _DEFAULTS.width_multiplier,
+                 objective: str = _DEFAULTS.objective, num_samples: int = _DEFAULTS.num_samples,
+                 lr: float = _DEFAULTS.lr, batch_size: int = _DEFAULTS.batch_size,
+                 tau: tuple[float, float] = (_DEFAULTS.tau_start, _DEFAULTS.tau_end),
+                 warmup_steps: int = _DEFAULTS.warmup_steps, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        self.blackbox = blackbox if isinstance(blackbox, nn.Module) else _Callable(blackbox)
+        self.device = torch.device(device) if device is not None else next(
+            (p.device for p in self.blackbox.parameters()), torch.device("cpu"))
+        # the library defaults (`VibiConfig`), fp32, one validation per epoch, no checkpoint
+        self.settings = asdict(replace(
+            _DEFAULTS, objective=objective, explainer_type=explainer, xpl_channels=xpl_channels,
+            width_multiplier=width_multiplier, k=k, beta=beta, num_samples=num_samples, evals_per_epoch=1,
+            batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, tau_start=tau[0],
+            tau_end=tau[1], precision="fp32", resume=False))
+        self.seed = seed
+        self.model: VibiModel | None = None
+
+    @torch.inference_mode()
+    def _probabilities(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        self.blackbox.eval()
+        return torch.cat([self.blackbox(x[i:i + batch_size].to(self.device)).float().softmax(1)
+                          for i in range(0, len(x), batch_size)])
+
+    def fit(self, x_train: torch.Tensor, x_val: torch.Tensor | None = None, *, epochs: int = 2,
+            show_progress: bool = True) -> VIBI:
+        """Train on images `x_train` (N x C x H x W, floats in [0, 1] or uint8); `x_val` (default:
+        the last tenth of `x_train`) picks the best evaluation. Returns self."""
+        if x_train.dim() != 4:
+            raise DataError(f"VIBI explains images N x C x H x W; got shape {tuple(x_train.shape)}")
+        if x_val is None:
+            cut = max(1, len(x_train) // 10)
+            x_train, x_val = x_train[:-cut], x_train[-cut:]
+        settings = VibiConfig(**{**self.settings, "epochs": epochs})
+        c, h, w = x_train.shape[1:]
+        check_fits(settings.explainer_type, settings.xpl_channels, settings.k, (c, h, w),
+                   "the images")
+        train_probs = self._probabilities(x_train)
+        spec = VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width_multiplier, c, h, w,
+                        train_probs.shape[1], settings.k)
+        torch.manual_seed(self.seed)
+        self.model = VibiModel(spec).to(self.device)
+        train(self.model, settings, Split(x_train.to(self.device), train_probs),
+              Split(x_val.to(self.device), self._probabilities(x_val)), seed=self.seed,
+              history=History(), show_progress=show_progress,
+              blackbox=self.blackbox.to(self.device))
+        return self
+
+    def _fitted(self) -> VibiModel:
+        if self.model is None:
+            raise RuntimeError("call fit (or VIBI.load) before attribute")
+        return self.model.eval()
+
+    def attribute(self, inputs: torch.Tensor, target: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """Captum's call shape: a map the size of `inputs`, each chunk's explanation probability
+        p(z | x) spread over its pixels. `target` is accepted for the shape and ignored: VIBI
+        explains the black box's own prediction."""
+        explainer = ExplainerDistribution("vibi", self._fitted(), self.blackbox)
+        return explainer.attribute(inputs.to(self.device).float(), target)
+
+    def top_k(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Boolean pixel masks (N x C x H x W) of the k chunks kept for each image."""
+        model = self._fitted()
+        with torch.inference_mode():
+            _, mask, _ = model.explain(inputs.to(self.device).float())
+            return model.pixel_mask(mask).expand(-1, inputs.shape[1], -1, -1).bool()
+
+    def save(self, path: str | Path) -> None:
+        """Write the trained explainer in the pipeline's VIBI format (`save_vibi`, weights-only
+        loadable) with this explainer's settings and seed."""
+        save_vibi(self._fitted(), path, settings=self.settings, seed=self.seed)
+
+    @classmethod
+    def load(cls, path: str | Path, blackbox: Model,
+             device: torch.device | str | None = None) -> VIBI:
+        """A VIBI saved by `save`, or trained by the pipeline (`models/vibi.pt`, whose settings
+        are the spec's, the rest library defaults), explaining `blackbox`."""
+        state = load_torch(path, kind=KIND, required=("spec", "state_dict"),
+                           older_kinds=(OLDER_KIND,))
+        model = vibi_from_state(state, path)
+        s = {**asdict(_DEFAULTS), **{key: state[key] for key in ("beta",) if key in state},
+             **_renamed(state.get("settings", {}))}
+        spec = model.spec
+        vibi = cls(blackbox, k=spec.k, beta=s["beta"], explainer=spec.explainer_type,
+                   xpl_channels=spec.xpl_channels, width_multiplier=spec.width_multiplier,
+                   objective=s["objective"], num_samples=s["num_samples"], lr=s["lr"],
+                   batch_size=s["batch_size"], tau=(s["tau_start"], s["tau_end"]),
+                   warmup_steps=s["warmup_steps"], seed=int(state.get("seed", 0)), device=device)
+        vibi.model = model.to(vibi.device)
+        return vibi
 
 
-def vibi_from_state(obj: dict[str, Any], path: str | Path = "<memory>") -> Vibi:
-    """Rebuild a pair from a loaded `save_vibi` file (or a checkpoint holding the same keys)."""
-    try:
-        model = Vibi(VibiSpec(**obj["spec"]))
-        model.load_state_dict(obj["state_dict"])
-    except (TypeError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not hold a VIBI model this code can rebuild ({first})"
-                              ) from None
-    return model
-
-
-def load_vibi(path: str | Path, device: torch.device | str = "cpu") -> Vibi:
-    """Load a pair written by `save_vibi` (weights_only=True), in eval mode, on `device`."""
-    obj = load_torch(path, kind=KIND, required=("spec", "state_dict"))
-    return vibi_from_state(obj, path).to(device).eval()
+def _renamed(settings: dict[str, object]) -> dict[str, object]:
+    """Settings saved under an older field name, in today's names."""
+    return {("width_multiplier" if key == "width" else key): value
+            for key, value in settings.items()}

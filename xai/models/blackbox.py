@@ -3,7 +3,7 @@
 Two architectures, picked by `blackbox.arch` (`auto`: by input size and channels):
 - `small_cnn`, for 28 x 28 grey images: two 5x5 conv + max-pool layers and a two-layer head.
 - `resnet`, for 32 x 32 colour images: a ResNet-9-style net (conv-BN-ReLU stages with residual
-  blocks), `width` channels in its first layer.
+  blocks), `channels` channels in its first layer.
 A saved model carries its rebuild config, so `load_blackbox` needs nothing else.
 
 Or the user's own model (`blackbox.source`: a TorchScript `.pt` or a `torch.export` `.pt2` file):
@@ -14,33 +14,17 @@ module, so every later stage explains it unchanged.
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from xai.data.augment import random_crop, random_flip
-from xai.data.prepared import Dataset
-from xai.devices import use_bf16
 from xai.errors import CheckpointError, ConfigError
-from xai.io import load_torch, save_torch
+from xai.io import SavedFields, load_torch, save_torch
 from xai.settings import bounded
-from xai.train.loop import (
-    Distributed,
-    History,
-    Progress,
-    autocast,
-    check_finite,
-    index_batches,
-    predict,
-    state_dict_cpu,
-    to_unit,
-    unwrap,
-)
+from xai.tensors import state_dict_cpu, to_unit
 
 
 @dataclass(frozen=True)
@@ -49,7 +33,7 @@ class BlackboxConfig:
 
     source: str = "train"
     arch: Literal["auto", "small_cnn", "resnet"] = 'auto'
-    width: int = bounded(16, ge=1)
+    channels: int = bounded(16, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = 'adam'
     lr: float = bounded(0.003, gt=0)
     weight_decay: float = bounded(0.0, ge=0)
@@ -81,16 +65,16 @@ FORMATS = {".pt": "torchscript", ".pt2": "export"}  # the user's model file, by 
 class SmallCNN(nn.Module):
     """conv5-pool-conv5-pool-fc-fc: fast on a CPU and above 99 % on MNIST in a few epochs."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int, image_size: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, channels: int, image_size: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, channels, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 2 * channels, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         )
         side = image_size // 4
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * side * side, 8 * width), nn.ReLU(inplace=True),
-            nn.Linear(8 * width, num_classes),
+            nn.Flatten(), nn.Linear(2 * channels * side * side, 8 * channels), nn.ReLU(inplace=True),
+            nn.Linear(8 * channels, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,9 +98,9 @@ class _Residual(nn.Module):
 class ResNet9(nn.Module):
     """ResNet-9 (prep, three pooled stages, two residual blocks): 94 % CIFAR-10 class of net."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, channels: int) -> None:
         super().__init__()
-        w = width
+        w = channels
         self.net = nn.Sequential(
             _conv_bn(in_channels, w),
             _conv_bn(w, 2 * w), nn.MaxPool2d(2), _Residual(2 * w),
@@ -130,19 +114,22 @@ class ResNet9(nn.Module):
 
 
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(SavedFields):
     """What it takes to rebuild a black box."""
 
     arch: str
     in_channels: int
     num_classes: int
     image_size: int
-    width: int
+    channels: int  # of the first layer
+
+    #: Field names as saved files spell them (older name, kept so saved models stay byte-identical).
+    SAVED_NAMES: ClassVar[dict[str, str]] = {"channels": "width"}
 
     def build(self) -> nn.Module:
         if self.arch == "small_cnn":
-            return SmallCNN(self.in_channels, self.num_classes, self.width, self.image_size)
-        return ResNet9(self.in_channels, self.num_classes, self.width)
+            return SmallCNN(self.in_channels, self.num_classes, self.channels, self.image_size)
+        return ResNet9(self.in_channels, self.num_classes, self.channels)
 
 
 def architecture(cfg: BlackboxConfig, input_shape: tuple[int, ...], num_classes: int
@@ -158,7 +145,7 @@ def architecture(cfg: BlackboxConfig, input_shape: tuple[int, ...], num_classes:
     if arch == "resnet" and size < 8:
         raise ConfigError(f"`arch` = resnet needs images of at least 8 x 8, got {size}",
                           owner=BlackboxConfig, fields=("arch",))
-    return Architecture(arch, channels, num_classes, size, cfg.width)
+    return Architecture(arch, channels, num_classes, size, cfg.channels)
 
 
 # ----------------------------------------------------------------------------- the user's model
@@ -237,7 +224,7 @@ def save_blackbox(model: nn.Module, spec: Architecture, classes: tuple[str, ...]
                   path: str | Path) -> None:
     """Write the black box: its rebuild config and weights, or the user's archive. `spec` is the
     architecture (of the judge, for the user's model) that later stages build."""
-    state = {"kind": MODEL_KIND, "architecture": asdict(spec), "classes": list(classes)}
+    state = {"kind": MODEL_KIND, "architecture": spec.to_state(), "classes": list(classes)}
     if isinstance(model, UserModel):
         state |= {"source": model.source, "format": model.format, "program": model.data}
     else:
@@ -250,7 +237,7 @@ def load_blackbox(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
     N x C x H x W, output logits. Its `Architecture` is the model's `architecture` attribute."""
     state = load_torch(path, kind=MODEL_KIND, required=["architecture"])
     try:
-        spec = Architecture(**state["architecture"])
+        spec = Architecture.from_state(state["architecture"])
         if "program" in state:
             model: nn.Module = UserModel(state["program"], state["format"], state["source"])
         else:
@@ -275,108 +262,6 @@ def load_probabilities(path: str | Path, device: torch.device | str = "cpu"
 
 
 # ----------------------------------------------------------------------------- training
-
-
-def make_optimizer(cfg: BlackboxConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _schedule(cfg: BlackboxConfig, opt: torch.optim.Optimizer, total_steps: int
-              ) -> torch.optim.lr_scheduler.LRScheduler:
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                                   pct_start=0.25)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-
-
-def _augmenter(cfg: BlackboxConfig, channels: int, generator: torch.Generator):
-    mode = cfg.augment if cfg.augment != "auto" else ("crop_flip" if channels == 3 else "none")
-
-    def augment(x: torch.Tensor) -> torch.Tensor:
-        if mode in ("crop", "crop_flip"):
-            x = random_crop(x, cfg.crop_padding, generator)
-        if mode == "crop_flip":
-            x = random_flip(x, generator)
-        return x
-
-    return augment, mode
-
-
-@dataclass
-class TrainedBlackbox:
-    model: nn.Module
-    spec: Architecture
-    history: History
-    images_per_second: float
-    augment: str
-
-
-def train_blackbox(cfg: BlackboxConfig, data: Dataset, history: History, generator: torch.Generator,
-                   dist: Distributed = Distributed(), stage: str = "train_blackbox"
-                   ) -> TrainedBlackbox:
-    """Train a black box on `data` (already on its device); per-epoch metrics go to `history`."""
-    device = data.train.x.device
-    spec = architecture(cfg, data.input_shape, data.num_classes)
-    model = spec.build().to(device).to(memory_format=torch.channels_last)
-    model = dist.wrap(model, device)
-    opt = make_optimizer(cfg, model)
-    steps = math.ceil(len(data.train) / cfg.batch_size)
-    sched = _schedule(cfg, opt, steps * cfg.epochs)
-    augment, mode = _augmenter(cfg, spec.in_channels, generator)
-    amp = use_bf16(cfg.precision, device)
-    rates = []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        bar = Progress(steps, f"{stage} epoch {epoch}/{cfg.epochs}", enabled=dist.is_main)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for step, idx in enumerate(index_batches(len(data.train), cfg.batch_size, generator,
-                                                 device)):
-            idx = dist.shard(idx)
-            x = augment(to_unit(data.train.x[idx])).contiguous(memory_format=torch.channels_last)
-            y = data.train.y[idx]
-            with autocast(device, amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            check_finite(loss, stage, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            bar.step(len(y) * dist.world_size, **({"loss": loss.item()} if step % 20 == 0 else {}))
-        bar.close()
-        rates.append(bar.items_per_second)
-        seen = len(data.train) / dist.world_size
-        val_loss, val_acc = evaluate(unwrap(model), data.val.x, data.val.y, cfg.eval_batch_size)
-        history.log(epoch, {"train_loss": loss_sum.item() / seen,
-                            "train_accuracy": correct.item() / seen,
-                            "val_loss": val_loss, "val_accuracy": val_acc,
-                            "lr": opt.param_groups[0]["lr"]})
-    return TrainedBlackbox(unwrap(model).eval(), spec, history, sum(rates) / len(rates), mode)
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
-             ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on uint8 images `x` with labels `y`."""
-    was_training = model.training
-    model.eval()
-    logits = predict(model, x, batch_size)
-    model.train(was_training)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
-
-
-def probabilities(model: nn.Module, data: Dataset, batch_size: int) -> dict[str, torch.Tensor]:
-    """Softmax outputs on every split (what VIBI trains against)."""
-    return {s: predict(model, getattr(data, s).x, batch_size).softmax(1)
-            for s in ("train", "val", "test")}
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -4,7 +4,7 @@
 output cell is the logit of one N x N chunk of pixels (28 x 28 with 4x: a 7 x 7 grid); input sizes
 that N does not divide get a last, partial chunk (28 with 8x: 4 x 4 chunks, the last ones 4 px
 wide). `Unet` keeps the input resolution: one logit per pixel. `xpl_channels` is 1 (a chunk covers
-every colour channel) or the number of input channels (each channel has its own chunks). `width`
+every colour channel) or the number of input channels (each channel has its own chunks). `width_multiplier`
 multiplies every layer's channel count, so the same shape is small on a CPU and large on a GPU.
 
 The head is a plain 1 x 1 convolution: logits are unbounded. An output ReLU (as in the public
@@ -22,21 +22,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xai.chunks import chunk_grid
 from xai.errors import ConfigError
 
 ExplainerType = Literal["Unet", "ResNet_2x", "ResNet_4x", "ResNet_8x"]
 CHUNK_SIZE: dict[str, int] = {"Unet": 1, "ResNet_2x": 2, "ResNet_4x": 4, "ResNet_8x": 8}
 
 
-def channels(base: int, width: float) -> int:
+def scaled_channels(base: int, width_multiplier: float) -> int:
     """A layer's channel count: `base` scaled by the width multiplier, at least 4."""
-    return max(4, round(base * width))
-
-
-def explainer_grid(explainer_type: str, height: int, width: int) -> tuple[int, int]:
-    """Rows and columns of chunks the explainer produces for a `height` x `width` input."""
-    size = CHUNK_SIZE[explainer_type]
-    return math.ceil(height / size), math.ceil(width / size)
+    return max(4, round(base * width_multiplier))
 
 
 def check_fits(explainer_type: str, xpl_channels: int, k: int, shape: tuple[int, ...],
@@ -48,7 +43,7 @@ def check_fits(explainer_type: str, xpl_channels: int, k: int, shape: tuple[int,
         raise ConfigError(f"`xpl_channels` = {xpl_channels} does not fit {name}'s {c}-channel "
                           f"images; allowed: 1" + (f" or {c}" if c > 1 else ""),
                           owner=owner, fields=("xpl_channels",))
-    rows, cols = explainer_grid(explainer_type, h, w)
+    _, rows, cols = chunk_grid(shape, CHUNK_SIZE[explainer_type])
     chunks = xpl_channels * rows * cols
     if k >= chunks:
         raise ConfigError(f"`k` = {k} is out of range; allowed: below the {chunks} chunks of "
@@ -96,15 +91,15 @@ class ResNetExplainer(nn.Module):
     """
 
     def __init__(self, in_channels: int, xpl_channels: int, downsample: int,
-                 width: float = 1.0) -> None:
+                 width_multiplier: float = 1.0) -> None:
         super().__init__()
         stages = int(math.log2(downsample))
         if 2 ** stages != downsample or stages < 1:
             raise ValueError(f"downsample must be a power of two >= 2, got {downsample}")
-        c = channels(16, width)
+        c = scaled_channels(16, width_multiplier)
         layers: list[nn.Module] = [conv_bn(in_channels, c), nn.ReLU(inplace=True)]
         for i in range(stages):
-            c_next = channels(16 * 2 ** min(i + 1, 2), width)
+            c_next = scaled_channels(16 * 2 ** min(i + 1, 2), width_multiplier)
             layers.append(ResidualBlock(c, c_next, stride=2))
             c = c_next
         layers.append(ResidualBlock(c, c))
@@ -118,9 +113,11 @@ class ResNetExplainer(nn.Module):
 class UnetExplainer(nn.Module):
     """A two-level U-Net: one logit per pixel, with context from a 4x down-sampled bottleneck."""
 
-    def __init__(self, in_channels: int, xpl_channels: int, width: float = 1.0) -> None:
+    def __init__(self, in_channels: int, xpl_channels: int, width_multiplier: float = 1.0
+                 ) -> None:
         super().__init__()
-        c1, c2, c3 = channels(16, width), channels(32, width), channels(64, width)
+        c1, c2, c3 = (scaled_channels(16, width_multiplier), scaled_channels(32, width_multiplier),
+                      scaled_channels(64, width_multiplier))
         self.enc1 = nn.Sequential(conv_bn(in_channels, c1), nn.ReLU(inplace=True),
                                   ResidualBlock(c1, c1))
         self.enc2 = ResidualBlock(c1, c2, stride=2)
@@ -141,11 +138,11 @@ class UnetExplainer(nn.Module):
 
 
 def build_explainer(explainer_type: str, in_channels: int, xpl_channels: int,
-                    width: float = 1.0) -> nn.Module:
+                    width_multiplier: float = 1.0) -> nn.Module:
     """The explainer named `explainer_type`: N x C x H x W -> N x xpl_channels x h x w logits."""
     if explainer_type == "Unet":
-        return UnetExplainer(in_channels, xpl_channels, width)
+        return UnetExplainer(in_channels, xpl_channels, width_multiplier)
     if explainer_type in CHUNK_SIZE:
-        return ResNetExplainer(in_channels, xpl_channels, CHUNK_SIZE[explainer_type], width)
+        return ResNetExplainer(in_channels, xpl_channels, CHUNK_SIZE[explainer_type], width_multiplier)
     raise ValueError(f"unknown explainer type {explainer_type!r}; choose one of "
                      + ", ".join(CHUNK_SIZE))

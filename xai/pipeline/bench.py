@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from xai.devices import conv_layout, fast_bf16, select_device, use_bf16
 from xai.io import save_json
 from xai.pipeline.config import IMAGE_SHAPES, Config, load_config
-from xai.train.loop import autocast, cpu_threads
+from xai.tensors import autocast
+from xai.train.loop import cpu_threads
 
 MATMUL_SIDES = (256, 512, 1024, 2048)
 
@@ -146,7 +147,8 @@ def run_case(case: Case, device: torch.device, ceilings: dict[str, float], secon
 
 def blackbox_cases(cfg: Config, device: torch.device) -> list[Case]:
     """The black box's training step and its batched inference, at the configured shapes."""
-    from xai.models.blackbox import Architecture, architecture, make_optimizer
+    from xai.models.blackbox import Architecture, architecture
+    from xai.train.blackbox import make_optimizer
 
     shape = _input_shape(cfg)
     spec: Architecture = architecture(cfg.blackbox, shape, 10)
@@ -195,15 +197,15 @@ def _prepared_shape() -> tuple[int, int, int]:
 def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
     """VIBI's training step as the stage runs it (`vibi.objective`: the frozen black box or the
     approximator predicts from relaxed k-hot masks) and its test-time pass (top-k masks)."""
-    from xai.explain.vibi import Vibi, VibiSpec
     from xai.models.blackbox import architecture
-    from xai.train.vibi import TrainingObjective
+    from xai.models.vibi import VibiModel, VibiSpec
+    from xai.train.vibi_objective import TrainingObjective
 
     v = cfg.vibi
     c, h, w = _input_shape(cfg)
     amp = use_bf16(v.precision, device)
     layout = conv_layout(amp)  # as training runs it
-    model = Vibi(VibiSpec(v.explainer_type, v.xpl_channels, v.width, c, h, w, 10, v.k)).to(
+    model = VibiModel(VibiSpec(v.explainer_type, v.xpl_channels, v.width_multiplier, c, h, w, 10, v.k)).to(
         device, memory_format=layout)
     blackbox = architecture(cfg.blackbox, (c, h, w), 10).build().to(
         device, memory_format=layout).eval().requires_grad_(False)
@@ -229,7 +231,7 @@ def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
             model.explain(xe)
         model.train()
 
-    name = f"{v.explainer_type} x{v.width:g}"
+    name = f"{v.explainer_type} x{v.width_multiplier:g}"
     return [Case(f"vibi train step ({name}, S={v.num_samples}, {v.objective})", train_step,
                  v.batch_size, amp),
             Case(f"vibi explain ({name})", infer, 1000, amp)]
@@ -288,13 +290,13 @@ def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
 
 def evaluation_cases(cfg: Config, device: torch.device) -> list[Case]:
     """The evaluation's costliest path: integrated gradients on the black box."""
-    from xai.explain.attribution import IntegratedGradientsAttribution
+    from xai.explain.attribution import IntegratedGradients
     from xai.models.blackbox import architecture
 
     shape = _input_shape(cfg)
     model = architecture(cfg.blackbox, shape, 10).build().to(device).eval()
     steps = cfg.evaluate.ig_steps
-    ig = IntegratedGradientsAttribution(model, steps=steps)
+    ig = IntegratedGradients(model, steps=steps)
     x = torch.rand(64, *shape, device=device)
     target = torch.randint(0, 10, (64,), device=device)
 

@@ -16,7 +16,7 @@ import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -24,11 +24,12 @@ from xai.data.sources import DataConfig
 from xai.data.toy import ToyConfig
 from xai.errors import ConfigError, XaiError
 from xai.evaluation.counterfactuals import InvertibleCounterfactualConfig
-from xai.evaluation.table import Settings
+from xai.evaluation.table import MeasureConfig
 from xai.models.blackbox import BlackboxConfig
 from xai.models.explainers import check_fits, evaluation_budgets
 from xai.settings import SEED_MAX, bounded
 from xai.train.invertible import InvertibleImageConfig, InvertibleToyConfig
+from xai.train.judge import JudgeConfig
 from xai.train.vibi import VibiConfig
 
 _BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -53,50 +54,33 @@ class TrackingConfig:
     timeout_s: float = bounded(gt=0)
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
-    """The neutral judge: a surrogate of the black box trained on random chunk subsets."""
-
-    epochs: int = bounded(ge=1)
-    batch_size: int = bounded(ge=1)
-    lr: float = bounded(gt=0)
-    imputed_fraction: float = bounded(ge=0, le=1)
-    start_from_blackbox: bool
-
-
 #: Training images GradientShap integrates from in the evaluation.
 SHAP_BASELINES = 16
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """The evaluation: one seeded test subset, the pixel budgets and the measures' knobs."""
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(MeasureConfig):
+    """The evaluation: one seeded test subset, the methods' knobs, and how the library measures
+    (`MeasureConfig`'s fields, except those the pipeline derives from other sections)."""
+
+    #: `MeasureConfig` fields that are not keys of `evaluate`: vibi.k, the explainer's chunk size
+    #: and the top-level road_noise_std.
+    derived: ClassVar[tuple[str, ...]] = ("k", "chunk", "road_noise_std")
 
     num_images: int = bounded(ge=1)
-    seed: int = bounded(ge=0, le=SEED_MAX)
-    budgets: tuple[int, ...] = bounded(ge=1)
-    curve_points: int = bounded(ge=2)
     ig_steps: int = bounded(ge=2)
     smoothgrad_samples: int = bounded(ge=1)
     smoothgrad_std: float = bounded(gt=0)
     shap_samples: int = bounded(ge=1)
     lime_samples: int = bounded(ge=2)
-    robustness_images: int = bounded(ge=2)
-    perturbations: int = bounded(ge=1)
-    sensitivity_radius: float = bounded(gt=0)
-    noise_std: float = bounded(gt=0)
-    encoding_folds: int = bounded(ge=2)
-    bootstrap: int = bounded(ge=10)
-    batch_size: int = bounded(ge=1)
 
     def measures(self, budgets: tuple[int, ...], k: int, chunk: int, road_noise_std: float
-                 ) -> Settings:
+                 ) -> MeasureConfig:
         """How `xai.evaluate` measures under these params, at `budgets` and the explainer's `k`
         chunks of `chunk` pixels (what stage `evaluate` uses)."""
-        return Settings(tuple(budgets), k, chunk, self.curve_points, self.robustness_images,
-                        self.perturbations, self.sensitivity_radius, self.noise_std,
-                        road_noise_std, self.encoding_folds, self.bootstrap, self.batch_size,
-                        self.seed)
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(MeasureConfig)}
+        return MeasureConfig(**(given | {"budgets": tuple(budgets), "k": k, "chunk": chunk,
+                                         "road_noise_std": road_noise_std}))
 
     def __post_init__(self) -> None:
         if not self.budgets:
@@ -225,7 +209,7 @@ def parse_section(cls: type, raw: Any, prefix: str = "") -> Any:
     where = prefix or "params.yaml"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _derived(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(
@@ -309,9 +293,20 @@ def _check_bounds(value: float, key: str, bounds: Any) -> float:
     return value
 
 
+def _derived(cls: type) -> tuple[str, ...]:
+    """Fields of a section that are not its keys (`EvaluateConfig.derived`)."""
+    return getattr(cls, "derived", ())
+
+
 def flatten(section: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten a config dataclass (or mapping) into dotted keys, e.g. for logging params."""
-    items = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    if dataclasses.is_dataclass(section):
+        items = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+                 if f.name not in _derived(type(section))}
+        items = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                 for k, v in items.items()}
+    else:
+        items = dict(section)
     out: dict[str, Any] = {}
     for name, value in items.items():
         key = _join(prefix, name)

@@ -26,8 +26,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from xai.data.prepared import Split
 from xai.errors import TrainingError
 from xai.io import save_csv
+from xai.tensors import predict
 
 
 def seed_everything(seed: int, device: torch.device) -> torch.Generator:
@@ -38,11 +40,6 @@ def seed_everything(seed: int, device: torch.device) -> torch.Generator:
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]; float inputs pass through."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 @contextlib.contextmanager
@@ -81,25 +78,6 @@ def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int) -> None:
             f"{stage}: non-finite loss ({loss.detach().float().mean().item()}) at epoch {epoch}, "
             f"step {step}; nothing was saved. Lower the learning rate or check the inputs."
         )
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on the device when enabled (CPU and CUDA), else a no-op."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-@torch.inference_mode()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-            batch_size: int = 2048, amp: bool = False) -> torch.Tensor:
-    """Outputs of `model` on all of `x` in large batches (float32, on x's device)."""
-    device = x.device
-    outs = []
-    for i in range(0, len(x), batch_size):
-        with autocast(device, amp):
-            outs.append(model(to_unit(x[i:i + batch_size])).float())
-    return torch.cat(outs) if outs else torch.empty(0, device=device)
 
 
 class StopFlag:
@@ -306,11 +284,8 @@ def distributed_device(device: torch.device) -> torch.device:
     return device
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A model's parameters and buffers, detached on the CPU, ready to save."""
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+def accuracy(model: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int
+             ) -> float:
+    """Share of `split` classified correctly (uint8 images or float points), batched."""
+    logits = predict(model, split.x, batch_size)
+    return int((logits.argmax(dim=1) == split.y).sum()) / len(split)

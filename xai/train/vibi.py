@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -24,32 +23,24 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from xai.data.prepared import Dataset
+from xai.data.prepared import Dataset, Split
 from xai.devices import conv_layout, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.explain.vibi import (
-    Vibi,
-    VibiSpec,
-    js_divergence,
-    kl_to_uniform,
-    relaxed_k_hot,
-    soft_cross_entropy,
-    vibi_loss,
-)
 from xai.io import load_torch, save_torch
 from xai.models.explainers import check_fits
+from xai.models.vibi import Explanations, VibiModel, VibiSpec, explain_split
 from xai.settings import TAU_MIN, bounded
+from xai.tensors import autocast, state_dict_cpu, to_unit
 from xai.train.loop import (
     Distributed,
     History,
     Progress,
-    autocast,
+    StopFlag,
     check_finite,
     deferred_interrupts,
     index_batches,
-    state_dict_cpu,
-    to_unit,
 )
+from xai.train.vibi_objective import TrainingObjective, js_divergence
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ class VibiConfig:
     objective: Literal["published", "blackbox", "realx"] = 'blackbox'
     explainer_type: Literal["Unet", "ResNet_2x", "ResNet_4x", "ResNet_8x"] = 'ResNet_4x'
     xpl_channels: Literal[1, 3] = 1
-    width: float = bounded(0.5, gt=0)
+    width_multiplier: float = bounded(0.5, gt=0)  # explainer and approximator channels
     k: int = bounded(4, ge=1)
     beta: float = bounded(0.01, ge=0)
     num_samples: int = bounded(2, ge=1)
@@ -85,17 +76,6 @@ class VibiConfig:
 
 CHECKPOINT_KIND = "xai.vibi_checkpoint"
 EXPLANATIONS_KIND = "xai.vibi_explanations"
-
-
-@dataclass(frozen=True)
-class Targets:
-    """One split: uint8 images and the black box's class probabilities for them, on the device."""
-
-    x: torch.Tensor
-    probs: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
 
 
 def temperature(step: int, warmup: int, total: int, tau_start: float, tau_end: float) -> float:
@@ -126,46 +106,11 @@ def spec_for(settings: VibiConfig, data: Dataset) -> VibiSpec:
     check_fits(settings.explainer_type, settings.xpl_channels, settings.k, data.input_shape,
                data.name, owner=VibiConfig)
     c, h, w = data.input_shape
-    return VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width, c, h, w,
+    return VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width_multiplier, c, h, w,
                     data.num_classes, settings.k)
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-@dataclass(frozen=True)
-class Explanations:
-    """Per-input results on one split: chunk distributions, top-k masks, approximator output."""
-
-    chunk_probs: torch.Tensor       # N x d, p(z | x)
-    top_k: torch.Tensor             # N x d, bool, the k chunks kept
-    approx_probs: torch.Tensor      # N x K, q(y | top-k masked x)
-    kl: torch.Tensor                # N, KL(p(z | x) || uniform)
-    posthoc_probs: torch.Tensor | None  # N x K, the black box on the masked input
-
-
-@torch.inference_mode()
-def explain_split(model: Vibi, x: torch.Tensor, blackbox: Callable[[torch.Tensor], torch.Tensor] | None
-            = None, batch_size: int = 1000, amp: bool = False,
-            approximator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Explanations:
-    """Run the explainer (hard top-k) and approximator, optionally the black box, on all of `x`.
-    `approximator` replaces the pair's own (the `blackbox` objective's frozen black box)."""
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("p", "m", "q", "kl", "bb")}
-    for i in range(0, len(x), batch_size):
-        xb = to_unit(x[i:i + batch_size]).contiguous(memory_format=conv_layout(amp))
-        with autocast(xb.device, amp):
-            logits, mask, approx = model.explain(xb, approximator)
-            if blackbox is not None:
-                parts["bb"].append(blackbox(model.masked(xb, mask)).float().softmax(-1))
-        parts["p"].append(logits.softmax(-1))
-        parts["m"].append(mask.bool())
-        parts["q"].append(approx.softmax(-1))
-        parts["kl"].append(kl_to_uniform(logits))
-    model.train(was_training)
-    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
-    return Explanations(cat["p"], cat["m"], cat["q"], cat["kl"], cat["bb"])
 
 
 def summarize(expl: Explanations, blackbox_probs: torch.Tensor) -> dict[str, float]:
@@ -181,7 +126,7 @@ def summarize(expl: Explanations, blackbox_probs: torch.Tensor) -> dict[str, flo
     return out
 
 
-def explanations_state(model: Vibi, expl: Explanations, blackbox_probs: torch.Tensor
+def explanations_state(model: VibiModel, expl: Explanations, blackbox_probs: torch.Tensor
                        ) -> dict[str, Any]:
     """The file the render stage reads: chunk grids (float16 / bool) for every input of a split."""
     s = model.spec
@@ -208,60 +153,13 @@ def fingerprint(settings: VibiConfig, seed: int, **extra: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def targets_digest(*splits: Targets) -> str:
+def targets_digest(*splits: Split) -> str:
     """sha256 of the splits' shapes and black-box probabilities (the images determine those)."""
     digest = hashlib.sha256()
     for split in splits:
         digest.update(str(tuple(split.x.shape)).encode())
-        digest.update(split.probs.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(split.y.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-class TrainingObjective(nn.Module):
-    """One training step's loss as a module, so DistributedDataParallel can wrap the whole step
-    (warm-up steps use only the approximator, so the explainer may sit out).
-
-    Who predicts the black box from the kept chunks (`objective`):
-    - `published`: the pair's approximator, trained with the explainer (VIBI, L2X);
-    - `blackbox`: the frozen black box itself, so the explainer maximises the black box's own
-      likelihood of its prediction on the kept chunks; no approximator to decode positions;
-    - `realx`: the approximator, first trained alone on random chunk subsets (REAL-X, Jethani et
-      al., 2021) and then frozen, so it cannot learn to read the explainer's positions.
-    """
-
-    def __init__(self, model: Vibi, beta: float, num_samples: int, objective: str = "published",
-                 blackbox: nn.Module | None = None, straight_through: bool = False) -> None:
-        super().__init__()
-        self.straight_through = straight_through
-        self.model = model
-        self.beta = beta
-        self.num_samples = num_samples
-        self.objective = objective
-        self.blackbox = [blackbox]  # a list: not a submodule, so DDP and state_dict leave it out
-
-    def forward(self, x: torch.Tensor, p: torch.Tensor, tau: float, warm: bool,
-                noise: torch.Generator, shard: tuple[int, int, int] | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, soft cross-entropy, KL) of the batch `x` against black-box probabilities `p`."""
-        if warm:  # the approximator alone: on unmasked inputs, or (REAL-X) on random subsets
-            if self.objective == "realx":
-                d = self.model.spec.num_chunks
-                keep = torch.rand(x.shape[0], d, generator=noise, device=x.device).argsort(1) \
-                    .argsort(1) < torch.randint(0, d + 1, (x.shape[0], 1), generator=noise,
-                                                device=x.device)
-                x = self.model.masked(x, keep.float())
-            ce = soft_cross_entropy(p, self.model.approximator(x))
-            return ce, ce, torch.zeros((), device=x.device)
-        if self.objective == "blackbox":
-            logits = self.model.chunk_logits(x)
-            mask = relaxed_k_hot(logits, self.model.spec.k, tau, self.num_samples, noise, shard,
-                                 self.straight_through)
-            approx = self.blackbox[0](self.model.masked(x, mask)).float()
-            approx = approx.reshape(x.shape[0], self.num_samples, -1)
-        else:
-            logits, approx = self.model(x, tau, self.num_samples, noise, shard,
-                                        self.straight_through)
-        return vibi_loss(p, approx, logits, self.beta)
 
 
 @dataclass
@@ -281,11 +179,11 @@ def evaluation_steps(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:
     return {round(steps_per_epoch * (i + 1) / n) for i in range(n)}
 
 
-def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Targets, *,
+def train(model: VibiModel, settings: VibiConfig, train_set: Split, val_set: Split, *,
           seed: int, history: History, checkpoint: str | Path | None = None,
           jump_started: bool = False, run_id: str = "", desc: str = "vibi",
           show_progress: bool = True, dist: Distributed = Distributed(),
-          blackbox: nn.Module | None = None) -> Vibi:
+          blackbox: nn.Module | None = None) -> VibiModel:
     """Train `model` in place for `settings.epochs` epochs; returns it (with `settings.save_best`,
     the weights of the evaluation with the best validation fidelity).
 
@@ -299,115 +197,194 @@ def train(model: Vibi, settings: VibiConfig, train_set: Targets, val_set: Target
     With `blackbox`, the approximator is not trained and validation fidelity is the black box's
     own agreement on the kept chunks; with `realx`, the approximator is frozen after warm-up.
     """
-    if settings.objective == "blackbox" and blackbox is None:
-        raise ValueError("objective 'blackbox' needs the black box")
-    device = train_set.x.device
-    amp = use_bf16(settings.precision, device)
-    steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
-    total = steps_per_epoch * settings.epochs
-    warmup = 0 if jump_started or settings.objective == "blackbox" else settings.warmup_steps
-    if warmup >= total:  # the explainer would never train
-        raise ConfigError(f"`warmup_steps` = {settings.warmup_steps} is out of range; allowed: "
-                          f"< {total} (the training steps: {settings.epochs} epochs of "
-                          f"{steps_per_epoch} batches), or objective blackbox (no warm-up)",
-                          owner=VibiConfig, fields=("warmup_steps",))
-    eval_at = evaluation_steps(steps_per_epoch, settings.evals_per_epoch)
-    tag = fingerprint(settings, seed, run=run_id, data=targets_digest(train_set, val_set))
-    optimizer = torch.optim.Adam([{"params": model.explainer.parameters(), "name": "explainer"},
-                                  {"params": model.approximator.parameters(),
-                                   "name": "approximator"}], lr=settings.lr)
-    frozen = None if blackbox is None else blackbox.eval().requires_grad_(False)
-    layout = conv_layout(amp)
-    for net in (model, frozen):
-        if net is not None:
-            net.to(memory_format=layout)
-    approximator = frozen if settings.objective == "blackbox" else None
-    objective = dist.wrap(TrainingObjective(model, settings.beta, settings.num_samples,
-                                            settings.objective, frozen,
-                                            settings.straight_through),
-                          device,
-                          find_unused_parameters=warmup > 0 or settings.objective != "published")
-    noise = torch.Generator(device=device).manual_seed(seed)
-    loop = _Loop()
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if settings.resume and ckpt is not None and ckpt.is_file():
-        loop = _restore(ckpt, tag, model, optimizer, noise, history) or loop
+    run = _Training(model, settings, train_set, val_set, seed=seed, history=history,
+                    checkpoint=checkpoint, jump_started=jump_started, run_id=run_id, desc=desc,
+                    show_progress=show_progress, dist=dist, blackbox=blackbox)
+    model.train()
+    with deferred_interrupts() as stop:
+        for epoch in range(run.loop.step // run.steps_per_epoch, settings.epochs):
+            run.run_epoch(epoch, stop)
+    return run.finish()
 
-    def save_checkpoint() -> None:
-        if ckpt is None or not dist.is_main:
+
+class _Training:
+    """One `train` call: the objects its steps share (model, optimizer, objective, noise
+    generator, loop state), so each step is a named method rather than a closure."""
+
+    def __init__(self, model: VibiModel, settings: VibiConfig, train_set: Split, val_set: Split,
+                 *, seed: int, history: History, checkpoint: str | Path | None,
+                 jump_started: bool, run_id: str, desc: str, show_progress: bool,
+                 dist: Distributed, blackbox: nn.Module | None) -> None:
+        """Check the settings, then set up optimizer, layouts, objective, noise and resume, in
+        this order (the objective's wrap and the resume act on what comes before them)."""
+        if settings.objective == "blackbox" and blackbox is None:
+            raise ValueError("objective 'blackbox' needs the black box")
+        self.model, self.settings, self.history, self.dist = model, settings, history, dist
+        self.train_set, self.val_set, self.seed, self.desc = train_set, val_set, seed, desc
+        self.show_progress = show_progress
+        self.device = train_set.x.device
+        self.amp = use_bf16(settings.precision, self.device)
+        self.steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
+        self.total = self.steps_per_epoch * settings.epochs
+        self.warmup = self._warmup_steps(jump_started)
+        self.eval_at = evaluation_steps(self.steps_per_epoch, settings.evals_per_epoch)
+        self.tag = fingerprint(settings, seed, run=run_id,
+                               data=targets_digest(train_set, val_set))
+        self.optimizer = torch.optim.Adam(
+            [{"params": model.explainer.parameters(), "name": "explainer"},
+             {"params": model.approximator.parameters(), "name": "approximator"}],
+            lr=settings.lr)
+        self.layout = conv_layout(self.amp)
+        frozen = self._frozen_blackbox(blackbox)
+        self.approximator = frozen if settings.objective == "blackbox" else None  # for validation
+        self.objective = self._objective(frozen)
+        self.noise = torch.Generator(device=self.device).manual_seed(seed)
+        self.ckpt = Path(checkpoint) if checkpoint is not None else None
+        self.loop = self._resume()
+
+    def _warmup_steps(self, jump_started: bool) -> int:
+        """Steps the approximator trains alone on unmasked inputs: none after a jump start or
+        against the black box; an error if they would leave the explainer no step."""
+        settings = self.settings
+        warmup = 0 if jump_started or settings.objective == "blackbox" else settings.warmup_steps
+        if warmup >= self.total:  # the explainer would never train
+            raise ConfigError(
+                f"`warmup_steps` = {settings.warmup_steps} is out of range; allowed: "
+                f"< {self.total} (the training steps: {settings.epochs} epochs of "
+                f"{self.steps_per_epoch} batches), or objective blackbox (no warm-up)",
+                owner=VibiConfig, fields=("warmup_steps",))
+        return warmup
+
+    def _frozen_blackbox(self, blackbox: nn.Module | None) -> nn.Module | None:
+        """`blackbox` in eval mode without gradients; it and the model get the precision's
+        convolution layout (channels-last under bf16)."""
+        frozen = None if blackbox is None else blackbox.eval().requires_grad_(False)
+        for net in (self.model, frozen):
+            if net is not None:
+                net.to(memory_format=self.layout)
+        return frozen
+
+    def _objective(self, frozen: nn.Module | None) -> nn.Module:
+        """The training loss module, wrapped by `dist.wrap` (DistributedDataParallel under
+        torchrun; parameters may go unused in warm-up or when the approximator is frozen)."""
+        s = self.settings
+        objective = TrainingObjective(self.model, s.beta, s.num_samples, s.objective, frozen,
+                                      s.straight_through)
+        return self.dist.wrap(objective, self.device,
+                              find_unused_parameters=self.warmup > 0 or s.objective != "published")
+
+    def _resume(self) -> _Loop:
+        """The loop state of a matching checkpoint (loaded into model, optimizer, noise and
+        history) when `settings.resume`; a fresh one otherwise."""
+        if self.settings.resume and self.ckpt is not None and self.ckpt.is_file():
+            restored = _restore(self.ckpt, self.tag, self.model, self.optimizer, self.noise,
+                                self.history)
+            if restored is not None:
+                return restored
+        return _Loop()
+
+    def save_checkpoint(self) -> None:
+        """Write everything a later run needs to continue from this step (main rank only)."""
+        if self.ckpt is None or not self.dist.is_main:
             return
-        save_torch({"kind": CHECKPOINT_KIND, "fingerprint": tag, "step": loop.step,
-                    "model": state_dict_cpu(model), "optimizer": optimizer.state_dict(),
-                    "noise": noise.get_state(), "best_fidelity": loop.best_fidelity,
+        loop, history = self.loop, self.history
+        save_torch({"kind": CHECKPOINT_KIND, "fingerprint": self.tag, "step": loop.step,
+                    "model": state_dict_cpu(self.model), "optimizer": self.optimizer.state_dict(),
+                    "noise": self.noise.get_state(), "best_fidelity": loop.best_fidelity,
                     "best_state": loop.best_state, "sums": loop.sums, "rows": history.rows,
                     "elapsed": history.elapsed,
-                    "seconds_to_target": history.seconds_to_target}, ckpt,
+                    "seconds_to_target": history.seconds_to_target}, self.ckpt,
                    staged=False)  # not a stage output: it must exist now, to resume from
 
-    def evaluate(tau: float, rate: float) -> None:
-        val = summarize(explain_split(model, val_set.x, amp=amp, approximator=approximator),
-                        val_set.probs)
+    def validate(self, tau: float, rate: float) -> None:
+        """Log a `history` row (mean training losses since the last one, validation measures)
+        and keep the weights if their validation fidelity is the best so far."""
+        loop = self.loop
+        val = summarize(explain_split(self.model, self.val_set.x, amp=self.amp,
+                                      approximator=self.approximator), self.val_set.y)
         steps = max(loop.sums.pop("steps", 1.0), 1.0)
-        history.log(loop.step / steps_per_epoch, {
-            "step": loop.step, "tau": tau, "lr": learning_rate(loop.step, total, settings.lr),
+        self.history.log(loop.step / self.steps_per_epoch, {
+            "step": loop.step, "tau": tau,
+            "lr": learning_rate(loop.step, self.total, self.settings.lr),
             **{f"train_{k}": v / steps for k, v in loop.sums.items()},
             "val_fidelity": val["fidelity"], "val_mean_kl": val["mean_kl"],
             "val_mean_js": val["mean_js"], "images_per_second": rate,
         }, step=loop.step)
         loop.sums = {}
         if val["fidelity"] >= loop.best_fidelity:  # ties: the later, longer-trained weights
-            loop.best_fidelity, loop.best_state = val["fidelity"], state_dict_cpu(model)
+            loop.best_fidelity, loop.best_state = val["fidelity"], state_dict_cpu(self.model)
 
-    model.train()
-    with deferred_interrupts() as stop:
-        for epoch in range(loop.step // steps_per_epoch, settings.epochs):
-            order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            batches = index_batches(len(train_set), settings.batch_size, order, device,
-                                    drop_last=True)[:steps_per_epoch]
-            first = loop.step - epoch * steps_per_epoch
-            bar = Progress(steps_per_epoch - first, f"{desc} epoch {epoch + 1}/{settings.epochs}",
-                           show_progress and dist.is_main)
-            for batch in batches[first:]:
-                idx = dist.shard(batch)
-                shard = (len(batch), dist.rank, dist.world_size) if dist.enabled else None
-                tau = temperature(loop.step, warmup, total, settings.tau_start, settings.tau_end)
-                for group in optimizer.param_groups:
-                    trains = group["name"] == "explainer" or settings.objective == "published" \
-                        or (settings.objective == "realx" and loop.step < warmup)
-                    group["lr"] = learning_rate(loop.step, total, settings.lr) if trains else 0.0
-                x = to_unit(train_set.x[idx]).contiguous(memory_format=layout)
-                p = train_set.probs[idx]
-                with autocast(device, amp):
-                    loss, ce, kl = objective(x, p, tau, loop.step < warmup, noise, shard)
-                check_finite(loss, desc, epoch + 1, loop.step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loop.step += 1
-                values = torch.stack([loss.detach().float(), ce.detach().float(),
-                                      kl.detach().float()]).tolist()  # one device sync
-                for key, value in zip(("loss", "ce", "kl", "steps"), (*values, 1.0)):
-                    loop.sums[key] = loop.sums.get(key, 0.0) + value
-                bar.step(len(batch), loss=values[0], tau=tau)
-                stopping = dist.any(stop.requested, device)  # same step on every rank
-                if loop.step - epoch * steps_per_epoch in eval_at:
-                    evaluate(tau, bar.items_per_second)
-                    save_checkpoint()
-                elif stopping:
-                    save_checkpoint()
-                if stopping:
-                    bar.close()
-                    dist.barrier()  # no rank exits (and gets the others killed) mid-save
-                    raise KeyboardInterrupt(f"{desc}: interrupted at step {loop.step}")
-            bar.close()
-    if settings.save_best and loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
-    if ckpt is not None and dist.is_main:
-        ckpt.unlink(missing_ok=True)
-    return model.eval()
+    def _set_learning_rates(self) -> None:
+        """This step's cosine learning rate for the groups that train now, 0 for the others: the
+        approximator trains only with `published`, or with `realx` during warm-up."""
+        s, step = self.settings, self.loop.step
+        for group in self.optimizer.param_groups:
+            trains = group["name"] == "explainer" or s.objective == "published" \
+                or (s.objective == "realx" and step < self.warmup)
+            group["lr"] = learning_rate(step, self.total, s.lr) if trains else 0.0
+
+    def step(self, batch: torch.Tensor, epoch: int, bar: Progress) -> float:
+        """One optimizer step on a global batch of indices (this rank's shard of it); adds its
+        losses to the loop's sums and returns its Gumbel temperature."""
+        loop, dist = self.loop, self.dist
+        idx = dist.shard(batch)
+        shard = (len(batch), dist.rank, dist.world_size) if dist.enabled else None
+        tau = temperature(loop.step, self.warmup, self.total, self.settings.tau_start,
+                          self.settings.tau_end)
+        self._set_learning_rates()
+        x = to_unit(self.train_set.x[idx]).contiguous(memory_format=self.layout)
+        p = self.train_set.y[idx]
+        with autocast(self.device, self.amp):
+            loss, ce, kl = self.objective(x, p, tau, loop.step < self.warmup, self.noise, shard)
+        check_finite(loss, self.desc, epoch + 1, loop.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loop.step += 1
+        values = torch.stack([loss.detach().float(), ce.detach().float(),
+                              kl.detach().float()]).tolist()  # one device sync
+        for key, value in zip(("loss", "ce", "kl", "steps"), (*values, 1.0)):
+            loop.sums[key] = loop.sums.get(key, 0.0) + value
+        bar.step(len(batch), loss=values[0], tau=tau)
+        return tau
+
+    def run_epoch(self, epoch: int, stop: StopFlag) -> None:
+        """The epoch's remaining steps (all but those done before a resume), validating and
+        checkpointing at `eval_at`; on a stop request, checkpoint and raise KeyboardInterrupt
+        after the same step on every rank."""
+        settings, dist = self.settings, self.dist
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        batches = index_batches(len(self.train_set), settings.batch_size, order, self.device,
+                                drop_last=True)[:self.steps_per_epoch]
+        first = self.loop.step - epoch * self.steps_per_epoch
+        bar = Progress(self.steps_per_epoch - first,
+                       f"{self.desc} epoch {epoch + 1}/{settings.epochs}",
+                       self.show_progress and dist.is_main)
+        for batch in batches[first:]:
+            tau = self.step(batch, epoch, bar)
+            stopping = dist.any(stop.requested, self.device)  # same step on every rank
+            if self.loop.step - epoch * self.steps_per_epoch in self.eval_at:
+                self.validate(tau, bar.items_per_second)
+                self.save_checkpoint()
+            elif stopping:
+                self.save_checkpoint()
+            if stopping:
+                bar.close()
+                dist.barrier()  # no rank exits (and gets the others killed) mid-save
+                raise KeyboardInterrupt(f"{self.desc}: interrupted at step {self.loop.step}")
+        bar.close()
+
+    def finish(self) -> VibiModel:
+        """The model in eval mode with the best validation weights (with `save_best`); the
+        checkpoint, no longer needed, is deleted."""
+        if self.settings.save_best and self.loop.best_state is not None:
+            self.model.load_state_dict(self.loop.best_state)
+        if self.ckpt is not None and self.dist.is_main:
+            self.ckpt.unlink(missing_ok=True)
+        return self.model.eval()
 
 
-def _restore(path: Path, tag: str, model: Vibi, optimizer: torch.optim.Optimizer,
+def _restore(path: Path, tag: str, model: VibiModel, optimizer: torch.optim.Optimizer,
              noise: torch.Generator, history: History) -> _Loop | None:
     """Load a checkpoint into the live objects; None (start afresh) if it is from other settings."""
     try:

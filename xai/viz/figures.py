@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # no display, ever
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from xai.io import write_bytes  # noqa: E402
+from xai.io import write_bytes
 
 STYLE = {
     "font.size": 9,

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from xai.chunks import chunks_to_pixels
 from xai.data.prepared import Split
-from xai.evaluation.measures import chunks_to_pixels
 from xai.explain.boundary import Projection, cross, importance, project
 from xai.models.explainers import CHUNK_SIZE
-from xai.train.loop import to_unit
+from xai.tensors import to_unit
 from xai.viz.figures import new_figure
 
 CLASS_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",

@@ -79,3 +79,18 @@ def noisy_linear_impute(x: torch.Tensor, keep: torch.Tensor, noise_std: float,
     noise = torch.randn(x.shape, generator=generator, device=device).to(x.device, x.dtype)
     removed = ~keep.expand_as(x)
     return torch.where(removed, filled + noise_std * noise, filled)
+
+
+def fill(x: torch.Tensor, keep: torch.Tensor, imputed: torch.Tensor | bool = False,
+         noise_std: float = 0.01, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`x` with the pixels outside `keep` (N x 1 or C x H x W, 0/1) removed: set to 0, or, where
+    `imputed` (per row, or all), filled by noisy linear imputation."""
+    keep = keep.to(x.dtype)
+    out = x * keep
+    rows = torch.as_tensor(imputed, device=x.device).expand(len(x)) if isinstance(imputed, bool) \
+        else imputed.to(x.device)
+    if rows.any():
+        idx = rows.nonzero().squeeze(1)
+        out = out.index_copy(0, idx, noisy_linear_impute(x[idx], keep[idx] > 0.5, noise_std,
+                                                         generator))
+    return out
