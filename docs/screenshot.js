@@ -1,5 +1,5 @@
 // Screenshot of a page in headless Chromium, as a person would see it: how docs/mlflow_runs.png
-// was taken (README, "Tracking and experiments").
+// was taken (docs/tracking.md).
 //   NODE_PATH=<folder with playwright-core> node docs/screenshot.js URL OUT.png "text to wait for"
 // Needs Node, the playwright-core package and a Chromium (CHROMIUM, default /usr/bin/chromium).
 const { chromium } = require('playwright-core');

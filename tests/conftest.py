@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import struct
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from xai.data.prepared import Dataset, Split, save_dataset
 from xai.pipeline.config import set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `tests.conftest`, `tools.docs` under a plain `pytest` too
+    sys.path.insert(0, str(ROOT))
 
 
 def experiment(name: str) -> ModuleType:

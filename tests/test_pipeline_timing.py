@@ -7,9 +7,8 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import experiment
+from tests.conftest import ROOT, experiment
 from xai.errors import ConfigError
-from xai.pipeline.readme import ROOT
 
 
 def _params() -> dict:

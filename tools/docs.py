@@ -1,0 +1,412 @@
+"""The documentation's results, generated from the committed metrics so no number is typed by hand.
+
+    python tools/docs.py            # rewrite the marked blocks of README.md and docs/*.md
+    python tools/docs.py --check    # exit 1 naming each page and block that differs from HEAD's metrics
+
+A block sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->`; everything else on a
+page is left alone. Every block in `BLOCKS` appears on exactly one page (README.md or a page of
+docs/). The numbers come from `metrics/`, `experiments/` and `params.yaml`. Rewriting reads the
+workspace's (what you are about to commit with the pages); the check reads them as git holds
+them at HEAD, so a `dvc repro` that moves a metric in the third decimal (another CPU, no native
+bf16) does not make the pages "drift". `--rev REV` reads another revision, `--workspace` the
+workspace; outside a git checkout the workspace is read. `tests/test_readme.py` runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+if __package__ in (None, ""):  # run as `python tools/docs.py`: the repository on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xai.evaluation.table import construction_note, interval_cell, markdown  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: What the blocks read; `snapshot` takes these from git.
+SOURCES = ("metrics", "experiments", "params.yaml")
+VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
+            "cifar-variants": "experiments/cifar_variants.jsonl",
+            "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl"}
+JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
+CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
+BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
+           "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json"}
+
+
+def _json(root: Path, name: str) -> dict:
+    return json.loads((root / name).read_text())
+
+
+def _interval(mean: float, low: float, high: float, fmt: str = ".3f") -> str:
+    """`mean [low, high]`, every number in `fmt`."""
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def _counterfactual_row(cf: dict) -> str:
+    def ci(key: str, fmt: str) -> str:
+        return _interval(cf[key], cf[key + "_low"], cf[key + "_high"], fmt)
+
+    posthoc = {key.split("_posthoc")[0].removeprefix("image_"): (key.rsplit("_k", 1)[1], v)
+               for key, v in cf.items() if "_posthoc_accuracy_k" in key}
+    gap = next(key for key in cf if key.startswith("image_boundary_minus_saliency_posthoc_k")
+               and not key.endswith(("_low", "_high")))
+    return (f"validity (black box gives the target) "
+            f"{ci('image_counterfactual_validity', '.3f')}; "
+            f"L1 {cf['image_counterfactual_l1']:.1f}, L2 {cf['image_counterfactual_l2']:.2f}; "
+            f"bits/dim {cf['image_counterfactual_bits_per_dim']:.2f} (test images "
+            f"{cf['image_test_bits_per_dim']:.2f}); pixels out of range "
+            f"{ci('image_counterfactual_out_of_range', '.4f')}; post-hoc accuracy on its own "
+            "model "
+            + ", ".join(f"{name} {v:.3f} (k = {k})" for name, (k, v) in sorted(posthoc.items()))
+            + f", boundary minus saliency {ci(gap, '+.3f')}")
+
+
+def stages_block(root: Path) -> str:
+    """One row per stage: its headline quality figures from `metrics/*.json`."""
+    bb, inv = _json(root, "metrics/blackbox.json"), _json(root, "metrics/invertible.json")
+    toy, cf = _json(root, "metrics/invertible_toy.json"), _json(root, "metrics/counterfactuals.json")
+    judge, l2x, vibi = (_json(root, f"metrics/{n}.json") for n in ("judge", "l2x", "vibi"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    v = params["vibi"]
+    judge_k = {int(k.rsplit("_k", 1)[1]): val for k, val in judge.items()
+               if k.startswith("test_agreement_k")}
+    judge_row = ", ".join(f"{b} of {judge['num_chunks']}: {judge_k[b]:.3f}"
+                          for b in sorted(judge_k))
+    rows = [
+        ("`train_blackbox`", f"test accuracy {bb['test_accuracy']:.4f} "
+                             f"(validation {bb['val_accuracy']:.4f})"),
+        ("`train_judge`", f"agreement with the black box on random chunk subsets, by chunks "
+                          f"kept: {judge_row}"),
+        ("`train_invertible_toy`", f"test accuracy {toy['toy_test_accuracy']:.4f}; max "
+                                   f"reconstruction error {toy['max_reconstruction_error']:.1e},"
+                                   f" max projection residual "
+                                   f"{toy['max_projection_residual']:.1e}"),
+        ("`train_invertible`", f"test accuracy {inv['image_test_accuracy']:.4f}; max "
+                               f"reconstruction error "
+                               f"{inv['image_max_reconstruction_error']:.1e}, max "
+                               f"projection residual "
+                               f"{inv['image_max_projection_residual']:.1e}; training "
+                               f"{inv['image_train_bits_per_dim']:.2f} bits/dim"),
+        ("`evaluate_counterfactuals`", _counterfactual_row(cf)),
+    ]
+    for name, m, epochs in (("l2x", l2x, v["l2x_epochs"]), ("vibi", vibi, v["epochs"])):
+        rows.append((f"`train_{name}` (objective `{v['objective']}`, beta {m['beta']}, "
+                     f"{epochs} epochs)",
+                     f"post-hoc accuracy at k = {m['k']} {m['posthoc_accuracy']:.4f}; its own "
+                     f"approximator's agreement {m['approximator_fidelity']:.4f}; mean KL "
+                     f"{m['mean_kl']:.2f}"))
+    return "\n".join(["| stage | result (test set) |", "|---|---|",
+                      *(f"| {a} | {b} |" for a, b in rows)])
+
+
+def evaluation_block(root: Path) -> str:
+    """`metrics/evaluation.json` and its paired differences as the evaluate stage's tables."""
+    table = _json(root, "metrics/evaluation.json")
+    diffs = _json(root, "metrics/evaluation_differences.json")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    budgets = sorted(int(k.rsplit("_k", 1)[1]) for k in table["judge"]
+                     if re.fullmatch(r"judge_agreement_k\d+", k))
+    k = params["vibi"]["k"]
+    return markdown(table, k, budgets, params["evaluate"]["robustness_images"], diffs,
+                    construction_note(params["vibi"]["objective"], k)).rstrip("\n")
+
+
+def _runs_by_variant(root: Path, results: str) -> dict[str, list[dict]]:
+    """The JSON lines of `experiments/vibi_variants.py` in `results`, grouped by variant in
+    their order."""
+    by_variant: dict[str, list[dict]] = {}
+    for line in (root / results).read_text().splitlines():
+        if line:
+            run = json.loads(line)
+            by_variant.setdefault(run["variant"], []).append(run)
+    return by_variant
+
+
+def variants_block(root: Path, results: str) -> str:
+    """VIBI training variants (`experiments/vibi_variants.py` results in `results`): one row per
+    variant, the mean over its seeds with the range when there are several."""
+    by_variant = _runs_by_variant(root, results)
+
+    def cell(rows: list[dict], key: str) -> str:
+        values = [r[key] for r in rows]
+        mean = sum(values) / len(values)
+        return f"{mean:.3f}" if len(values) == 1 else \
+            f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    lines = ["| variant | changes from the base | seeds | post-hoc accuracy (black box) | own "
+             "approximator's agreement | encoding accuracy |", "|---|---|---|---|---|---|"]
+    for name, rows in by_variant.items():
+        changes = ", ".join(f"{k} {v}" for k, v in rows[0]["settings"].items())
+        seeds = ", ".join(str(r["seed"]) for r in rows)
+        lines.append(f"| {name} | {changes} | {seeds} | {cell(rows, 'posthoc_accuracy')} | "
+                     f"{cell(rows, 'approximator_fidelity')} | {cell(rows, 'encoding')} |")
+    return "\n".join(lines)
+
+
+def judged_variants_block(root: Path) -> str:
+    """VIBI variants and reference methods measured as the evaluation measures
+    (`experiments/vibi_variants.py --measure-images N --references ...`): one row per variant
+    (mean over its seeds, with their range) or reference, and VIBI minus the reference with the
+    highest judge fidelity, paired over images: the union of the seeds' 95 % intervals, and on
+    how many seeds the interval excludes 0 on either side."""
+    rows = _runs_by_variant(root, JUDGED_VARIANTS)
+    refs = {name: rs[0] for name, rs in rows.items() if rs[0]["seed"] is None}
+    keys = list(next(iter(rows.values()))[0]["measures"])
+    fidelity = next(key for key in keys if key.startswith("fidelity_k"))
+    best = max(refs, key=lambda name: refs[name]["measures"][fidelity][0])
+
+    def cell(rs: list[dict], key: str) -> str:
+        values = [r["measures"][key] for r in rs]
+        if len(values) == 1:
+            return _interval(*values[0])
+        means = [v[0] for v in values]
+        return f"{sum(means) / len(means):.3f} ({min(means):.3f}-{max(means):.3f})"
+
+    def difference(rs: list[dict]) -> str:
+        if best not in rs[0].get("minus", {}):
+            return "-"
+        d = [r["minus"][best][fidelity] for r in rs]
+        below, above = sum(v[2] < 0 for v in d), sum(v[1] > 0 for v in d)
+        return (f"{sum(v[0] for v in d) / len(d):+.3f} [{min(v[1] for v in d):+.3f}, "
+                f"{max(v[2] for v in d):+.3f}]; significantly below on {below}, above on "
+                f"{above} of {len(d)}")
+
+    lines = ["| variant | changes from the base | seeds | " + " | ".join(keys)
+             + f" | VIBI minus {best}, {fidelity} | own approximator's agreement |",
+             "|---|---|---|" + "---|" * (len(keys) + 2)]
+    for name, rs in rows.items():
+        changes = ", ".join(f"{k} {v}" for k, v in rs[0]["settings"].items()) or "(reference)"
+        seeds = ", ".join(str(r["seed"]) for r in rs if r["seed"] is not None) or "-"
+        own = [r["approximator_fidelity"] for r in rs if "approximator_fidelity" in r]
+        lines.append(f"| {name} | {changes} | {seeds} | "
+                     + " | ".join(cell(rs, key) for key in keys)
+                     + f" | {difference(rs)} | "
+                     + (f"{sum(own) / len(own):.3f}" if own else "-") + " |")
+    return "\n".join(lines)
+
+
+def cifar_cpu_block(root: Path) -> str:
+    """The CIFAR-10 CPU setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall
+    seconds per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k`."""
+    run = _json(root, CIFAR_CPU)
+    m, params, seconds = run["metrics"], run["params"], run["stage_seconds"]
+    v = params["vibi"]
+    k = v["k"]
+    posthoc, fidelity = f"posthoc_accuracy_k{k}", f"fidelity_k{k}"
+    summary = (f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
+               f"{run['total_seconds'] / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
+               f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
+               f"{params['evaluate']['num_images']} evaluation images); black box test accuracy "
+               f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} on "
+               f"the test set {m['vibi']['posthoc_accuracy']:.3f} "
+               f"(L2X {m['l2x']['posthoc_accuracy']:.3f}).")
+    header = (f"| method (evaluation, {params['evaluate']['num_images']} test images) | "
+              f"explains | {posthoc} | {fidelity} |")
+    lines = [summary, "",
+             "| stage | " + " | ".join(f"`{s}`" for s in seconds) + " |",
+             "|---|" + "---|" * len(seconds),
+             "| seconds | " + " | ".join(f"{t:.0f}" for t in seconds.values()) + " |", "",
+             construction_note(v["objective"], k), "",
+             header, "|---|---|---|---|"]
+    methods = m["evaluation"]["methods"]
+    for name, row in sorted(methods.items(), key=lambda item: -item[1][posthoc]):
+        lines.append(f"| {name} | {row['explains']} | {interval_cell(row, posthoc)} | "
+                     f"{interval_cell(row, fidelity)} |")
+    return "\n".join(lines)
+
+
+def bench_block(root: Path) -> str:
+    """`python -m xai.pipeline.bench --out ...` runs (`BENCHES`): one table per params file."""
+    lines = []
+    for title, name in BENCHES.items():
+        run = _json(root, name)
+        ceiling = ", ".join(f"{k} {v:.0f}" for k, v in run["ceiling_gflops"].items())
+        lines += [f"{title} (`{name}`; {run['device']}, {run['threads']} threads; matmul ceiling "
+                  f"GFLOP/s: {ceiling}):", "",
+                  "| case | batch | precision | img/s | MFLOP/img | GFLOP/s | of ceiling |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['name']} | {c['batch']} | {c['precision']} | "
+                  f"{c['images_per_second']:.0f} | {c['mflop_per_image']:.3g} | "
+                  f"{c['gflops']:.1f} | {c['share_of_ceiling']:.0%} |" for c in run["cases"]]
+        lines.append("")
+    return "\n".join(lines[:-1])
+
+
+def counterfactual_sweep_block(root: Path) -> str:
+    """`experiments/counterfactual_sweep.jsonl`: the image flow's counterfactuals by direction and
+    margin on validation images, each measure with its 95 % interval."""
+    runs = [json.loads(line) for line in
+            (root / "experiments/counterfactual_sweep.jsonl").read_text().splitlines() if line]
+
+    lines = ["| direction | margin | validity (black box) | pixels out of range | bits/dim minus "
+             "the real images' | L1 |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['direction']} | {r['margin']:g} | {_interval(*r['validity'])} | "
+                     f"{_interval(*r['out_of_range'], '.4f')} | "
+                     f"{_interval(*r['bits_per_dim_gap'], '+.2f')} | "
+                     f"{_interval(*r['l1'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def reliability_block(root: Path) -> str:
+    """`experiments/reliability.json` (`experiments/reliability.py`): cases tried per test."""
+    results = _json(root, "experiments/reliability.json")
+    lines = ["| test | cases tried | failures |", "|---|---|---|"]
+    for t in results["tests"]:
+        lines.append(f"| `{t['file']}::{t['test']}` | {t['cases']} | {t['failures']} |")
+    lines.append(f"| all | {results['cases']} | {results['failures']} |")
+    return "\n".join(lines)
+
+
+def evaluation_headline_block(root: Path) -> str:
+    """The evaluate stage's headline: every method's post-hoc accuracy and judge fidelity at
+    `vibi.k` (best judge fidelity first), beside the judge's agreement on random subsets."""
+    table = _json(root, "metrics/evaluation.json")
+    v = yaml.safe_load((root / "params.yaml").read_text())["vibi"]
+    k = v["k"]
+    posthoc, fidelity = f"posthoc_accuracy_k{k}", f"fidelity_k{k}"
+    lines = [construction_note(v["objective"], k), "",
+             f"| method | explains | {fidelity} | {posthoc} |", "|---|---|---|---|"]
+    methods = table["methods"]
+    for name, row in sorted(methods.items(), key=lambda item: -item[1].get(fidelity, -1.0)):
+        lines.append(f"| {name} | {row['explains']} | {interval_cell(row, fidelity)} | "
+                     f"{interval_cell(row, posthoc)} |")
+    if table["judge"]:
+        judge = interval_cell(table["judge"], f"judge_agreement_k{k}")
+        lines += ["", f"On random subsets of {k} chunks the judge agrees with the black box on "
+                  f"{judge} of the images: a method's fidelity is read against that."]
+    return "\n".join(lines)
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "stages": stages_block, "evaluation-headline": evaluation_headline_block,
+    "evaluation": evaluation_block,
+    "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
+    "vibi-variants-judged": judged_variants_block,
+    "counterfactual-sweep": counterfactual_sweep_block,
+    **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
+
+#: A block's opening mark, on a line of its own (a mark quoted inside a line is text).
+_MARK = re.compile(r"^<!-- results:([\w-]+) -->$", re.M)
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"^(<!-- results:{name} -->\n)(?:.*?\n)?(<!-- /results:{name} -->)$",
+                      re.S | re.M)
+
+
+def pages(root: Path = ROOT) -> dict[str, str]:
+    """README.md and every docs/*.md under `root`, by path relative to it."""
+    paths = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return {p.relative_to(root).as_posix(): p.read_text() for p in paths if p.exists()}
+
+
+def placement(texts: dict[str, str]) -> dict[str, str]:
+    """Block name -> the one page that holds it. Raises `ValueError` naming a block that is on no
+    page, on several, opened without its closing mark, or unknown to `BLOCKS`."""
+    where: dict[str, list[str]] = {}
+    for page, text in texts.items():
+        for name in _MARK.findall(text):
+            if name not in BLOCKS:
+                raise ValueError(f"{page}: unknown block <!-- results:{name} --> "
+                                 f"(known: {', '.join(BLOCKS)})")
+            if not _pattern(name).search(text):
+                raise ValueError(f"{page}: block <!-- results:{name} --> has no closing "
+                                 f"<!-- /results:{name} -->")
+            where.setdefault(name, []).append(page)
+    for name in BLOCKS:
+        found = where.get(name, [])
+        if not found:
+            raise ValueError(f"no page has the block <!-- results:{name} --> ... "
+                             f"<!-- /results:{name} --> (pages: {', '.join(texts)})")
+        if len(found) > 1:
+            raise ValueError(f"block results:{name} is on several pages: {', '.join(found)}; "
+                             "a block belongs to exactly one page")
+    return {name: pages_[0] for name, pages_ in where.items()}
+
+
+def render(texts: dict[str, str], source: Path = ROOT) -> dict[str, str]:
+    """`texts` (page -> text) with every marked block replaced by what the files under `source`
+    (its `metrics/`, `experiments/`, `params.yaml`) say."""
+    out = dict(texts)
+    for name, page in placement(texts).items():
+        text = BLOCKS[name](source)
+        out[page] = _pattern(name).sub(lambda m: m.group(1) + text + "\n" + m.group(2), out[page])
+    return out
+
+
+def drift(texts: dict[str, str], source: Path = ROOT) -> list[tuple[str, str]]:
+    """(page, block) for every block whose text differs from what `source` says."""
+    wanted = render(texts, source)
+    return [(page, name) for name, page in placement(texts).items()
+            if _pattern(name).search(texts[page]).group(0)
+            != _pattern(name).search(wanted[page]).group(0)]
+
+
+def snapshot(dest: Path, rev: str = "HEAD", root: Path = ROOT) -> Path:
+    """`SOURCES` as git holds them at `rev` in the repository at `root`, extracted under `dest`
+    (returned); `root` itself when it is not a git checkout (an unpacked release, no git)."""
+    try:
+        inside = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root,
+                                capture_output=True, text=True)
+    except OSError:  # no git at all
+        return root
+    if inside.returncode != 0 or Path(inside.stdout.strip()).resolve() != root.resolve():
+        return root
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "--", *SOURCES], cwd=root,
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse links and absolute paths
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)  # noqa: S202 - our own repository's archive
+    return dest
+
+
+def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true",
+                        help="only report the pages and blocks that differ (exit 1)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--rev", help="read the metrics git holds at this revision (default for "
+                                     "--check: HEAD)")
+    where.add_argument("--workspace", action="store_true",
+                       help="read the workspace's metrics (default when rewriting)")
+    args = parser.parse_args(argv)
+    rev = args.rev or ("HEAD" if args.check and not args.workspace else None)
+    texts = pages(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = snapshot(Path(tmp), rev, root) if rev else root
+        try:
+            if args.check:
+                drifted = drift(texts, source)
+                for page, name in drifted:
+                    print(f"{page}: block results:{name} differs from the metrics "
+                          f"{'at ' + rev if rev and source != root else 'in the workspace'} "
+                          f"(run python tools/docs.py)")
+                return 1 if drifted else 0
+            for page, text in render(texts, source).items():
+                if text != texts[page]:
+                    (root / page).write_text(text)
+                    print(f"rewrote {page}")
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
