@@ -12,6 +12,7 @@ from torch import nn
 import xai
 import xai.explain.vibi
 from tests.conftest import ROOT
+from xai.models.vibi import load_vibi, save_vibi
 
 
 def test_public_names_are_exported():
@@ -51,6 +52,21 @@ def test_save_load_and_a_plain_callable_black_box(tmp_path):
     vibi.save(tmp_path / "vibi.pt")
     again = xai.VIBI.load(tmp_path / "vibi.pt", blackbox)
     assert torch.equal(again.attribute(x[:5]), maps)
+    # one saved format: the pipeline's loader reads the API's file, and the API reads the
+    # pipeline's (settings it does not hold are the library defaults)
+    pair = load_vibi(tmp_path / "vibi.pt")
+    assert pair.spec == vibi.model.spec
+    save_vibi(pair, tmp_path / "pipeline.pt", method="vibi", beta=0.5)
+    from_pipeline = xai.VIBI.load(tmp_path / "pipeline.pt", blackbox)
+    assert from_pipeline.settings["beta"] == 0.5 and from_pipeline.settings["k"] == 2
+    assert torch.equal(from_pipeline.attribute(x[:5]), maps)
+    # the API's older format (its own kind, the multiplier saved as `width`) still loads
+    state = torch.load(tmp_path / "vibi.pt", weights_only=True)
+    settings = {("width" if k == "width_multiplier" else k): v
+                for k, v in state["settings"].items()}
+    torch.save({**state, "kind": "xai.api.vibi", "settings": settings}, tmp_path / "old.pt")
+    old = xai.VIBI.load(tmp_path / "old.pt", blackbox)
+    assert old.settings == vibi.settings and torch.equal(old.attribute(x[:5]), maps)
 
 
 def test_the_readme_api_example_runs(tmp_path, monkeypatch):

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from tests.test_vibi import position_task, tiny_model, tiny_settings
+from tests.test_vibi import one_thread, position_task, tiny_model, tiny_settings  # noqa: F401
 from xai.train import vibi as vibi_training
 from xai.train.loop import History, StopFlag
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_steps_driven_by_hand_give_the_weights_and_rows_of_train(params):
