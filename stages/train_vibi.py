@@ -14,7 +14,7 @@ from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import file_md5, save_json, save_torch, transaction
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.vibi import VibiModel, explain_split, load_vibi, save_vibi
-from xai.pipeline import cli, tracking
+from xai.pipeline import cli, grids, tracking
 from xai.pipeline.config import flatten, load_config
 from xai.train.loop import (
     History,
@@ -50,14 +50,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="resume checkpoint (outside DVC's outputs, deleted when done)")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
-    settings = entry_settings(cfg.vibi, args.method)
+    settings = entry_settings(cfg.vibi.library, args.method)
     if settings.jump_start and not args.init:
         raise ConfigError("vibi.jump_start is true but no --init model was given")
     stage = f"train_{args.method}"
     device = distributed_device(select_device(cfg.device))
     dist = init_distributed(device)
     params = {"seed": cfg.seed, "device": str(device), "method": args.method,
-              **flatten(settings, "vibi")}
+              **flatten(settings, "vibi"), "vibi.grid_images": cfg.vibi.grid_images}
     with tracking.stage_run(cfg, stage, params, enabled=dist.is_main) as run, \
             transaction() as outputs:
         blackbox = load_blackbox(args.blackbox, device)  # before seeding; a bad file stops us here
@@ -81,15 +81,21 @@ def main(argv: list[str] | None = None) -> None:
             model.load_state_dict(init.state_dict())
             init_digest = file_md5(args.init)
         history = History(run, target_key="val_fidelity", target=VAL_TARGET)
+        amp = use_bf16(settings.precision, device)
+        watch = None  # off (no drawing at all) without images or without tracking
+        if cfg.vibi.grid_images and not isinstance(run, tracking.NullRun):
+            n = cfg.vibi.grid_images  # the first n validation images, the same at every step
+            watch = grids.GridLogger(run, Split(data.val.x[:n], data.val.y[:n]),
+                                     probs["val"][:n], data.classes, settings, blackbox, amp)
         train(model, settings, Split(data.train.x, probs["train"]),
               Split(data.val.x, probs["val"]), seed=cfg.seed, history=history,
               checkpoint=args.checkpoint, jump_started=settings.jump_start,
               run_id=init_digest, desc=args.method, show_progress=dist.is_main, dist=dist,
-              blackbox=blackbox)
-        train_seconds = history.elapsed
+              blackbox=blackbox, on_validation=watch)
+        grid_seconds = 0.0 if watch is None else watch.seconds
+        train_seconds = history.elapsed - grid_seconds  # training alone, with or without grids
         if not dist.is_main:
             return
-        amp = use_bf16(settings.precision, device)
         approximator = blackbox if settings.objective == "blackbox" else None
         test = explain_split(model, data.test.x, blackbox, amp=amp, approximator=approximator)
         test_metrics = summarize(test, probs["test"])
@@ -108,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         rates = [row["images_per_second"] for row in history.rows]
         timings = {"train_seconds": round(train_seconds, 2),
                    f"seconds_to_val_fidelity_{VAL_TARGET}": history.seconds_to_target,
-                   "train_images_per_second": round(sum(rates) / max(len(rates), 1), 1)}
+                   "train_images_per_second": round(sum(rates) / max(len(rates), 1), 1),
+                   # drawing and logging the explanation grids, on top of train_seconds
+                   "grid_seconds": round(grid_seconds, 2)}
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         outputs.commit()

@@ -42,6 +42,8 @@ def test_project_params_are_valid(params):
     ({"blackbox.arch": "vgg"}, r"blackbox\.arch = 'vgg'.*small_cnn, resnet"),
     ({"blackbox.epochs": 0}, r"blackbox\.epochs = 0 is out of range; allowed: >= 1"),
     ({"vibi.batch_size": -8}, r"vibi\.batch_size = -8 is out of range"),
+    ({"vibi.grid_images": -1}, r"vibi\.grid_images = -1 is out of range; allowed: >= 0"),
+    ({"vibi.grid_images": 2.0}, r"vibi\.grid_images = 2\.0 has the wrong type"),
     ({"invertible.image.epochs": 0}, r"invertible\.image\.epochs = 0"),
     ({"invertible.image.noise": -0.1}, r"invertible\.image\.noise = -0\.1 is out of range"),
     ({"invertible.counterfactual.direction": "gradient"},

@@ -101,6 +101,20 @@ class InvertibleConfig:
 
 
 @dataclass(frozen=True)
+class VibiParams(VibiConfig):
+    """The `vibi` section: the library's `VibiConfig` and what only the stages `train_l2x` and
+    `train_vibi` read (`library` is the former alone, what training gets)."""
+
+    grid_images: int = bounded(4, ge=0)  # validation images in the grid logged to MLflow; 0: none
+
+    @property
+    def library(self) -> VibiConfig:
+        """These settings without the stages' own keys."""
+        fields = dataclasses.fields(VibiConfig)
+        return VibiConfig(**{f.name: getattr(self, f.name) for f in fields})
+
+
+@dataclass(frozen=True)
 class RenderConfig:
     """The figures: which test items they show and how they are drawn."""
 
@@ -135,7 +149,7 @@ class Config:
     toy: ToyConfig
     blackbox: BlackboxConfig
     invertible: InvertibleConfig
-    vibi: VibiConfig
+    vibi: VibiParams
     judge: JudgeConfig
     render: RenderConfig
     evaluate: EvaluateConfig
@@ -173,7 +187,7 @@ def _section_path(cls: type, owner: type, prefix: str = "") -> str | None:
         hint = get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(hint):
             key = _join(prefix, f.name)
-            found = key if hint is owner else _section_path(hint, owner, key)
+            found = key if _extends(hint, owner) else _section_path(hint, owner, key)
             if found:
                 return found
     return None
@@ -227,9 +241,15 @@ def parse_section(cls: type, raw: Any, prefix: str = "") -> Any:
     try:
         return cls(**values)
     except ConfigError as exc:
-        if exc.owner is not cls:
+        if exc.owner is None or not _extends(cls, exc.owner):
             raise
         raise exc.qualified(prefix) from None
+
+
+def _extends(section: type, owner: type) -> bool:
+    """Whether params.yaml section `section` holds the fields of settings class `owner` under
+    their own names: it is `owner`, or adds the stages' own keys to it (`VibiParams`)."""
+    return section is owner or (owner in section.__bases__ and not _derived(section))
 
 
 def _join(prefix: str, name: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import json
 import os
 import subprocess
@@ -189,6 +190,16 @@ class Run:
         self._client.log_artifact(self.run_id, str(path), folder)
 
     @_tolerant
+    def log_image(self, png: bytes, key: str, step: int) -> None:
+        """Log a PNG image as step `step` of the image series `key` (MLflow's stepped images,
+        stored under `images/`; the run page's image view steps through them)."""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()
+            self._client.log_image(self.run_id, image, key=key, step=step)
+
+    @_tolerant
     def tag_outputs(self, *paths: str | Path) -> None:
         """Record the md5 of output files, so later stages can find the run that made them."""
         self.set_tags({f"{OUTPUT_TAG}{Path(p).as_posix()}": file_md5(p) for p in paths})
@@ -226,6 +237,9 @@ class NullRun(Run):
         pass
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        pass
+
+    def log_image(self, png: bytes, key: str, step: int) -> None:
         pass
 
     def tag_outputs(self, *paths: str | Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -183,7 +184,8 @@ def train(model: VibiModel, settings: VibiConfig, train_set: Split, val_set: Spl
           seed: int, history: History, checkpoint: str | Path | None = None,
           jump_started: bool = False, run_id: str = "", desc: str = "vibi",
           show_progress: bool = True, dist: Distributed = Distributed(),
-          blackbox: nn.Module | None = None) -> VibiModel:
+          blackbox: nn.Module | None = None,
+          on_validation: Callable[[int, VibiModel], None] | None = None) -> VibiModel:
     """Train `model` in place for `settings.epochs` epochs; returns it (with `settings.save_best`,
     the weights of the evaluation with the best validation fidelity).
 
@@ -196,11 +198,20 @@ def train(model: VibiModel, settings: VibiConfig, train_set: Split, val_set: Spl
     `blackbox`. Under bf16 autocast `model` and `blackbox` are left channels-last.
     With `blackbox`, the approximator is not trained and validation fidelity is the black box's
     own agreement on the kept chunks; with `realx`, the approximator is frozen after warm-up.
+
+    `on_validation(step, model)`, if given, is called before the first step (step 0, or the step
+    a resumed run continues from) and after each validation, with the optimizer steps done so
+    far: a place to watch the explanations form (the pipeline logs their grid to MLflow). The
+    model's train/eval mode is restored after it and its draws from the global random generators
+    are undone; it must not change weights or gradients (e.g. it explains under
+    `torch.inference_mode`), and then training ends bit-identical with and without it.
     """
     run = _Training(model, settings, train_set, val_set, seed=seed, history=history,
                     checkpoint=checkpoint, jump_started=jump_started, run_id=run_id, desc=desc,
-                    show_progress=show_progress, dist=dist, blackbox=blackbox)
+                    show_progress=show_progress, dist=dist, blackbox=blackbox,
+                    on_validation=on_validation)
     model.train()
+    run.watch()
     with deferred_interrupts() as stop:
         for epoch in range(run.loop.step // run.steps_per_epoch, settings.epochs):
             run.run_epoch(epoch, stop)
@@ -214,14 +225,15 @@ class _Training:
     def __init__(self, model: VibiModel, settings: VibiConfig, train_set: Split, val_set: Split,
                  *, seed: int, history: History, checkpoint: str | Path | None,
                  jump_started: bool, run_id: str, desc: str, show_progress: bool,
-                 dist: Distributed, blackbox: nn.Module | None) -> None:
+                 dist: Distributed, blackbox: nn.Module | None,
+                 on_validation: Callable[[int, VibiModel], None] | None = None) -> None:
         """Check the settings, then set up optimizer, layouts, objective, noise and resume, in
         this order (the objective's wrap and the resume act on what comes before them)."""
         if settings.objective == "blackbox" and blackbox is None:
             raise ValueError("objective 'blackbox' needs the black box")
         self.model, self.settings, self.history, self.dist = model, settings, history, dist
         self.train_set, self.val_set, self.seed, self.desc = train_set, val_set, seed, desc
-        self.show_progress = show_progress
+        self.show_progress, self.on_validation = show_progress, on_validation
         self.device = train_set.x.device
         self.amp = use_bf16(settings.precision, self.device)
         self.steps_per_epoch = max(len(train_set) // settings.batch_size, 1)
@@ -314,6 +326,20 @@ class _Training:
         if val["fidelity"] >= loop.best_fidelity:  # ties: the later, longer-trained weights
             loop.best_fidelity, loop.best_state = val["fidelity"], state_dict_cpu(self.model)
 
+    def watch(self) -> None:
+        """Call `on_validation` with the step and the model; the model's mode and the global
+        random generators (CPU, and the training device's) are as they were before."""
+        if self.on_validation is None:
+            return
+        devices = [] if self.device.type == "cpu" else [self.device]
+        kind = self.device.type if devices else None
+        with torch.random.fork_rng(devices=devices, device_type=kind):
+            training = self.model.training
+            try:
+                self.on_validation(self.loop.step, self.model)
+            finally:
+                self.model.train(training)
+
     def _set_learning_rates(self) -> None:
         """This step's cosine learning rate for the groups that train now, 0 for the others: the
         approximator trains only with `published`, or with `realx` during warm-up."""
@@ -366,6 +392,7 @@ class _Training:
             if self.loop.step - epoch * self.steps_per_epoch in self.eval_at:
                 self.validate(tau, bar.items_per_second)
                 self.save_checkpoint()
+                self.watch()
             elif stopping:
                 self.save_checkpoint()
             if stopping:

@@ -36,12 +36,17 @@ def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwar
     return fig, axes
 
 
-def save_png(fig: Figure, path: str | Path, dpi: int) -> None:
-    """Write `fig` as a PNG atomically, without volatile metadata, and close it."""
+def png_bytes(fig: Figure, dpi: int) -> bytes:
+    """`fig` as PNG bytes, without volatile metadata; the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int) -> None:
+    """Write `fig` as a PNG atomically, without volatile metadata, and close it."""
+    write_bytes(path, png_bytes(fig, dpi))
 
 
 def read_rows(path: str | Path) -> list[dict[str, float]]:

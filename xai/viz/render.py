@@ -18,7 +18,9 @@ from xai.chunks import chunks_to_pixels
 from xai.data.prepared import Split
 from xai.explain.boundary import Projection, cross, importance, project
 from xai.models.explainers import CHUNK_SIZE
+from xai.models.vibi import VibiModel, explain_split
 from xai.tensors import to_unit
+from xai.train.vibi import explanations_state
 from xai.viz.figures import new_figure
 
 CLASS_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
@@ -146,6 +148,21 @@ def vibi_panels(test: Split, explanations: dict, blackbox_probs: torch.Tensor,
                       explanations["top_k"][i], chunk, int(test.y[i]), int(blackbox[i]),
                       int(approx[i]), float(explanations["js"][i]),
                       None if on_kept is None else int(on_kept[i])) for i in indices]
+
+
+def explained_panels(model: VibiModel, images: Split, blackbox_probs: torch.Tensor, *,
+                     blackbox: torch.nn.Module | None = None,
+                     approximator: torch.nn.Module | None = None,
+                     amp: bool = False) -> list[VibiPanel]:
+    """Panels for all of `images` (true classes in `images.y`) as `model` explains them now: the
+    explanations file `train_vibi` would write for them (`explanations_state`), read as `render`
+    reads it. `blackbox` (on float [0, 1] images) adds its prediction on the kept chunks,
+    `approximator` replaces the pair's own (the `blackbox` objective), `amp` as in training.
+    The model's weights and mode are left as they were (it explains under inference mode)."""
+    expl = explain_split(model, images.x, blackbox, amp=amp, approximator=approximator)
+    state = explanations_state(model, expl, blackbox_probs)
+    shown = Split(images.x.cpu(), images.y.cpu())
+    return vibi_panels(shown, state, blackbox_probs.cpu(), range(len(images)))
 
 
 def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta: float,
