@@ -76,6 +76,23 @@ def test_every_stage_depends_on_the_code_it_runs():
         assert listed == needed, f"{name}: missing {needed - listed}, extra {listed - needed}"
 
 
+def test_every_param_a_stage_lists_is_in_params_yaml():
+    """A renamed key left behind in dvc.yaml stops `dvc repro` ("Parameters ... are missing")."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = []
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            if not isinstance(key, str):  # a mapping names another params file
+                continue
+            node = params
+            for part in key.split("."):
+                node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+            if node is KeyError:
+                missing.append(f"{name}: {key}")
+    assert not missing, missing
+
+
 def test_an_installed_xai_has_every_subpackage():
     """`pip install .` (not only editable) ships every package under xai/."""
     import tomllib
