@@ -7,7 +7,8 @@ Needs `dvc repro train_blackbox` first (the prepared data and the black box; `--
 `base` with its overrides, trained from scratch; one JSON line per (variant, seed) goes to stdout:
 the black box's post-hoc accuracy on the top-k chunks, the pair's own approximator's agreement
 (the published measure; for objective `blackbox` the approximator is the black box), the
-cross-fitted encoding accuracy of the masks (random masks: about 0.11) and mean KL. The committed
+cross-fitted accuracy of the class read from the masks' positions alone (random masks: about
+0.11; not encoding, see xai.evaluation.encoding) and mean KL. The committed
 `experiments/vibi_variants.jsonl` was measured on one H100 (`gpu_seconds`).
 
 With `--measure-images N` the first N validation images are also measured as the `evaluate`
@@ -31,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xai.data.prepared import Dataset, load_dataset
-from xai.evaluation.encoding import encoding_correct
+from xai.data.prepared import Dataset, Split, load_dataset
+from xai.evaluation.probes import class_from_mask_correct
 from xai.evaluation.table import (
     HEADLINE,
     Evaluation,
@@ -54,9 +55,9 @@ from xai.pipeline.config import SHAP_BASELINES, Config, load_config
 from xai.pipeline.tracking import NullRun
 from xai.tensors import to_unit
 from xai.train.loop import History, seed_everything
-from xai.train.vibi import Targets, spec_for, summarize, train
+from xai.train.vibi import spec_for, summarize, train
 
-ENCODING_IMAGES = 3000
+MASK_PROBE_IMAGES = 3000
 REFERENCES = ("gradient_shap", "occlusion", "integrated_gradients")
 
 
@@ -144,20 +145,21 @@ def main() -> None:
             torch.manual_seed(seed)
             model = VibiModel(vibi_spec).to(device)
             started = time.perf_counter()
-            train(model, settings, Targets(data.train.x, probs["train"]),
-                  Targets(data.val.x, probs["val"]), seed=seed, history=History(NullRun()),
+            train(model, settings, Split(data.train.x, probs["train"]),
+                  Split(data.val.x, probs["val"]), seed=seed, history=History(NullRun()),
                   show_progress=False, blackbox=blackbox)
             seconds = time.perf_counter() - started
             own = blackbox if settings.objective == "blackbox" else None
             result = explain_split(model, data.val.x, blackbox, approximator=own)
             measures = summarize(result, probs["val"])
-            predicted = probs["val"].argmax(1)[:ENCODING_IMAGES].cpu()
-            encoding = encoding_correct(result.top_k[:ENCODING_IMAGES].cpu(), predicted,
-                                        probs["val"].shape[1]).float().mean().item()
+            predicted = probs["val"].argmax(1)[:MASK_PROBE_IMAGES].cpu()
+            class_from_mask = class_from_mask_correct(
+                result.top_k[:MASK_PROBE_IMAGES].cpu(), predicted, probs["val"].shape[1]
+            ).float().mean().item()
             line = {"variant": name, "settings": overrides, "seed": seed,
                     "posthoc_accuracy": round(measures["posthoc_accuracy"], 4),
                     "approximator_fidelity": round(measures["fidelity"], 4),
-                    "encoding": round(encoding, 4),
+                    "class_from_mask": round(class_from_mask, 4),
                     "mean_kl": round(measures["mean_kl"], 4),
                     "gpu_seconds" if device.type == "cuda" else "cpu_seconds": round(seconds, 1)}
             if args.measure_images:

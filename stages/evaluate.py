@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -10,7 +11,14 @@ import torch
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError, DataError
-from xai.evaluation.table import HEADLINE, construction_note, evaluate, headline_key
+from xai.evaluation.controls import ClassInPosition, FixedChunks
+from xai.evaluation.table import (
+    HEADLINE,
+    MethodResult,
+    construction_note,
+    evaluate,
+    headline_key,
+)
 from xai.explain.attribution import (
     ExplainerDistribution,
     GradientSaliency,
@@ -24,7 +32,7 @@ from xai.explain.attribution import (
     SmoothGrad,
 )
 from xai.explain.boundary import BoundaryImportance
-from xai.io import save_json, transaction, write_bytes
+from xai.io import load_json, save_json, transaction, write_bytes
 from xai.models.blackbox import load_blackbox
 from xai.models.explainers import evaluation_budgets
 from xai.models.invertible import IMAGE_KIND, load_classifier
@@ -34,11 +42,36 @@ from xai.pipeline import cli, tracking
 from xai.pipeline.config import CHUNK_KEYS, SHAP_BASELINES, flatten, load_config
 from xai.tensors import to_unit
 from xai.train.loop import seed_everything
-from xai.viz.figures import deletion_insertion_figure, measures_figure, save_png
+from xai.viz.figures import (
+    cost_figure,
+    deletion_insertion_figure,
+    measures_figure,
+    save_png,
+)
 
 SCALAR_MEASURES = ["deletion_auc", "insertion_auc", "deletion_auc_road", "insertion_auc_road",
-                   "encoding_accuracy", "sparseness", "infidelity", "max_sensitivity",
-                   "randomization_spearman_top", "randomization_spearman_all"]
+                   "encoding", "sparseness", "infidelity", "max_sensitivity",
+                   "randomization_spearman_top", "randomization_spearman_all",
+                   "randomization_floor"]
+#: The amortised methods (a trained explainer) and the stages' timings holding their training.
+AMORTISED = ("vibi", "l2x")
+
+
+def explanation_cost(methods: list[MethodResult], training: dict[str, float]) -> dict:
+    """Seconds and explained-model evaluations per image for every method; for each amortised
+    method (`training`: its one-time training seconds) the number of images beyond which training
+    plus explaining costs less than each other method's explaining (None: never cheaper)."""
+    per_image = {r.name: {"seconds_per_image": r.seconds_per_image,
+                          "model_evaluations_per_image": r.evaluations_per_image}
+                 for r in methods}
+    break_even = {}
+    for name, seconds in training.items():
+        own = per_image[name]["seconds_per_image"]
+        break_even[name] = {
+            other: (math.ceil(seconds / (c["seconds_per_image"] - own))
+                    if c["seconds_per_image"] > own else None)
+            for other, c in per_image.items() if other not in training}
+    return {"methods": per_image, "training_seconds": training, "break_even_images": break_even}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", required=True, help="output: the tables as Markdown")
     parser.add_argument("--curves-figure", required=True, help="output: deletion/insertion PNG")
     parser.add_argument("--measures-figure", required=True, help="output: measures PNG")
+    parser.add_argument("--cost-figure", required=True, help="output: fidelity against cost PNG")
+    for name in AMORTISED:
+        parser.add_argument(f"--{name}-timings", required=True,
+                            help=f"input: train_{name}'s timings (its training seconds)")
     parser.add_argument("--timings", required=True, help="output: wall-clock figures JSON")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
@@ -91,13 +128,15 @@ def main(argv: list[str] | None = None) -> None:
             (InputTimesGradient(blackbox), "blackbox"),
             (SmoothGrad(blackbox, ev.smoothgrad_samples, ev.smoothgrad_std, ev.batch_size),
              "blackbox"),
-            (IntegratedGradients(blackbox, steps=ev.ig_steps,
-                                            internal_batch_size=ev.batch_size), "blackbox"),
+            (IntegratedGradients(blackbox, steps=ev.ig_steps, internal_batch_size=ev.batch_size),
+             "blackbox"),
             (GradientShap(blackbox, shap_baselines, ev.shap_samples), "blackbox"),
             (Occlusion(blackbox, chunk, ev.batch_size), "blackbox"),
             (Lime(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
             (KernelShap(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),
             (RandomChunks(blackbox, chunk, ev.seed), "blackbox"),
+            (FixedChunks(blackbox, chunk), "blackbox"),
+            (ClassInPosition(blackbox, chunk, ev.seed), "blackbox"),
             (BoundaryImportance(invertible), "invertible"),
             (GradientSaliency(invertible, name="saliency_invertible"), "invertible"),
         ]
@@ -113,14 +152,24 @@ def main(argv: list[str] | None = None) -> None:
         curves = {r.name: {"fractions": r.fractions.tolist(),
                            **{k: v.tolist() for k, v in r.curves.items()}}
                   for r in evaluation.methods}
+        training = {name: load_json(getattr(args, f"{name}_timings"))["train_seconds"]
+                    for name in AMORTISED}
+        cost = explanation_cost(evaluation.methods, training)
+        fidelity = headline_key("fidelity", settings.k)
+        points = {name: {**{key: results["methods"][name][key] for key in
+                            (fidelity, f"{fidelity}_ci_low", f"{fidelity}_ci_high")},
+                         "seconds_per_image": c["seconds_per_image"],
+                         "amortised": float(name in training)}
+                  for name, c in cost["methods"].items()}
         figures = {args.curves_figure: deletion_insertion_figure(curves),
                    args.measures_figure: measures_figure(results["methods"], list(budgets),
-                                                         SCALAR_MEASURES)}
+                                                         SCALAR_MEASURES),
+                   args.cost_figure: cost_figure(points, fidelity)}
         for path, fig in figures.items():
             save_png(fig, path, dpi=120)
         save_json({"evaluate_seconds": round(time.perf_counter() - started, 2),
-                   "method_seconds": {r.name: r.seconds for r in evaluation.methods}},
-                  args.timings)
+                   "method_seconds": {r.name: r.seconds for r in evaluation.methods},
+                   "cost": cost}, args.timings)
         outputs.commit()
         for path in figures:
             run.log_artifact(path, "figures")

@@ -7,7 +7,7 @@ import io
 import struct
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,6 +43,16 @@ def write_params(path: Path, overrides: dict[str, Any] | None = None) -> Path:
         set_dotted(params, key, value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test: small ops gain nothing from a second, and on a machine
+    shared with other jobs two spinning threads can make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

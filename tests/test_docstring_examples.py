@@ -14,19 +14,13 @@ import importlib
 import inspect
 
 import pytest
-import torch
 
 import xai
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(examples: list[doctest.DocTest]) -> tuple[int, int, str]:

@@ -20,9 +20,9 @@ TINY_EVAL = {"device": "cpu", "vibi.k": 1, "evaluate.num_images": 16, "evaluate.
              "evaluate.perturbations": 2, "evaluate.batch_size": 8}
 METHODS = {"vibi", "l2x", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients",
            "gradient_shap", "occlusion", "lime", "kernel_shap", "random", "boundary_projection",
-           "saliency_invertible"}
+           "saliency_invertible", "control_fixed", "control_class_position"}
 CI_MEASURES = ("posthoc_accuracy_k1", "fidelity_k2", "deletion_auc", "insertion_auc",
-               "deletion_auc_road", "insertion_auc_road", "encoding_accuracy")
+               "deletion_auc_road", "insertion_auc_road", "encoding", "randomization_floor")
 
 
 @pytest.fixture
@@ -45,9 +45,15 @@ def run_evaluate(params_path, data, models, out):
     outputs = {"metrics": out / "evaluation.json", "differences": out / "differences.json",
                "table": out / "table.md",
                "curves-figure": out / "curves.png", "measures-figure": out / "measures.png",
-               "timings": out / "timings.json"}
+               "cost-figure": out / "cost.png", "timings": out / "timings.json"}
+    training = {}
+    for name, seconds in (("vibi", 30.0), ("l2x", 20.0)):  # what train_vibi / train_l2x write
+        training[f"{name}-timings"] = out / f"{name}_training.json"
+        training[f"{name}-timings"].parent.mkdir(parents=True, exist_ok=True)
+        training[f"{name}-timings"].write_text(json.dumps({"train_seconds": seconds}))
     evaluate.main(["--params", str(params_path), "--data", str(data),
-                   *[a for k, p in {**models, **outputs}.items() for a in (f"--{k}", str(p))]])
+                   *[a for k, p in {**models, **training, **outputs}.items()
+                     for a in (f"--{k}", str(p))]])
     return outputs
 
 
@@ -70,8 +76,15 @@ def test_every_method_times_every_measure_reproducibly(tiny_images, models, para
     assert table["boundary_projection"]["explains"] == "invertible"
     differences = json.loads(first["differences"].read_text())
     assert "l2x" in differences and "vibi" not in differences
-    for figure in ("curves-figure", "measures-figure"):
+    for figure in ("curves-figure", "measures-figure", "cost-figure"):
         assert_png(first[figure])
+    cost = json.loads(first["timings"].read_text())["cost"]
+    assert set(cost["methods"]) == METHODS and cost["training_seconds"] == {"vibi": 30.0,
+                                                                            "l2x": 20.0}
+    assert table["vibi"]["model_evaluations_per_image"] == 0  # the explainer alone explains
+    assert table["occlusion"]["model_evaluations_per_image"] == 1 + 4  # the image, each chunk
+    for amortised in ("vibi", "l2x"):
+        assert set(cost["break_even_images"][amortised]) == METHODS - {"vibi", "l2x"}
     assert "| boundary_projection |" in first["table"].read_text()
     assert math.isfinite(judge["judge_agreement_k1"])
     second = run_evaluate(p, tiny_images, models, tmp_path / "b")
@@ -89,7 +102,7 @@ def test_tracked_evaluation_logs_the_table_and_figures(tiny_images, models, para
                                 "tags.`xai.stage` = 'evaluate'")
     assert run.data.metrics["vibi.posthoc_accuracy_k1"] >= 0
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
-    assert figures == {"figures/curves.png", "figures/measures.png"}
+    assert figures == {"figures/curves.png", "figures/measures.png", "figures/cost.png"}
 
 
 def test_budget_above_the_chunk_count_is_rejected(tiny_images, models, params, tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from xai.chunks import expand, num_chunks, random_chunk_masks
 from xai.data.imputation import fill
-from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.probes import class_from_mask_correct
 from xai.models.blackbox import Architecture
 from xai.models.judge import Judge, agreement, load_judge, save_judge
 from xai.train.judge import JudgeConfig, train_judge
@@ -89,9 +89,9 @@ def test_cheating_explainer_is_flagged_and_the_judge_gives_it_low_fidelity():
     honest[torch.arange(len(x)), (rows * 2 + 1) * 4 + cols * 2 + 1] = True
     random = random_chunk_masks(len(x), d, torch.Generator().manual_seed(1), budget=1)
 
-    # the encoding check flags the cheat; random masks sit at the floor
-    cheat_enc = encoding_correct(cheat, pred, 4).float().mean().item()
-    random_enc = encoding_correct(random, pred, 4).float().mean().item()
+    # its class can be read from the position of its chunk; not from random masks
+    cheat_enc = class_from_mask_correct(cheat, pred, 4).float().mean().item()
+    random_enc = class_from_mask_correct(random, pred, 4).float().mean().item()
     assert cheat_enc > 0.95 and random_enc < 0.4
 
     # the judge, trained on random subsets only, cannot read the cheat's positions

@@ -73,12 +73,13 @@ def test_evaluate_without_robustness_images_skips_robustness_and_sanity():
     report = xai.evaluate({"saliency": xai.GradientSaliency(model)}, model, x,
                           **(SMALL | {"robustness_images": 0}))
     row = report.table["methods"]["saliency"]
-    assert "deletion_auc" in row and "encoding_accuracy" in row
+    assert "deletion_auc" in row and "sparseness" in row
     assert not any(key.startswith(("infidelity", "max_sensitivity", "randomization"))
                    for key in row)
     text = report.markdown()
     assert "(robustness and sanity not measured)" in text
-    assert text.count("n/a") == 4  # infidelity, max_sensitivity and both randomisations
+    # infidelity, max_sensitivity, both randomisations, their floor and whether sanity passed
+    assert text.count("n/a") == 6
 
 
 def test_evaluate_with_two_models_and_a_judge():

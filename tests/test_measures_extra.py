@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.probes import class_from_mask_correct
 from xai.evaluation.sanity import parameter_layers, randomised, ranks, spearman
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 
@@ -60,6 +60,6 @@ def test_encoding_check_scores_out_of_sample():
     telling = torch.zeros(400, 10, dtype=torch.bool)
     telling[torch.arange(400), classes] = True
     noise = torch.rand(400, 10, generator=g) < 0.3
-    assert encoding_correct(telling, classes, 4).all()
+    assert class_from_mask_correct(telling, classes, 4).all()
     # masks independent of the class: about chance (0.25), never the training fit
-    assert encoding_correct(noise, classes, 4).float().mean() < 0.4
+    assert class_from_mask_correct(noise, classes, 4).float().mean() < 0.4

@@ -71,7 +71,8 @@ def test_a_missing_or_doubled_block_is_named():
         placement(dict(texts, **{"docs/extra.md": "<!-- results:typo -->\n<!-- /results:typo -->\n"}))
     assert set(BLOCKS) == {"stages", "evaluation-headline", "evaluation", "reliability",
                            "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
-                           "bench", "vibi-variants-judged", "counterfactual-sweep"}
+                           "bench", "vibi-variants-judged", "counterfactual-sweep",
+                           "evaluation-encoding", "evaluation-cost"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):

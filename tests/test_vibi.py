@@ -32,14 +32,7 @@ from xai.train.loop import History
 from xai.train.vibi import summarize, train
 from xai.train.vibi_objective import soft_cross_entropy, vibi_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is as fast, and much faster on a machine shared with others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("tau", [0.05, 1.0, 10.0])

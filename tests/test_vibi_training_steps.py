@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tests.test_vibi import one_thread, position_task, tiny_model, tiny_settings  # noqa: F401
+from tests.test_vibi import position_task, tiny_model, tiny_settings
 from xai.train import vibi as vibi_training
 from xai.train.loop import History, StopFlag
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_steps_driven_by_hand_give_the_weights_and_rows_of_train(params):

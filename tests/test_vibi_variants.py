@@ -25,8 +25,8 @@ def test_measured_keeps_every_headline_measure_and_the_paired_differences():
     variants = experiment("vibi_variants")
     line = variants.measured(report, "vibi", others)
     assert set(line["measures"]) == {"posthoc_accuracy_k1", "deletion_auc", "insertion_auc",
-                                     "deletion_auc_road", "insertion_auc_road",
-                                     "encoding_accuracy"}  # no judge: no fidelity
+                                     "deletion_auc_road", "insertion_auc_road"}
+    # no judge: no fidelity, and no encoding (it reads the judge's p(y | x_v))
     for mean, low, high in line["measures"].values():
         assert low <= mean <= high
     row = report.table["methods"]["vibi"]

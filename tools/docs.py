@@ -35,7 +35,7 @@ from xai.evaluation.table import construction_note, interval_cell, markdown  # n
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the blocks read; `snapshot` takes these from git.
-SOURCES = ("metrics", "experiments", "params.yaml")
+SOURCES = ("metrics", "timings", "experiments", "params.yaml")
 VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
             "cifar-variants": "experiments/cifar_variants.jsonl",
             "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl"}
@@ -146,12 +146,12 @@ def variants_block(root: Path, results: str) -> str:
             f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
 
     lines = ["| variant | changes from the base | seeds | post-hoc accuracy (black box) | own "
-             "approximator's agreement | encoding accuracy |", "|---|---|---|---|---|---|"]
+             "approximator's agreement | class from mask position |", "|---|---|---|---|---|---|"]
     for name, rows in by_variant.items():
         changes = ", ".join(f"{k} {v}" for k, v in rows[0]["settings"].items())
         seeds = ", ".join(str(r["seed"]) for r in rows)
         lines.append(f"| {name} | {changes} | {seeds} | {cell(rows, 'posthoc_accuracy')} | "
-                     f"{cell(rows, 'approximator_fidelity')} | {cell(rows, 'encoding')} |")
+                     f"{cell(rows, 'approximator_fidelity')} | {cell(rows, 'class_from_mask')} |")
     return "\n".join(lines)
 
 
@@ -290,8 +290,51 @@ def evaluation_headline_block(root: Path) -> str:
     return "\n".join(lines)
 
 
+def evaluation_encoding_block(root: Path) -> str:
+    """Every method's `encoding` (nats) with its interval, controls first, then by the measure."""
+    methods = _json(root, "metrics/evaluation.json")["methods"]
+    controls = {"random": "non-encoding by construction",
+                "control_fixed": "non-encoding by construction",
+                "control_class_position": "encoding by construction"}
+    order = [*[m for m in controls if m in methods],
+             *sorted((m for m in methods if m not in controls),
+                     key=lambda m: -methods[m].get("encoding", float("-inf")))]
+    lines = ["| method | encoding (nats) | |", "|---|---|---|"]
+    for name in order:
+        cell = _interval(*(methods[name][k] for k in
+                           ("encoding", "encoding_ci_low", "encoding_ci_high")), fmt="+.3f")
+        lines.append(f"| {name} | {cell} | {controls.get(name, '')} |")
+    return "\n".join(lines)
+
+
+def evaluation_cost_block(root: Path) -> str:
+    """What an explanation costs (`timings/evaluate.json`'s `cost`, wall-clock, and the explained
+    model's evaluations from `metrics/evaluation.json`), beside its judge fidelity at `vibi.k`,
+    and how many images the amortised methods need to repay their training."""
+    cost = _json(root, "timings/evaluate.json")["cost"]
+    methods = _json(root, "metrics/evaluation.json")["methods"]
+    fidelity = f"fidelity_k{yaml.safe_load((root / 'params.yaml').read_text())['vibi']['k']}"
+    training = cost["training_seconds"]
+    lines = [f"| method | seconds per image | model evaluations per image | {fidelity} |",
+             "|---|---|---|---|"]
+    for name, c in sorted(cost["methods"].items(), key=lambda item: item[1]["seconds_per_image"]):
+        amortised = f" (+ {training[name]:.0f} s training once)" if name in training else ""
+        lines.append(f"| {name} | {c['seconds_per_image']:.2e}{amortised} | "
+                     f"{methods[name]['model_evaluations_per_image']:g} | "
+                     f"{interval_cell(methods[name], fidelity)} |")
+    others = sorted({m for rows in cost["break_even_images"].values() for m in rows})
+    lines += ["", "Images beyond which training plus explaining costs less than explaining with "
+              "each method (never: the method is cheaper per image):", "",
+              "| amortised | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    for name, rows in cost["break_even_images"].items():
+        lines.append(f"| {name} | " + " | ".join(
+            "never" if rows[m] is None else f"{rows[m]:,}" for m in others) + " |")
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "stages": stages_block, "evaluation-headline": evaluation_headline_block,
+    "evaluation-cost": evaluation_cost_block, "evaluation-encoding": evaluation_encoding_block,
     "evaluation": evaluation_block,
     "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
     "vibi-variants-judged": judged_variants_block,

@@ -263,6 +263,17 @@ def save_json(obj: Any, path: str | Path) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def load_json(path: str | Path) -> Any:
+    """A JSON file another stage wrote; `CheckpointError` naming it when missing or unreadable."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; run the stage that writes it first") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable JSON file ({exc})") from None
+
+
 def save_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     """Write rows of equal keys (e.g. one per epoch, a DVC plots file) as CSV, atomically."""
     out = io.StringIO()

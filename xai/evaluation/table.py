@@ -10,25 +10,33 @@ s x s patches, shared by the channels); a budget is a number of chunks kept. Per
   top chunks are removed (lower is better) / as only they are kept (higher is better), removed
   pixels set to 0; `deletion_auc_road` / `insertion_auc_road`: the same with ROAD's noisy linear
   imputation (Rong et al., 2022): most-relevant-first (MoRF) and least-relevant-first (LeRF);
-- `encoding_accuracy`: the explained model's class predicted from the top-k selection alone
-  (`xai.evaluation.encoding`); the random method's row is the floor;
+- `encoding`: how much knowing that the method selected its top-k chunks adds to predicting the
+  explained model's class beyond what the selected pixels show (nats; `xai.evaluation.encoding`,
+  the definition of Puli et al., 2024); about 0 for a method that does not encode;
 - `sparseness`: the Gini index of the chunk scores;
 and on the first `robustness_images` images (none when it is 0): Captum's `infidelity` and
 `max_sensitivity` of the unit-L1 chunk maps (the same resolution for every method), and the
 parameter-randomisation sanity checks `randomization_spearman_top` / `_all`
-(`xai.evaluation.sanity`; lower means the map depends on the model). The judge's own agreement with the black box on random subsets of each budget is
-`judge_agreement_k<b>`. Every measure has a 95 % bootstrap interval over images, and every method
+(`xai.evaluation.sanity`; lower means the map depends on the model) beside their noise floor
+`randomization_floor`, the same correlation between two explanations of the unrandomised model
+with fresh randomness, all three from the same call on the same images; a method passes
+(`sanity_passed`) only where `_all`'s interval lies below its floor's. Per method also the cost of
+an explanation: `model_evaluations_per_image` (forward passes of the explained model while
+attributing; wall seconds per image are in `MethodResult.seconds`). The judge's own agreement
+with the black box on random subsets of each budget is `judge_agreement_k<b>`. Every measure has a 95 % bootstrap interval over images, and every method
 a paired interval of its difference to a reference method.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
@@ -36,7 +44,7 @@ from tqdm import tqdm
 
 from xai.chunks import chunk_areas, chunk_scores, expand, spread, top_k_mask
 from xai.data.imputation import noisy_linear_impute
-from xai.evaluation.encoding import encoding_correct
+from xai.evaluation.encoding import encoding_gain, paired_images
 from xai.evaluation.measures import (
     auc,
     deletion_insertion,
@@ -52,9 +60,9 @@ from xai.tensors import predict
 
 #: Measures the headline table shows at the explainer's budget k, and every difference.
 HEADLINE = ("posthoc_accuracy", "fidelity", "deletion_auc", "insertion_auc", "deletion_auc_road",
-            "insertion_auc_road", "encoding_accuracy")
+            "insertion_auc_road", "encoding")
 #: Measures where lower is better (everything else: higher is better).
-LOWER_IS_BETTER = {"deletion_auc", "deletion_auc_road", "encoding_accuracy", "infidelity",
+LOWER_IS_BETTER = {"deletion_auc", "deletion_auc_road", "encoding", "infidelity",
                    "max_sensitivity", "randomization_spearman_top", "randomization_spearman_all"}
 
 
@@ -88,6 +96,12 @@ class MethodResult:
     curves: dict[str, torch.Tensor]  # deletion, insertion, deletion_road, insertion_road
     fractions: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
+    evaluations_per_image: float = 0.0  # forward passes of the explained model while attributing
+
+    @property
+    def seconds_per_image(self) -> float:
+        """Wall seconds of explaining one image (the attribution phase, batched)."""
+        return self.seconds["attribute"] / len(next(iter(self.per_image.values())))
 
 
 @dataclass
@@ -154,19 +168,59 @@ def _rebuildable(method: Attribution) -> bool:
         f.name == "model" for f in dataclasses.fields(method))
 
 
-def _sanity(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
-            target: torch.Tensor, s: MeasureConfig) -> dict[str, torch.Tensor]:
-    """Per image: Spearman correlation of the chunk scores on the trained model with those on
-    the model with its top layer, and with all layers, re-initialised (nothing for a method that
-    cannot be rebuilt on another model)."""
-    out: dict[str, torch.Tensor] = {}
+def _scores_with(entry: Explained, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                 s: MeasureConfig, seed: int) -> torch.Tensor:
+    """Chunk scores of the method rebuilt for `model`, its own seed (if it has one) and the global
+    generators (SmoothGrad's, GradientShap's) set to `seed`: two calls with one seed draw the same
+    coalitions and noise, so what differs between them is the model."""
+    seeded = {"seed": seed} if any(f.name == "seed" for f in dataclasses.fields(entry.method)) \
+        else {}
+    method = dataclasses.replace(entry.method, model=model, **seeded)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return chunk_scores(_batched(method.attribute, x, target, s.batch_size), s.chunk)
+
+
+@contextlib.contextmanager
+def _global_generators_kept() -> Iterator[None]:
+    """Leave torch's and numpy's global generators as they were (the other measures draw on)."""
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(torch_state)
+        np.random.set_state(numpy_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+
+
+def _sanity(entry: Explained, x: torch.Tensor, target: torch.Tensor, s: MeasureConfig
+            ) -> dict[str, torch.Tensor]:
+    """Per image: Spearman correlation of the chunk scores on the trained model with those on the
+    model with its top layer, and with all layers, re-initialised, and the noise floor: the
+    correlation of two explanations of the trained model with different randomness (1 for a
+    deterministic method). One call shape and the same images for all four maps; nothing for a
+    method that cannot be rebuilt on another model."""
     if not _rebuildable(entry.method):
-        return out
-    for key, top in (("randomization_spearman_top", 1), ("randomization_spearman_all", None)):
-        other = dataclasses.replace(entry.method, model=randomised(entry.model, top, s.seed))
-        rand_scores = chunk_scores(_batched(other.attribute, x, target, s.batch_size), s.chunk)
-        out[key] = spearman(scores, rand_scores).float()
+        return {}
+    with _global_generators_kept():
+        base = _scores_with(entry, entry.model, x, target, s, s.seed)
+        again = _scores_with(entry, entry.model, x, target, s, s.seed + 1)
+        out = {"randomization_floor": spearman(base, again).float()}
+        for key, top in (("randomization_spearman_top", 1), ("randomization_spearman_all", None)):
+            other = randomised(entry.model, top, s.seed)
+            out[key] = spearman(base, _scores_with(entry, other, x, target, s, s.seed)).float()
     return out
+
+
+def _counting(model: nn.Module) -> tuple[list[int], Any]:
+    """A forward pre-hook on `model` adding the rows of every batch it sees to a counter."""
+    seen = [0]
+
+    def count(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        seen[0] += int(inputs[0].shape[0])
+    return seen, model.register_forward_pre_hook(count)
 
 
 def _road_fill(s: MeasureConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -190,16 +244,31 @@ class _PhaseClock:
         self._last = now
 
 
+def _judged_log_probs(judge: Judge, x: torch.Tensor, chunks: torch.Tensor, s: MeasureConfig
+                      ) -> torch.Tensor:
+    """The judge's class log-probabilities for `x` with only `chunks` (N x d) kept, 0-filled."""
+    keep = expand(chunks, tuple(x.shape[1:]), s.chunk)
+    with torch.inference_mode():
+        return torch.cat([judge(x[i:i + s.batch_size] * keep[i:i + s.batch_size],
+                                keep[i:i + s.batch_size]).float().log_softmax(1)
+                          for i in range(0, len(x), s.batch_size)])
+
+
 def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
                     blackbox_pred: torch.Tensor, judge: Judge | None, num_classes: int,
-                    s: MeasureConfig) -> MethodResult:
+                    s: MeasureConfig, pairs: torch.Tensor | None = None) -> MethodResult:
     """All measures of one method on inputs `x` (float [0, 1]); `pred`: the predictions of the
     model it explains, `blackbox_pred`: the black box's (what the judge must reproduce; without a
-    judge there is no `fidelity_k<b>`)."""
+    judge there is no `fidelity_k<b>`); `pairs`: another image for every image (a derangement):
+    the encoding measure's comparison shows each image under its partner's selection."""
     clock = _PhaseClock()
     model = entry.model
-    scores = chunk_scores(_batched(entry.method.attribute, x, pred, s.batch_size).float(),
-                          s.chunk)
+    seen, hook = _counting(model)
+    try:
+        scores = chunk_scores(_batched(entry.method.attribute, x, pred, s.batch_size).float(),
+                              s.chunk)
+    finally:
+        hook.remove()
     clock.lap("attribute")
     shape = tuple(x.shape[1:])
     per_image: dict[str, torch.Tensor] = {}
@@ -208,8 +277,8 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
         per_image[f"posthoc_accuracy_k{b}"] = posthoc_agreement(model, x, keep, pred).float()
         if judge is not None:
             with torch.inference_mode():
-                per_image[f"fidelity_k{b}"] = (judge(x * keep, keep).argmax(1)
-                                               == blackbox_pred).float()
+                judged = judge(x * keep, keep)
+            per_image[f"fidelity_k{b}"] = (judged.argmax(1) == blackbox_pred).float()
     curves: dict[str, torch.Tensor] = {}
     for suffix, fill in (("", None), ("_road", _road_fill(s))):
         deletion, insertion, fractions = deletion_insertion(
@@ -220,19 +289,23 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
         per_image[f"insertion_auc{suffix}"] = auc(insertion, fractions)
         curves[f"deletion{suffix}"] = deletion.mean(0).cpu()
         curves[f"insertion{suffix}"] = insertion.mean(0).cpu()
-    per_image["encoding_accuracy"] = encoding_correct(
-        top_k_mask(scores, s.k), pred, num_classes, s.encoding_folds).float()
+    if judge is not None and pairs is not None:
+        selected = top_k_mask(scores, s.k)
+        per_image["encoding"] = encoding_gain(
+            _judged_log_probs(judge, x, selected, s), selected,
+            _judged_log_probs(judge, x, selected[pairs], s), selected[pairs], pred, num_classes,
+            s.encoding_folds)
     per_image["sparseness"] = sparseness(scores)
     n = s.robustness_images
     clock.lap("judge_encoding_sparseness")
     if n > 0:
         per_image.update(_robustness(entry, scores[:n], x[:n], pred[:n], s))
         clock.lap("robustness")
-        per_image.update(_sanity(entry, scores[:n], x[:n], pred[:n], s))
+        per_image.update(_sanity(entry, x[:n], pred[:n], s))
         clock.lap("sanity")
     return MethodResult(entry.name, entry.model_name,
                         {k: v.detach().float().cpu() for k, v in per_image.items()}, curves,
-                        fractions.cpu(), clock.seconds)
+                        fractions.cpu(), clock.seconds, seen[0] / len(x))
 
 
 def run_methods(entries: Sequence[Explained], x: torch.Tensor, blackbox: nn.Module,
@@ -242,8 +315,9 @@ def run_methods(entries: Sequence[Explained], x: torch.Tensor, blackbox: nn.Modu
     logits = {key: predict(m, x, s.batch_size) for key, m in models.items()}
     blackbox_pred = logits[id(blackbox)].argmax(1)
     num_classes = logits[id(blackbox)].shape[1]
+    pairs = paired_images(len(x), s.seed) if len(x) > 1 else None
     results = [evaluate_method(entry, x, logits[id(entry.model)].argmax(1), blackbox_pred, judge,
-                               num_classes, s)
+                               num_classes, s, pairs)
                for entry in tqdm(entries, desc="evaluate", unit="method")]
     judged = {}
     if judge is not None:
@@ -372,8 +446,13 @@ def summary(ev: Evaluation, s: MeasureConfig) -> dict[str, dict]:
     every method."""
     n = len(next(iter(ev.methods[0].per_image.values())))
     indices = resample_indices(n, s.bootstrap, s.seed)
-    methods = {r.name: {"explains": r.model_name, **_with_interval(r.per_image, indices)}
+    methods = {r.name: {"explains": r.model_name, **_with_interval(r.per_image, indices),
+                        "model_evaluations_per_image": r.evaluations_per_image}
                for r in ev.methods}
+    for row in methods.values():
+        if "randomization_floor" in row:
+            row["sanity_passed"] = float(row["randomization_spearman_all_ci_high"]
+                                         < row["randomization_floor_ci_low"])
     return {"judge": _with_interval(ev.judge_agreement, indices), "methods": methods}
 
 
@@ -449,17 +528,24 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
             lines.append(f"| {name} | " + " | ".join(interval_cell(row, f"{measure}_k{b}")
                                                       for b in budgets) + " |")
     others = ("sparseness", "infidelity", "max_sensitivity", "randomization_spearman_top",
-              "randomization_spearman_all")
+              "randomization_spearman_all", "randomization_floor")
     blind = [name for name in ("vibi", "l2x", "random") if name in methods]
     scope = (f"robustness and sanity on {robustness_images} images" if robustness_images
              else "robustness and sanity not measured")
     lines += ["", f"### Other measures ({scope})",
-              "", *(["VIBI, L2X and random chunks do not read the model when they explain (a "
-                     "trained explainer, a random draw), so their randomisation correlations are 1 "
-                     "by construction: the sanity check cannot pass them.", ""] if blind else []),
-              "| method | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+              "", "A method passes the sanity check only where its all-layer randomisation "
+              "correlation lies below its noise floor (two explanations of the trained model with "
+              "fresh randomness; 1 for a deterministic method), both intervals apart.",
+              *(["VIBI, L2X and random chunks do not read the model when they explain (a trained "
+                 "explainer, a random draw), so their maps do not change with it and their "
+                 "randomisation correlations are 1: the sanity check cannot pass them."]
+                if blind else []),
+              "", "| method | " + " | ".join(others) + " | sanity passed | model evaluations "
+              "per image |", "|---|" + "---|" * (len(others) + 2)]
     for name, row in methods.items():
-        lines.append(f"| {name} | " + " | ".join(interval_cell(row, m) for m in others) + " |")
+        passed = {1.0: "yes", 0.0: "no"}.get(row.get("sanity_passed", -1.0), "n/a")
+        lines.append(f"| {name} | " + " | ".join(interval_cell(row, m) for m in others)
+                     + f" | {passed} | {row['model_evaluations_per_image']:g} |")
     judge = table["judge"]
     if judged:
         lines += ["", "### The judge: agreement with the black box on random chunk subsets", "",

@@ -163,3 +163,29 @@ def measures_figure(table: Mapping[str, Mapping[str, float]], budgets: list[int]
         ax.set_visible(False)
     fig.suptitle("Explanation quality, every method measured the same way (95 % intervals)")
     return fig
+
+
+def cost_figure(points: Mapping[str, Mapping[str, float]], measure: str) -> Figure:
+    """One point per method: `measure` (with its 95 % interval) against wall seconds per
+    explained image on a log axis; {method: {"seconds_per_image", measure, measure_ci_low,
+    measure_ci_high, "amortised": 0 or 1}}. Amortised methods (a trained explainer: one forward
+    pass per image, paid for once in training) are drawn as stars."""
+    fig, axes = new_figure(7.5, 5)
+    ax = axes[0][0]
+    colours = method_colours(len(points))
+    for colour, (name, p) in zip(colours, points.items()):
+        value = p[measure]
+        error = [[value - p.get(f"{measure}_ci_low", value)],
+                 [p.get(f"{measure}_ci_high", value) - value]]
+        ax.errorbar(p["seconds_per_image"], value, yerr=error, fmt="*" if p["amortised"] else "o",
+                    markersize=12 if p["amortised"] else 6, color=colour, capsize=3,
+                    label=name + (" (amortised)" if p["amortised"] else ""))
+        ax.annotate(name, (p["seconds_per_image"], value), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per explained image (log; explaining only, batched)")
+    ax.set_ylabel(measure.replace("_", " ") + " (neutral judge)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title("What an explanation costs and what it is worth", fontsize=10)
+    return fig
