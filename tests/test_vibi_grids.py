@@ -28,13 +28,7 @@ from xai.viz.render import vibi_grid, vibi_panels
 CLASSES = [str(c) for c in range(9)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is as fast, and much faster on a machine shared with others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def render_png(model, shown: Split, probs, classes, k, beta, black_box, approximator=None
