@@ -32,7 +32,7 @@ from xai.explain.attribution import (
     SmoothGrad,
 )
 from xai.explain.boundary import BoundaryImportance
-from xai.io import load_json, save_json, transaction, write_bytes
+from xai.io import check_writable, load_json, save_json, transaction, write_bytes
 from xai.models.blackbox import load_blackbox
 from xai.models.explainers import evaluation_budgets
 from xai.models.invertible import IMAGE_KIND, load_classifier
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timings", required=True, help="output: wall-clock figures JSON")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.metrics, args.differences, args.table, args.curves_figure,
+                   args.measures_figure, args.cost_figure, args.timings)
     ev = cfg.evaluate
     device = select_device(cfg.device)
     params = {"device": str(device), "road_noise_std": cfg.road_noise_std,

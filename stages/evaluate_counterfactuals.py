@@ -16,7 +16,7 @@ import time
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.evaluation.counterfactuals import centres_for, counterfactual_quality
-from xai.io import save_json
+from xai.io import check_writable, save_json
 from xai.models.blackbox import load_blackbox
 from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.pipeline import cli, tracking
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True, help="output: metrics JSON")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.metrics)
     cf = cfg.invertible.counterfactual
     device = select_device(cfg.device)
     with tracking.stage_run(cfg, "evaluate_counterfactuals",

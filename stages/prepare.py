@@ -6,6 +6,7 @@ import argparse
 
 from xai.data.prepared import save_dataset
 from xai.data.sources import load_images
+from xai.io import check_writable
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import flatten, load_config
 from xai.pipeline.paths import resolve_input
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="prepared data set file (.pt)")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.out)
     with tracking.stage_run(cfg, "prepare", flatten(cfg.data, "data")) as run:
         ds = load_images(cfg.data, resolve_input(cfg.data.root))
         save_dataset(ds, args.out)

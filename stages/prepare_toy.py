@@ -6,6 +6,7 @@ import argparse
 
 from xai.data.prepared import save_dataset
 from xai.data.toy import make_toy
+from xai.io import check_writable
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import flatten, load_config
 
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="prepared toy set file (.pt)")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.out)
     with tracking.stage_run(cfg, "prepare_toy", flatten(cfg.toy, "toy")) as run:
         ds = make_toy(cfg.toy)
         save_dataset(ds, args.out)

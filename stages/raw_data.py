@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from xai.data.sources import raw_fingerprint
-from xai.io import save_json
+from xai.io import check_writable, save_json
 from xai.pipeline import cli
 from xai.pipeline.config import load_config
 from xai.pipeline.paths import resolve_input
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output: the raw files' md5s (JSON)")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.out)
     fingerprint = raw_fingerprint(cfg.data, resolve_input(cfg.data.root))
     save_json(fingerprint, args.out)
     files = fingerprint["files"]

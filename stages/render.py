@@ -11,7 +11,7 @@ from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
 from xai.evaluation.counterfactuals import centres_for
 from xai.evaluation.invertible import PROJECTIONS_KIND
-from xai.io import load_torch, transaction
+from xai.io import check_writable, load_torch, transaction
 from xai.models.blackbox import load_probabilities
 from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.pipeline import cli, tracking
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", required=True, help="output: PNG")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.toy_figure, args.vibi_figure, args.counterfactual_figure,
+                   args.curves_figure)
     r = cfg.render
     cf = cfg.invertible.counterfactual
     params = {**flatten(r, "render"), "invertible.counterfactual.margin": cf.margin,

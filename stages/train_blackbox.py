@@ -12,7 +12,7 @@ import torch
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError
-from xai.io import save_json, transaction
+from xai.io import check_writable, save_json, transaction
 from xai.models.blackbox import (
     TRAIN,
     architecture,
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", required=True, help="output: per-epoch CSV")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.model, args.probs, args.metrics, args.timings, args.plots)
     device = distributed_device(select_device(cfg.device))
     dist = init_distributed(device)
     params = {"seed": cfg.seed, "device": str(device), **flatten(cfg.blackbox, "blackbox")}

@@ -17,7 +17,7 @@ from xai.data.prepared import load_dataset
 from xai.devices import select_device
 from xai.errors import ConfigError
 from xai.evaluation.invertible import check, image_projections, toy_projections
-from xai.io import save_json, save_torch, transaction
+from xai.io import check_writable, save_json, save_torch, transaction
 from xai.models.invertible import (
     IMAGE_KIND,
     TOY_KIND,
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     if not any(parts.values()):
         parser.error("give --toy, --images or both")
     cfg = load_config(args.params)
+    check_writable(args.toy_model, args.image_model, args.toy_projections,
+                   args.image_projections, args.toy_plot, args.image_plot, args.metrics,
+                   args.timings)
     device = distributed_device(select_device(cfg.device))
     dist = init_distributed(device)
     toy = load_dataset(args.toy, device) if parts["toy"] else None

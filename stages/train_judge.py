@@ -9,7 +9,7 @@ import torch
 from xai.chunks import num_chunks
 from xai.data.prepared import load_dataset
 from xai.devices import select_device
-from xai.io import save_json, transaction
+from xai.io import check_writable, save_json, transaction
 from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
 from xai.models.explainers import CHUNK_SIZE
 from xai.models.judge import Judge, agreement, save_judge
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", required=True, help="output: per-epoch CSV")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.model, args.metrics, args.timings, args.plots)
     device = select_device(cfg.device)
     chunk = CHUNK_SIZE[cfg.vibi.explainer_type]
     params = {"seed": cfg.seed, "device": str(device), "chunk": chunk,

@@ -11,7 +11,7 @@ import argparse
 from xai.data.prepared import Split, load_dataset
 from xai.devices import select_device, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
-from xai.io import file_md5, save_json, save_torch, transaction
+from xai.io import check_writable, file_md5, save_json, save_torch, transaction
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.vibi import VibiModel, explain_split, load_vibi, save_vibi
 from xai.pipeline import cli, grids, tracking
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="resume checkpoint (outside DVC's outputs, deleted when done)")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check_writable(args.model, args.explanations, args.metrics, args.timings, args.plots,
+                   args.checkpoint)
     settings = entry_settings(cfg.vibi.library, args.method)
     if settings.jump_start and not args.init:
         raise ConfigError("vibi.jump_start is true but no --init model was given")

@@ -1,4 +1,5 @@
-"""Fault injection on a tiny pipeline: kills, bad inputs, bad data sets, bad params.
+"""Fault injection on a tiny pipeline: kills, bad inputs, bad data sets, bad params, and the
+machine's faults (a full disk, a folder that cannot be written).
 
 Every case ends in a clear message (a `XaiError`, exit code 2, naming the file or key) or in a
 documented conversion, and after each kill `dvc repro` brings the pipeline back to the same
@@ -8,6 +9,8 @@ reliability table in docs/reliability.md (`tests/test_readme.py` keeps the two i
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -26,11 +29,21 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT, image_tree, write_params, write_tar
+from tests.test_blackbox import TINY, stage_args, stage_files
 from xai.data.prepared import load_dataset
 from xai.data.sources import read_folder
-from xai.errors import ConfigError, DataError, XaiError
+from xai.errors import ConfigError, DataError, DiskFullError, UnwritableError, XaiError
 from xai.evaluation.invertible import PROJECTIONS_KIND
-from xai.io import load_torch
+from xai.io import (
+    check_writable,
+    load_torch,
+    mount_point,
+    save_csv,
+    save_json,
+    save_torch,
+    transaction,
+    write_bytes,
+)
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.invertible import IMAGE_KIND, TOY_KIND, load_classifier
 from xai.models.judge import load_judge
@@ -392,6 +405,176 @@ def test_malformed_params_stop_a_real_stage_with_exit_2_before_any_work(tmp_path
     assert not (tmp_path / "toy.pt").exists()
 
 
+# ----------------------------------------------------------------------------- the machine's faults
+
+#: every kind of output a stage writes through xai.io (models, metrics, plots, figures)
+OUTPUT_WRITERS = {
+    "torch": lambda path: save_torch({"kind": "test", "w": torch.arange(4000.0)}, path),
+    "json": lambda path: save_json({"loss": [i / 7 for i in range(200)]}, path),
+    "csv": lambda path: save_csv([{"epoch": i, "loss": i / 7} for i in range(200)], path),
+    "png": lambda path: write_bytes(path, _png(np.arange(64 * 64 * 3, dtype=np.uint8)
+                                                .reshape(64, 64, 3))),
+}
+#: where the disk fills up: before the first byte, half-way, before the last byte
+FULL_AT = ("first", "middle", "last")
+DISK_FULL_CASES = [(kind, where) for kind in OUTPUT_WRITERS for where in FULL_AT]
+
+
+@contextlib.contextmanager
+def _disk_full_at(monkeypatch, folder: Path, where: str):
+    """`os.write` to files in `folder` writes until the byte `where` of the data, then ENOSPC."""
+    real = os.write
+    left: list[int] = []
+
+    def write(fd, data):
+        if not os.readlink(f"/proc/self/fd/{fd}").startswith(f"{folder}{os.sep}"):
+            return real(fd, data)
+        if not left:  # the first call is given all the data (xai.io writes 16 MiB at a time)
+            left.append({"first": 0, "middle": len(data) // 2, "last": len(data) - 1}[where])
+        if left[0] == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = real(fd, bytes(data[:left[0]]))
+        left[0] -= written
+        return written
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", write)
+        yield
+
+
+@pytest.mark.parametrize(("kind", "where"), DISK_FULL_CASES)
+def test_a_full_disk_at_any_byte_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch,
+                                                                          kind, where):
+    target = tmp_path / f"output.{kind}"
+    target.write_bytes(b"the previous version")
+    with _disk_full_at(monkeypatch, tmp_path, where), pytest.raises(DiskFullError) as error:
+        OUTPUT_WRITERS[kind](target)
+    message = str(error.value)
+    assert message.startswith(f"cannot write {target}: the disk is full (no space left on device; "
+                              f"filesystem mounted at {mount_point(tmp_path)}, ")
+    assert "bytes free" in message and "\n" not in message
+    assert error.value.exit_code == 3
+    assert target.read_bytes() == b"the previous version"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary file left
+
+
+def test_a_full_disk_in_a_transaction_keeps_every_previous_output(tmp_path, monkeypatch):
+    """A full disk at the second output, or at the commit's journal, leaves both outputs."""
+    first, second = tmp_path / "metrics.json", tmp_path / "models" / "model.pt"
+    for path in (first, second):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"previous")
+    with _disk_full_at(monkeypatch, second.parent, "middle"), \
+            pytest.raises(DiskFullError, match="model.pt"), transaction():
+        save_json({"a": 1}, first)
+        OUTPUT_WRITERS["torch"](second)
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr("xai.io._write_durably", lambda path, data: (path.write_bytes(data[:3]),
+                                                                     _raise(full)))
+    with pytest.raises(DiskFullError, match="xai-commit: the disk is full"), transaction():
+        save_json({"a": 1}, first)
+        OUTPUT_WRITERS["torch"](second)
+    for path in (first, second):
+        assert path.read_bytes() == b"previous"
+        assert [p.name for p in path.parent.iterdir() if p.is_file()] == [path.name]
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+def _shim_env(**faults: str) -> dict[str, str]:
+    """The environment of a stage subprocess with tests/shims/sitecustomize.py's `faults`."""
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "shims"), str(ROOT),
+                                         env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**env, **faults}
+
+
+def _blackbox_stage(tmp_path: Path, tiny_images: Path, **faults: str):
+    """Run train_blackbox on the tiny set, the model in models/, every output there before."""
+    files = stage_files(tmp_path / "out")
+    files["model"] = tmp_path / "models" / "model.pt"
+    for path in files.values():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"previous")
+    params = write_params(tmp_path / "params.yaml", TINY)
+    proc = subprocess.run([sys.executable, "-m", "stages.train_blackbox",
+                           *stage_args(params, tiny_images, files)], check=False, cwd=ROOT,
+                          env=_shim_env(**faults), capture_output=True, text=True, timeout=300)
+    return proc, files
+
+
+def test_a_full_disk_stops_a_real_stage_with_exit_3_and_one_line(tmp_path, tiny_images):
+    proc, files = _blackbox_stage(tmp_path, tiny_images,
+                                     XAI_TEST_FULL_DISK=f"{tmp_path / 'models'}{os.sep}")
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"train_blackbox: error: cannot write {files['model']}: the disk "
+                                f"is full (no space left on device; filesystem mounted at "
+                                f"{mount_point(tmp_path)}, ")
+    assert "Traceback" not in proc.stderr and all("error" not in line for line in lines[:-1])
+    for path in files.values():  # the previous outputs, and no temporary file
+        assert path.read_bytes() == b"previous"
+        assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+#: how an output folder refuses to be written: errors of the probe (injected), and a real
+#: PermissionError from `os.open` at the probe's and at a write's temporary file
+UNWRITABLE_CASES = ["probe_EACCES", "probe_EPERM", "probe_EROFS", "os_open_probe", "os_open_write"]
+
+
+@pytest.mark.parametrize("case", UNWRITABLE_CASES)
+def test_an_unwritable_folder_is_named_with_exit_4(tmp_path, monkeypatch, case):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    target = folder / "model.pt"
+    target.write_bytes(b"previous")
+    code = getattr(errno, case.split("_")[-1], errno.EACCES)
+
+    def refuse(path, *args, **kwargs):
+        if os.path.dirname(os.path.abspath(path)) == str(folder):
+            raise PermissionError(code, os.strerror(code), path)
+        return real_open(path, *args, **kwargs)
+
+    real_open = os.open
+    with pytest.raises(UnwritableError) as error:
+        if case.startswith("probe_"):
+            check_writable(tmp_path / "metrics.json", target,
+                           probe=lambda f: _raise(OSError(code, os.strerror(code)))
+                           if f == folder else None)
+        else:
+            monkeypatch.setattr(os, "open", refuse)
+            if case == "os_open_probe":
+                check_writable(tmp_path / "metrics.json", target)
+            else:
+                save_torch({"kind": "test"}, target)
+    monkeypatch.undo()
+    message = str(error.value)
+    subject = f"cannot write {target}" if case == "os_open_write" else \
+        f"cannot write outputs into {folder}"
+    assert message == (f"{subject}: the folder {folder} is not writable ({os.strerror(code)}); "
+                       "make it writable (owner, mode, read-only mount) or write the outputs "
+                       "elsewhere")
+    assert error.value.exit_code == 4
+    assert target.read_bytes() == b"previous" and sorted(os.listdir(folder)) == ["model.pt"]
+
+
+def test_an_unwritable_folder_stops_a_real_stage_with_exit_4_before_training(tmp_path,
+                                                                              tiny_images):
+    proc, files = _blackbox_stage(tmp_path, tiny_images,
+                                  XAI_TEST_UNWRITABLE=str(tmp_path / "models"))
+    assert proc.returncode == 4, proc.stderr
+    # one line: no training began (training prints its epochs on stderr)
+    assert proc.stderr.strip().splitlines() == [
+        (f"train_blackbox: error: cannot write outputs into {tmp_path / 'models'}: the folder "
+         f"{tmp_path / 'models'} is not writable (Permission denied); make it writable (owner, "
+         "mode, read-only mount) or write the outputs elsewhere")]
+    for path in files.values():
+        assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.glob("*/.*")] == []
+
+
 def test_the_committed_counts_in_the_readme_match_these_case_lists():
     """experiments/reliability.json (docs/reliability.md's table) was made from the cases above."""
     results = json.loads((ROOT / "experiments/reliability.json").read_text())
@@ -402,4 +585,7 @@ def test_the_committed_counts_in_the_readme_match_these_case_lists():
     assert tried["test_a_damaged_input_gives_a_clear_error_naming_it"] == len(INPUT_CASES)
     assert tried["test_a_faulty_folder_data_set_is_converted_or_named"] == 2 * len(FOLDER_CASES)
     assert tried["test_malformed_params_name_key_value_and_what_is_allowed"] == len(PARAM_CASES)
+    assert tried["test_a_full_disk_at_any_byte_names_the_file_and_keeps_the_previous_one"] == \
+        len(DISK_FULL_CASES)
+    assert tried["test_an_unwritable_folder_is_named_with_exit_4"] == len(UNWRITABLE_CASES)
     assert results["failures"] == 0

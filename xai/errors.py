@@ -20,6 +20,9 @@ class XaiError(Exception):
         self.owner = owner
         self.fields = fields
 
+    #: the stage's exit code for this error (`xai.pipeline.cli.run`); 2 for settings and inputs
+    exit_code = 2
+
     def qualified(self, prefix: str, names: dict[str, str] | None = None) -> XaiError:
         """The same error with each named field written `prefix.field` (or `names[field]`)."""
         if not self.fields:
@@ -47,3 +50,18 @@ class TrainingError(XaiError):
 
 class TrackingError(XaiError):
     """The MLflow tracking store could not be reached."""
+
+
+class DiskFullError(XaiError):
+    """An output could not be written: its filesystem is full (or the disk quota is used up).
+
+    Raised by `xai.io` once the temporary file is removed; the previous outputs are untouched.
+    """
+
+    exit_code = 3
+
+
+class UnwritableError(XaiError):
+    """An output folder cannot be written (read-only filesystem, wrong owner or mode)."""
+
+    exit_code = 4

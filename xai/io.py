@@ -14,6 +14,12 @@ staged files first, so that a SIGKILL or power loss inside the phase (microsecon
 the next transaction writing into that folder, and `load_torch` refuses a file whose commit is
 pending meanwhile. DVC itself records a stage only after it exits 0, so `dvc repro` re-runs a
 stage killed at any point.
+
+The machine's own faults become one-line errors once the temporary file is removed: a full disk
+(or used-up quota) at any write is a `DiskFullError` naming the file and the filesystem's mount
+point with its free bytes, and a folder that cannot be written (read-only mount, wrong owner) an
+`UnwritableError` naming it; `check_writable` finds the latter when a stage starts, before any
+work.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import contextvars
 import csv
 import dataclasses
+import errno
 import glob
 import hashlib
 import io
@@ -32,13 +39,13 @@ import signal
 import tempfile
 import threading
 import zipfile
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
 
-from xai.errors import CheckpointError
+from xai.errors import CheckpointError, DiskFullError, UnwritableError, XaiError
 
 
 def _file_mode() -> int:
@@ -52,6 +59,82 @@ _FILE_MODE = _file_mode()  # read once: flipping the umask is not thread-safe
 
 
 JOURNAL_SUFFIX = ".xai-commit"  # `.{first output}.xai-commit`: a commit in progress
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the filesystem holding `path` (or its nearest existing ancestor)."""
+    path = _existing(Path(path))
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def machine_error(exc: OSError, path: str | Path, folder: bool = False) -> XaiError | None:
+    """The one-line error for a full disk or an unwritable folder met writing `path` (`folder`:
+    `path` is an output folder), or None for any other `OSError`."""
+    path = Path(path)
+    subject = f"cannot write outputs into {path}" if folder else f"cannot write {path}"
+    if exc.errno in _FULL:
+        mount = mount_point(path if folder else path.parent)
+        try:
+            stat = os.statvfs(mount)
+            free = f"{stat.f_bavail * stat.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        what = ("the disk quota is used up" if exc.errno == errno.EDQUOT
+                else "no space left on device")
+        return DiskFullError(f"{subject}: the disk is full ({what}; filesystem mounted at {mount}, "
+                             f"{free}); free space there and re-run the stage, the previous "
+                             "outputs are as they were")
+    if exc.errno in _DENIED:
+        where = _existing(path if folder else path.parent)
+        return UnwritableError(f"{subject}: the folder {where} is not writable "
+                               f"({os.strerror(exc.errno)}); make it writable (owner, mode, "
+                               "read-only mount) or write the outputs elsewhere")
+    return None
+
+
+@contextlib.contextmanager
+def _machine_faults(path: str | Path, folder: bool = False) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder inside the block into its one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        error = machine_error(exc, path, folder)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a temporary file in `folder` (root passes `os.access` on a read-only
+    mount, so only trying tells)."""
+    fd, tmp = tempfile.mkstemp(prefix=".xai-probe.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_writable(*paths: str | Path | None, probe: Callable[[Path], None] = _probe) -> None:
+    """Fail with one line naming the folder unless every output's folder can be written to.
+
+    Stages call it with their output paths before any work; missing folders are created (as the
+    writes would), and `probe` tries each folder once.
+    """
+    for folder in dict.fromkeys(Path(p).parent for p in paths if p):
+        with _machine_faults(folder, folder=True):
+            folder.mkdir(parents=True, exist_ok=True)
+            probe(folder)
 
 
 class Transaction:
@@ -81,7 +164,12 @@ class Transaction:
             first = next(iter(self.staged))
             journal = first.parent / f".{first.name}{JOURNAL_SUFFIX}"
             entries = [[str(tmp), str(target)] for target, tmp in self.staged.items()]
-            _write_durably(journal, json.dumps(entries).encode())
+            with _machine_faults(journal):
+                try:
+                    _write_durably(journal, json.dumps(entries).encode())
+                except BaseException:  # no rename has happened: the targets are as they were
+                    journal.unlink(missing_ok=True)
+                    raise
             _replace_all(entries)
             journal.unlink()
             _sync_folder(journal.parent)
@@ -213,37 +301,53 @@ def atomic_path(path: str | Path, staged: bool = True) -> Iterator[Path]:
     `staged=False` writes through at once (for resume checkpoints, which are not stage outputs).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    txn = _ACTIVE.get() if staged else None
-    remove_stale_temps(path, set(txn.staged.values()) if txn is not None else set())
-    tmp: str | None = None
-    try:
-        with _signals_held():  # an interrupt inside mkstemp would leave its file behind
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-        tmp_path = Path(tmp)
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fchmod(fh.fileno(), _FILE_MODE)
-            os.fsync(fh.fileno())
-        if txn is None or txn.committed:
-            os.replace(tmp_path, path)
-        else:
-            earlier = txn.staged.pop(path.resolve(), None)
-            if earlier is not None:  # written twice in one transaction: the last one counts
-                earlier.unlink(missing_ok=True)
-            txn.staged[path.resolve()] = tmp_path
-    except BaseException:
-        if tmp is not None:
-            with _signals_held():
-                Path(tmp).unlink(missing_ok=True)
-        raise
+    with _machine_faults(path):  # raised once the temporary file is gone
+        path.parent.mkdir(parents=True, exist_ok=True)
+        txn = _ACTIVE.get() if staged else None
+        remove_stale_temps(path, set(txn.staged.values()) if txn is not None else set())
+        tmp: str | None = None
+        try:
+            with _signals_held():  # an interrupt inside mkstemp would leave its file behind
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                           dir=path.parent)
+                os.close(fd)
+            tmp_path = Path(tmp)
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fchmod(fh.fileno(), _FILE_MODE)
+                os.fsync(fh.fileno())
+            if txn is None or txn.committed:
+                os.replace(tmp_path, path)
+            else:
+                earlier = txn.staged.pop(path.resolve(), None)
+                if earlier is not None:  # written twice in one transaction: the last one counts
+                    earlier.unlink(missing_ok=True)
+                txn.staged[path.resolve()] = tmp_path
+        except BaseException:
+            if tmp is not None:
+                with _signals_held():
+                    Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_bytes(path: str | Path, data: bytes, staged: bool = True) -> None:
     """Write `data` to `path` atomically (staged inside a `transaction`)."""
     with atomic_path(path, staged) as tmp:
-        tmp.write_bytes(data)
+        _write_all(tmp, data)
+
+
+def _write_all(path: Path, data: bytes) -> None:
+    """Write `data` to `path` with `os.write` (which may write part and must be called again)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view[:1 << 24])
+            if written <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            view = view[written:]
+    finally:
+        os.close(fd)
 
 
 def torch_bytes(obj: Any) -> bytes:

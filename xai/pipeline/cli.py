@@ -11,11 +11,13 @@ from types import FrameType
 
 import yaml
 
-from xai.errors import XaiError
+from xai.errors import DiskFullError, UnwritableError, XaiError
 from xai.io import remove_stale_temps
 from xai.pipeline.config import param_error
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = 2  # bad params, missing or damaged inputs (`XaiError.exit_code`)
+EXIT_DISK_FULL = DiskFullError.exit_code  # 3: an output's filesystem is full
+EXIT_UNWRITABLE = UnwritableError.exit_code  # 4: an output folder cannot be written
 EXIT_INTERRUPTED = 130
 
 
@@ -41,8 +43,10 @@ def run(main: Callable[[list[str] | None], None], name: str) -> None:
     """Call a stage's `main`, turning user errors and interrupts into short messages.
 
     SIGTERM is handled like SIGINT, so `finally` blocks and atomic writers clean up: a killed
-    stage leaves no partial output (its outputs are committed together, see `xai.io`). User errors (bad params, missing data, foreign checkpoints)
-    print one line and exit 2, without a traceback.
+    stage leaves no partial output (its outputs are committed together, see `xai.io`). User
+    errors (bad params, missing data, foreign checkpoints) print one line and exit 2, without a
+    traceback; so do the machine's faults, with their own codes: a full disk at any output exits
+    3, an output folder that cannot be written 4 (stages check theirs before any work).
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -50,9 +54,9 @@ def run(main: Callable[[list[str] | None], None], name: str) -> None:
     try:
         main(None)
     except XaiError as exc:
-        exc = param_error(exc)
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        code = exc.exit_code
+        print(f"{name}: error: {param_error(exc)}", file=sys.stderr)
+        sys.exit(code)
     except KeyboardInterrupt as exc:
         where = f" ({exc})" if str(exc) and str(exc) not in ("SIGINT", "SIGTERM") else ""
         print(f"{name}: interrupted{where}; no partial output was written", file=sys.stderr)

@@ -1,0 +1,41 @@
+"""Test-only machine faults for stage subprocesses: tests/test_faults.py puts this folder first on
+PYTHONPATH, so Python imports it at start-up; without the variables below it does nothing.
+
+- `XAI_TEST_FULL_DISK=<prefix>`: every `os.write` to a file whose path starts with `<prefix>`
+  fails with ENOSPC, as on a filesystem that has filled up (`xai.io` writes through `os.write`).
+- `XAI_TEST_UNWRITABLE=<folder>`: creating a file in `<folder>` with `os.open` (what
+  `tempfile.mkstemp` does) fails with EACCES, as in a folder of another owner; root ignores
+  chmod, so a test cannot make one for real.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+_FULL = os.environ.get("XAI_TEST_FULL_DISK")
+_DENIED = os.environ.get("XAI_TEST_UNWRITABLE")
+
+if _FULL:
+    _write = os.write
+
+    def _full_write(fd: int, data: bytes) -> int:
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = ""
+        if name.startswith(_FULL):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return _write(fd, data)
+
+    os.write = _full_write
+
+if _DENIED:
+    _open = os.open
+
+    def _denied_open(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        if flags & os.O_CREAT and os.path.dirname(os.path.abspath(path)) == _DENIED:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return _open(path, flags, mode, dir_fd=dir_fd)
+
+    os.open = _denied_open
