@@ -6,6 +6,9 @@ PYTHONPATH, so Python imports it at start-up; without the variables below it doe
 - `XAI_TEST_UNWRITABLE=<folder>`: creating a file in `<folder>` with `os.open` (what
   `tempfile.mkstemp` does) fails with EACCES, as in a folder of another owner; root ignores
   chmod, so a test cannot make one for real.
+- `XAI_TEST_SQLITE_FULL=1`: a SQLAlchemy session that commits MLflow metrics fails as sqlite does
+  when its disk is full ("database or disk is full"), inside MLflow's sqlite store; the run is
+  created and its params logged first.
 """
 
 from __future__ import annotations
@@ -39,3 +42,26 @@ if _DENIED:
         return _open(path, flags, mode, dir_fd=dir_fd)
 
     os.open = _denied_open
+
+if os.environ.get("XAI_TEST_SQLITE_FULL"):
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    _add_all_real, _commit = Session.add_all, Session.commit
+
+    def _add_all(self: Session, instances) -> None:  # type: ignore[no-untyped-def]
+        instances = list(instances)
+        if any(type(obj).__name__ == "SqlMetric" for obj in instances):
+            self.info["xai_metrics"] = True  # (a query before the commit flushes them)
+        _add_all_real(self, instances)
+
+    def _full_commit(self: Session) -> None:
+        if self.info.pop("xai_metrics", False):
+            raise OperationalError("INSERT INTO metrics", {},
+                                   sqlite3.OperationalError("database or disk is full"))
+        _commit(self)
+
+    Session.add_all = _add_all  # type: ignore[method-assign]
+    Session.commit = _full_commit  # type: ignore[method-assign]

@@ -13,7 +13,9 @@ fails within `tracking.timeout_s` instead of hanging.
 
 A store that fails once the stage has started (the server goes away mid-stage) does not fail the
 stage: the first failure prints one "tracking lost" warning, every later MLflow call is skipped,
-and the stage writes its DVC outputs and exits 0; its MLflow run is left unfinished.
+and the stage writes its DVC outputs and exits 0; its MLflow run is left unfinished. A store whose
+disk fills up counts the same: the sqlite store's "database or disk is full" (wrapped by MLflow or
+raw from sqlite3 or SQLAlchemy) and a file store's or artifact store's ENOSPC.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -97,10 +101,13 @@ def now_ms() -> int:
 
 
 def _store_failure(exc: BaseException) -> bool:
-    """Whether `exc` is the tracking store failing (unreachable, refusing), not a bug of ours."""
+    """Whether `exc` is the tracking store failing (unreachable, refusing, its disk full), not a
+    bug of ours: MLflow's errors, OSError (ENOSPC included), and the sqlite store's database
+    errors when they come unwrapped (sqlite3's or SQLAlchemy's "database or disk is full")."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return isinstance(exc, (MlflowException, OSError))
+    return isinstance(exc, (MlflowException, OSError, sqlite3.Error, SQLAlchemyError))
 
 
 def _log_metrics_to(client: Any, run_id: str,
@@ -249,8 +256,24 @@ class NullRun(Run):
         return False
 
 
+class _NoStoreTracebacks(logging.Filter):
+    """Drops the traceback MLflow's sqlite store logs for a failed database session (a full disk,
+    a locked file) before raising it as an MlflowException: that exception is what the stage
+    reports, in one line (the "tracking lost" warning or a TrackingError)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.levelno >= logging.ERROR)
+
+
+def _quiet_store_tracebacks() -> None:
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _NoStoreTracebacks) for f in logger.filters):
+        logger.addFilter(_NoStoreTracebacks())
+
+
 def client_for(cfg: TrackingConfig) -> Any:
     """An MlflowClient on the configured store, after checking that it is reachable."""
+    _quiet_store_tracebacks()
     uri = tracking_uri(cfg)
     check_reachable(uri, cfg.timeout_s)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.timeout_s)))
@@ -366,8 +389,6 @@ def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any],
               pipeline_params: Mapping[str, Any] | None = None) -> tuple[Any, Run, str]:
     """Client, the stage's run (params logged) and its parent (carrying `pipeline_params`); a
     store error is a TrackingError."""
-    from mlflow.exceptions import MlflowException
-
     try:
         client = client_for(cfg)
         exp_id = experiment_id(client, cfg)
@@ -378,7 +399,9 @@ def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any],
         run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id,
                   parent, stage)
         run.log_params(params)
-    except (MlflowException, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - only store failures become a TrackingError
+        if not _store_failure(exc):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"MLflow tracking store {tracking_uri(cfg)} failed: {first}; fix "
                             "tracking.uri or set tracking.enabled: false") from None
