@@ -671,6 +671,126 @@ def test_a_full_sqlite_store_stops_tracking_a_real_stage_with_one_warning(tmp_pa
     assert [r.info.status for r in runs] == ["RUNNING"]
 
 
+def _stage_of(project: Path, name: str, module: str) -> psutil.Process | None:
+    """The process of stage `module` of queued experiment `name` of `project` (DVC runs it in a
+    copy under .dvc/tmp/exps, with DVC_EXP_NAME set)."""
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cwd, cmdline = proc.info["cwd"] or "", proc.info["cmdline"] or []
+        if f"stages.{module}" in cmdline and cwd.startswith(str(project)):
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("DVC_EXP_NAME") == name:
+                    return proc
+    return None
+
+
+def _exp_metrics(project: Path, path: str) -> dict[str, object]:
+    """`dvc exp show`'s metrics file `path` of every experiment, by name."""
+    shown = json.loads(subprocess.run([DVC, "exp", "show", "--json"], cwd=project, env=_env(),
+                                      capture_output=True, text=True, check=True).stdout)
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                metrics = ((rev.get("data") or {}).get("metrics") or {}).get(path)
+                if rev.get("name") and metrics and "data" in metrics:
+                    found[rev["name"]] = metrics["data"]
+    return found
+
+
+def _has_run(project: Path, name: str, stage: str) -> bool:
+    """Whether experiment `name` has opened the MLflow run of `stage` (read straight from the
+    sqlite file, read-only, while the stages write to it)."""
+    db = project / "mlflow.db"
+    if not db.is_file():
+        return False
+    with contextlib.suppress(sqlite3.Error), \
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        return con.execute("SELECT count(*) FROM tags WHERE key = 'dvc.exp_name' AND value = ? "
+                           "AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'xai.stage' "
+                           "AND value = ?)", (name, stage)).fetchone()[0] > 0
+    return False
+
+
+#: the experiments of the queue case: two at once, one of them SIGKILLed mid-stage (~2 s of
+#: training each on 2 cores)
+QUEUE_EPOCHS = 60
+
+
+def test_a_queue_worker_killed_mid_stage_fails_its_experiment_alone(tmp_path):
+    """`dvc queue start -j 2` runs two experiments of the same params; the stage process of one
+    is SIGKILLed mid-stage (once its MLflow run is open): the other finishes and logs to the shared MLflow store, which stays
+    readable, the killed one shows as failed, and queued again (forced, not from the run cache)
+    it gives the other's metrics, those of a clean run. About 70 s on 2 busy cores (three
+    experiments, two queue starts), the slowest case of this file."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_pipeline import _stop_workers
+
+    project = tmp_path / "repo"
+    project.mkdir()
+    for name in ("dvc.yaml", "stages", "xai", "blackboxes"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
+    write_params(project / "params.yaml", {**TINY_PIPELINE, "tracking.enabled": True,
+                                           "data.root": str(tmp_path), "data.folder": "none"})
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    _dvc(project, "init", "-q")
+    _dvc(project, "repro", "prepare_toy")  # (the toy chain alone: no image data set needed)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+                   cwd=project, check=True)
+
+    def queue(name: str) -> None:
+        _dvc(project, "exp", "run", "--queue", "--force", "-S",
+             f"invertible.toy.epochs={QUEUE_EPOCHS}", "-n", name, "train_invertible_toy")
+
+    def wait_for_queue(log: str, jobs: int, kill: str | None = None) -> str:
+        with (tmp_path / log).open("w") as out:  # (not a pipe: see tests/test_pipeline.py)
+            subprocess.run([DVC, "queue", "start", "-j", str(jobs)], cwd=project, env=_env(),
+                           stdout=out, stderr=subprocess.STDOUT, check=True)
+        deadline = time.monotonic() + 240
+        try:
+            while kill is not None and time.monotonic() < deadline:
+                stage = _stage_of(project, kill, "train_invertible")
+                if stage is not None and _has_run(project, kill, "train_invertible"):
+                    stage.kill()
+                    kill = None
+                time.sleep(0.05)
+            assert kill is None, (tmp_path / log).read_text()
+            while time.monotonic() < deadline:
+                status = subprocess.run([DVC, "queue", "status"], cwd=project, env=_env(),
+                                        capture_output=True, text=True, check=False).stdout
+                if "Running" not in status and "Queued" not in status:
+                    return status
+                time.sleep(1)
+            raise AssertionError(f"the queue did not finish:\n{status}")
+        finally:
+            _stop_workers(project)
+            workers = [q for q in psutil.process_iter(["cmdline", "cwd"])
+                       if q.info["cwd"] == str(project)
+                       and "queue-worker" in " ".join(q.info["cmdline"] or [])]
+            for q in psutil.wait_procs(workers, timeout=20)[1]:  # gone before the next start
+                q.kill()
+
+    queue("killed")
+    queue("other")
+    status = wait_for_queue("queue.log", 2, kill="killed")
+    rows = {line.split()[1]: line for line in status.splitlines()[1:] if len(line.split()) > 2}
+    assert "Failed" in rows["killed"] and "Success" in rows["other"], status
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")  # readable after the kill
+    runs = client.search_runs([client.get_experiment_by_name("xai").experiment_id],
+                              "tags.`xai.stage` = 'train_invertible'")
+    by_exp = {r.data.tags.get("dvc.exp_name"): r.info.status for r in runs}
+    assert by_exp == {"other": "FINISHED", "killed": "RUNNING"}, by_exp  # killed mid-run
+
+    queue("again")
+    status = wait_for_queue("queue2.log", 1)
+    assert "Success" in next(line for line in status.splitlines() if " again " in line), status
+    metrics = _exp_metrics(project, "metrics/invertible_toy.json")
+    assert metrics["again"] == metrics["other"] and "killed" not in metrics, metrics
+
+
 def test_the_committed_counts_in_the_readme_match_these_case_lists():
     """experiments/reliability.json (docs/reliability.md's table) was made from the cases above."""
     results = json.loads((ROOT / "experiments/reliability.json").read_text())
