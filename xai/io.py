@@ -128,13 +128,13 @@ def _probe(folder: Path) -> None:
 def check_writable(*paths: str | Path | None, probe: Callable[[Path], None] = _probe) -> None:
     """Fail with one line naming the folder unless every output's folder can be written to.
 
-    Stages call it with their output paths before any work; missing folders are created (as the
-    writes would), and `probe` tries each folder once.
+    Stages call it with their output paths before any work, so it creates nothing: a missing
+    folder is judged by its nearest existing ancestor, where the writes will create it, and
+    `probe` tries each such folder once.
     """
     for folder in dict.fromkeys(Path(p).parent for p in paths if p):
         with _machine_faults(folder, folder=True):
-            folder.mkdir(parents=True, exist_ok=True)
-            probe(folder)
+            probe(_existing(folder))
 
 
 class Transaction:
