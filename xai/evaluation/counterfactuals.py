@@ -47,13 +47,15 @@ RANGE_TOLERANCE = 0.05
 class InvertibleCounterfactualConfig:
     """Counterfactuals of the image invertible classifier and how they are measured: `margin`
     logits past the boundary, moving in `direction`; the importance's post-hoc accuracy keeps
-    `posthoc_k` chunks of `posthoc_chunk` x `posthoc_chunk` pixels."""
+    `posthoc_k` chunks of `posthoc_chunk` x `posthoc_chunk` pixels; each FID's interval is over
+    `fid_resamples` bootstrap resamples (`xai.evaluation.counterfactual_measures`)."""
 
     margin: float = bounded(15.0, ge=0)
     direction: Literal["class_centres", "normal"] = "class_centres"
     posthoc_k: int = bounded(4, ge=1)
     posthoc_chunk: int = bounded(4, ge=1)
     batch_size: int = bounded(500, ge=1)
+    fid_resamples: int = bounded(200, ge=10)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from xai.models.explainers import check_fits, evaluation_budgets
 from xai.settings import SEED_MAX, bounded
 from xai.train.invertible import InvertibleImageConfig, InvertibleToyConfig
 from xai.train.judge import JudgeConfig
+from xai.train.measurement import MeasurementConfig
 from xai.train.vibi import VibiConfig
 
 _BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -149,6 +150,7 @@ class Config:
     toy: ToyConfig
     blackbox: BlackboxConfig
     invertible: InvertibleConfig
+    measurement: MeasurementConfig
     vibi: VibiParams
     judge: JudgeConfig
     render: RenderConfig
