@@ -1,0 +1,85 @@
+"""The literature's measures of the image flow's counterfactuals by margin and direction, on
+validation images.
+
+    python experiments/counterfactual_measures_sweep.py > experiments/counterfactual_measures_sweep.jsonl
+
+Needs `dvc repro evaluate_counterfactuals` first (the prepared data, the black box, the image flow
+and the measurement models; `--data`, `--invertible`, `--blackbox`, `--measurement` and `--params`
+point elsewhere). For every direction and margin the first `--images` validation images (never
+test) are crossed to their runner-up class and measured as `evaluate_counterfactuals` measures the
+test set (`xai.evaluation.counterfactual_measures`, reference rows drawn from the same validation
+images): IM1 normalised by the reference rows, oracle and black-box validity, the out-of-range
+share, L1, IM2 and the FID against real images of the target class, each with its 95 % bootstrap
+interval over images. One JSON line per (direction, margin) goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xai.data.prepared import Split, load_dataset
+from xai.devices import select_device
+from xai.evaluation.counterfactual_measures import make_crossings, measure_crossings
+from xai.evaluation.counterfactuals import centres_for
+from xai.evaluation.uncertainty import resample_indices
+from xai.models.blackbox import load_blackbox
+from xai.models.invertible import IMAGE_KIND, load_classifier
+from xai.models.measurement import load_measurement_models
+from xai.pipeline.config import load_config
+
+RESAMPLES = 1000
+FID_RESAMPLES = 50
+REPORTED = ("im1_normalised", "oracle_validity", "blackbox_validity", "out_of_range", "l1",
+            "im1", "im2", "fid_real")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/prepared/images.pt")
+    parser.add_argument("--invertible", default="models/invertible_image.pt")
+    parser.add_argument("--blackbox", default="models/blackbox.pt")
+    parser.add_argument("--measurement", default="models/measurement.pt")
+    parser.add_argument("--margins", type=float, nargs="+", default=[10, 15, 20, 25, 30])
+    parser.add_argument("--directions", nargs="+", default=["class_centres"],
+                        choices=["class_centres", "normal"])
+    parser.add_argument("--images", type=int, default=2000, help="first N validation images")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    cf = cfg.invertible.counterfactual
+    device = select_device(cfg.device)
+    data = load_dataset(args.data, device)
+    n = min(args.images, len(data.val))
+    if n == 0:
+        raise SystemExit(f"{args.data} has no validation images (data.val_fraction is 0)")
+    images = Split(data.val.x[:n], data.val.y[:n])
+    model = load_classifier(args.invertible, IMAGE_KIND, device)
+    blackbox = load_blackbox(args.blackbox, device)
+    measurement = load_measurement_models(args.measurement, device)
+    indices = resample_indices(n, RESAMPLES, cfg.seed)
+    for direction in args.directions:
+        centres = centres_for(direction, model, data.train, data.num_classes, cf.batch_size)
+        for margin in args.margins:
+            crossings = make_crossings(model, images, margin, cf.batch_size, centres)
+            m = measure_crossings(measurement, blackbox, images, crossings, cf.batch_size,
+                                  torch.Generator().manual_seed(cfg.seed), indices,
+                                  indices[:FID_RESAMPLES], "cf")
+            line = {"direction": direction, "margin": margin, "images": n,
+                    "dataset": data.name}
+            for key in REPORTED:
+                line[key] = [m[f"cf_{key}"], m[f"cf_{key}_low"], m[f"cf_{key}_high"]]
+            line["real_im1"] = m["cf_real_im1"]
+            line["unchanged_im1"] = m["cf_unchanged_im1"]
+            print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
