@@ -8,7 +8,8 @@ Clones this repository's HEAD into a temporary directory, sets the keys of the s
 `--data-root`), then runs `dvc repro <stage>` for every stage in dvc.yaml's order, so each call
 runs that stage alone. Prints one JSON object: the setting, the params.yaml it ran with, the
 host, each stage's wall seconds (DVC's own overhead included), the total, and every stage's
-`metrics/*.json`. `--figures DIR` keeps the run's figures for looking at.
+`metrics/*.json`. `--figures DIR` keeps the run's figures for looking at; `--until STAGE` stops
+after that stage.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("setting", type=Path)
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--figures", type=Path, help="copy the run's figures here")
+    parser.add_argument("--until", metavar="STAGE",
+                        help="stop after this stage (the stages before it still run)")
     args = parser.parse_args()
     setting = json.loads(args.setting.read_text())
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
@@ -67,6 +70,10 @@ def main() -> None:
                             {**setting["params"], "data.root": str(args.data_root.resolve())})
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         stages = list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
+        if args.until:
+            if args.until not in stages:
+                parser.error(f"--until {args.until}: no such stage; allowed: {', '.join(stages)}")
+            stages = stages[:stages.index(args.until) + 1]
         seconds: dict[str, float] = {}
         for stage in stages:
             start = time.perf_counter()

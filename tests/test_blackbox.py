@@ -12,8 +12,17 @@ from tests.conftest import separable
 from xai.data.augment import random_crop, random_flip
 from xai.errors import CheckpointError, ConfigError
 from xai.io import save_torch
-from xai.models.blackbox import architecture, load_blackbox, load_probabilities
+from xai.models.blackbox import (
+    Airbench,
+    Architecture,
+    architecture,
+    load_blackbox,
+    load_probabilities,
+)
+from xai.models.judge import Judge
 from xai.pipeline.config import load_config
+from xai.tensors import Autocast
+from xai.train.blackbox import Lookahead, _Augmenter, triangle
 
 TINY = {"blackbox.channels": 4, "blackbox.epochs": 1, "blackbox.batch_size": 16,
         "blackbox.lr": 0.003, "blackbox.schedule": "constant", "device": "cpu"}
@@ -92,3 +101,94 @@ def test_augmentations_keep_shape_and_content():
     flipped = random_flip(x, torch.Generator().manual_seed(1))
     for img, out in zip(x, flipped):
         assert torch.equal(out, img) or torch.equal(out, img.flip(2))
+
+
+# ----------------------------------------------------------------------------- airbench
+
+
+def test_whitening_decorrelates_the_patches_it_was_set_from():
+    torch.manual_seed(0)
+    base = torch.rand(64, 3, 16, 16)
+    images = 0.5 * base + 0.5 * base.roll(1, 3)  # neighbouring pixels correlated
+    net = Airbench(3, 4, 8)
+    net.init_whitening(images, eps=0.0)
+    with torch.no_grad():
+        out = net.whiten(images).permute(0, 2, 3, 1).reshape(-1, net.whiten.out_channels)
+    half = out[:, :net.whiten.out_channels // 2].double()  # the other half is its negation
+    cov = (half - half.mean(0)).T @ (half - half.mean(0)) / len(half)
+    assert half.mean(0).abs().max() < 1e-2  # centred by the bias (image, not patch, means)
+    assert torch.allclose(cov, torch.eye(len(cov), dtype=cov.dtype), atol=1e-2)
+    assert torch.equal(out[:, 12:], -out[:, :12])
+
+
+def test_airbench_shapes_identity_start_and_size_check(params):
+    net = Airbench(3, 10, 8).eval()
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    w = net.groups[1].conv2.weight  # square conv: starts as the identity
+    assert torch.equal(w[:, :, 1, 1], torch.eye(w.shape[0])) and w[:, :, 0].abs().sum() == 0
+    cfg = load_config(params({**TINY, "blackbox.arch": "airbench"})).blackbox
+    with pytest.raises(ConfigError, match="at least 16 x 16"):
+        architecture(cfg, (3, 8, 8), 10)
+
+
+def test_judge_on_airbench_starts_as_the_black_box():
+    torch.manual_seed(0)
+    spec = Architecture("airbench", 3, 5, 16, 8)
+    blackbox = spec.build()
+    blackbox.init_whitening(torch.rand(32, 3, 16, 16))
+    blackbox.eval()
+    judge = Judge(spec, chunk=1).eval()
+    judge.start_from(blackbox)
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.allclose(judge(x, torch.ones_like(x)), blackbox(x), atol=1e-5)
+    assert judge.net.whiten.weight[24:].abs().sum() > 0  # extra filters keep a fresh init
+
+
+def test_triangle_schedule_and_lookahead():
+    assert triangle(0, 100) == pytest.approx(0.2) and triangle(23, 100) == pytest.approx(1.0)
+    assert triangle(100, 100) == pytest.approx(0.07)
+    net = torch.nn.Linear(2, 1)
+    start = net.weight.detach().clone()
+    look = Lookahead(net, total_steps=10, every=5)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    look.step(5)  # decay 0.95^5 * 0.5^3: the slow copy moves that far less than all the way
+    decay = 0.95 ** 5 * 0.5 ** 3
+    assert torch.allclose(net.weight, start + (1 - decay))
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    look.finish()  # decay 1: back to the slow copy
+    assert torch.allclose(net.weight, start + (1 - decay))
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch(params):
+    cfg = load_config(params({**TINY, "blackbox.augment": "crop_flip", "blackbox.crop_padding": 0,
+                              "blackbox.alternate_flips": True})).blackbox
+    augment = _Augmenter(cfg, 3, 8, torch.Generator().manual_seed(0))
+    x = torch.rand(8, 3, 4, 4)
+    idx = torch.arange(8)
+    one, two, three = (augment(x, idx, epoch) for epoch in (1, 2, 3))
+    flipped = (one == x.flip(3)).flatten(1).all(1)
+    assert 0 < flipped.sum() < 8  # a random half to start
+    assert torch.equal(two, torch.where(flipped[:, None, None, None], x, x.flip(3)))
+    assert torch.equal(three, one)
+
+
+def test_reflect_crop_shifts_in_the_mirrored_edge():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    for seed in range(5):
+        out = random_crop(x, 1, torch.Generator().manual_seed(seed), "reflect")
+        assert torch.isin(out, x).all()  # no zeros shifted in
+
+
+def test_autocast_wrapper_runs_bf16_returns_fp32_and_keeps_attributes():
+    torch.manual_seed(0)
+    net = Airbench(3, 4, 8).eval()
+    net.architecture = "spec"
+    wrapped = Autocast(net)
+    x = torch.rand(3, 3, 16, 16, requires_grad=True)
+    out = wrapped(x)
+    assert out.dtype == torch.float32 and wrapped.architecture == "spec"
+    assert torch.allclose(out, net(x), atol=0.05) and not torch.equal(out, net(x))  # bf16 inside
+    out.sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32

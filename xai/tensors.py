@@ -35,6 +35,27 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return torch.cat(outs) if outs else torch.empty(0, device=device)
 
 
+class Autocast(nn.Module):
+    """`module` run under bf16 autocast, its output returned in fp32: a model whose forward passes
+    (and gradients) take the fast bf16 path while everything computed from its outputs stays
+    fp32. Attributes other than the forward are the wrapped module's."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        device = next(iter(self.module.parameters()), inputs[0]).device
+        with autocast(device, True):
+            return self.module(*inputs).float()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["module"], name)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -1,9 +1,12 @@
 """The black box: the classifier whose decisions the explainers explain.
 
-Two architectures, picked by `blackbox.arch` (`auto`: by input size and channels):
+Three architectures, picked by `blackbox.arch` (`auto`: by input size and channels):
 - `small_cnn`, for 28 x 28 grey images: two 5x5 conv + max-pool layers and a two-layer head.
 - `resnet`, for 32 x 32 colour images: a ResNet-9-style net (conv-BN-ReLU stages with residual
   blocks), `channels` channels in its first layer.
+- `airbench`, for 32 x 32 colour images: Keller Jordan's airbench94 net (2024), a 2x2
+  patch-whitening convolution and three conv-pool-BN-GELU groups of `channels`, 4 x `channels`
+  and 4 x `channels`; 94 % on CIFAR-10 in about ten epochs with its recipe (`xai.train.blackbox`).
 A saved model carries its rebuild config, so `load_blackbox` needs nothing else.
 
 Or the user's own model (`blackbox.source`: a TorchScript `.pt` or a `torch.export` `.pt2` file):
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xai.errors import CheckpointError, ConfigError
@@ -32,18 +36,23 @@ class BlackboxConfig:
     """The black-box classifier and how it is trained, or the user's model file (`source`)."""
 
     source: str = "train"
-    arch: Literal["auto", "small_cnn", "resnet"] = 'auto'
+    arch: Literal["auto", "small_cnn", "resnet", "airbench"] = 'auto'
     channels: int = bounded(16, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = 'adam'
     lr: float = bounded(0.003, gt=0)
     weight_decay: float = bounded(0.0, ge=0)
     momentum: float = bounded(0.9, ge=0, lt=1)
-    schedule: Literal["onecycle", "cosine", "constant"] = 'onecycle'
+    schedule: Literal["onecycle", "cosine", "constant", "triangle"] = 'onecycle'
     epochs: int = bounded(4, ge=1)
     batch_size: int = bounded(128, ge=1)
     augment: Literal["auto", "none", "crop", "crop_flip"] = 'auto'
     crop_padding: int = bounded(4, ge=0)
+    crop_fill: Literal["zeros", "reflect"] = 'zeros'
+    alternate_flips: bool = False  # each image mirrored in every other epoch, not at random
     label_smoothing: float = bounded(0.0, ge=0, lt=1)
+    bias_lr_scale: float = bounded(1.0, gt=0)  # BatchNorm biases: lr x this, weight decay / this
+    lookahead: bool = False  # every 5 steps, pull the weights to a slow average (airbench)
+    whiten_bias_epochs: int = bounded(3, ge=0)  # airbench: epochs its whitening bias trains
     precision: Literal["auto", "fp32", "bf16"] = 'auto'
     eval_batch_size: int = bounded(2048, ge=1)
 
@@ -95,6 +104,76 @@ class _Residual(nn.Module):
         return x + self.body(x)
 
 
+class _Conv(nn.Conv2d):
+    """3x3 convolution, no bias, identity-initialised on its first `in_channels` filters (airbench:
+    each layer starts close to passing its input through)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, 3, padding=1, bias=False)
+        with torch.no_grad():
+            nn.init.dirac_(self.weight[:c_in])
+
+
+class _Norm(nn.BatchNorm2d):
+    """BatchNorm as airbench uses it: fast-moving statistics, a tiny eps, the scale fixed at 1 by
+    its training recipe (the weight exists, so a judge built on this net can still learn it)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, momentum=0.4, eps=1e-12)
+
+
+class _ConvGroup(nn.Module):
+    """conv - max-pool - BN - GELU - conv - BN - GELU: one stage of airbench's net."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv1, self.norm1 = _Conv(c_in, c_out), _Norm(c_out)
+        self.conv2, self.norm2 = _Conv(c_out, c_out), _Norm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class Airbench(nn.Module):
+    """airbench94's net: a 2x2 patch-whitening convolution (`whiten`, set from the data by
+    `init_whitening`), three conv groups, a global max-pool and a bias-free linear head whose
+    logits are scaled by 1/9."""
+
+    LOGIT_SCALE = 1 / 9
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int) -> None:
+        super().__init__()
+        widths = (channels, 4 * channels, 4 * channels)
+        self.whiten = nn.Conv2d(in_channels, 2 * in_channels * 4, 2)
+        self.groups = nn.Sequential(_ConvGroup(2 * in_channels * 4, widths[0]),
+                                    _ConvGroup(widths[0], widths[1]),
+                                    _ConvGroup(widths[1], widths[2]))
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(F.gelu(self.whiten(x)))
+        return self.head(F.adaptive_max_pool2d(x, 1).flatten(1)) * self.LOGIT_SCALE
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set `whiten` from float [0, 1] images: each filter is an eigenvector of the 2x2 patch
+        covariance of the channel-standardised images over the square root of its eigenvalue
+        (plus `eps`), in both signs, so its outputs start decorrelated with unit variance;
+        the bias centres them."""
+        c, (kh, kw) = images.shape[1], self.whiten.kernel_size
+        mean = images.mean((0, 2, 3))
+        std = images.std((0, 2, 3))
+        z = (images - mean[:, None, None]) / std[:, None, None]
+        patches = z.unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5)
+        patches = patches.reshape(-1, c * kh * kw).double()
+        values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (vectors.T / (values[:, None] + eps).sqrt()).flip(0).reshape(-1, c, kh, kw)
+        filters = torch.cat([filters, -filters]).float() / std[None, :, None, None]
+        self.whiten.weight.copy_(filters)
+        self.whiten.bias.copy_(-(filters * mean[None, :, None, None]).sum((1, 2, 3)))
+
+
 class ResNet9(nn.Module):
     """ResNet-9 (prep, three pooled stages, two residual blocks): 94 % CIFAR-10 class of net."""
 
@@ -129,6 +208,8 @@ class Architecture(SavedFields):
     def build(self) -> nn.Module:
         if self.arch == "small_cnn":
             return SmallCNN(self.in_channels, self.num_classes, self.channels, self.image_size)
+        if self.arch == "airbench":
+            return Airbench(self.in_channels, self.num_classes, self.channels)
         return ResNet9(self.in_channels, self.num_classes, self.channels)
 
 
@@ -142,8 +223,10 @@ def architecture(cfg: BlackboxConfig, input_shape: tuple[int, ...], num_classes:
     if arch == "small_cnn" and size % 4:
         raise ConfigError(f"`arch` = small_cnn needs a side divisible by 4, got {size}",
                           owner=BlackboxConfig, fields=("arch",))
-    if arch == "resnet" and size < 8:
-        raise ConfigError(f"`arch` = resnet needs images of at least 8 x 8, got {size}",
+    smallest = {"resnet": 8, "airbench": 16}.get(arch, 0)  # three 2x pools (airbench: of side - 1)
+    if size < smallest:
+        raise ConfigError(f"`arch` = {arch} needs images of at least {smallest} x {smallest}, "
+                          f"got {size}",
                           owner=BlackboxConfig, fields=("arch",))
     return Architecture(arch, channels, num_classes, size, cfg.channels)
 

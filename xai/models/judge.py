@@ -49,14 +49,18 @@ class Judge(nn.Module):
         return expand(chunk_mask, shape, self.chunk)
 
     def start_from(self, blackbox: nn.Module) -> None:
-        """Copy the black box's weights; the mask channel's input weights start at 0."""
+        """Copy the black box's weights, so the judge starts as the black box does: a layer that
+        grew with the mask channel (the first convolution; airbench's whitening layer also has
+        more filters, and the layer after it more inputs) takes them in its leading block, its
+        extra inputs start at 0 and its extra filters keep their fresh initialisation."""
         own = self.net.state_dict()
         for key, value in blackbox.state_dict().items():
             if own[key].shape == value.shape:
                 own[key] = value.clone()
-            else:  # the first convolution: one more input channel
-                own[key].zero_()
-                own[key][:, :value.shape[1]] = value
+                continue
+            if own[key].dim() > 1:
+                own[key][:, value.shape[1]:] = 0
+            own[key][tuple(slice(0, n) for n in value.shape)] = value
         self.net.load_state_dict(own)
 
 

@@ -74,6 +74,7 @@ class EvaluateConfig(MeasureConfig):
     smoothgrad_std: float = bounded(gt=0)
     shap_samples: int = bounded(ge=1)
     lime_samples: int = bounded(ge=2)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the explained models' passes
 
     def measures(self, budgets: tuple[int, ...], k: int, chunk: int, road_noise_std: float
                  ) -> MeasureConfig:

@@ -4,6 +4,7 @@ images, against the black box's stored probabilities."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.nn import functional as F
@@ -12,7 +13,8 @@ from xai.chunks import num_chunks, random_chunk_masks
 from xai.data.imputation import fill
 from xai.models.judge import Judge, agreement
 from xai.settings import bounded
-from xai.tensors import to_unit
+from xai.devices import use_bf16
+from xai.tensors import autocast, to_unit
 from xai.train.loop import History, Progress, check_finite, index_batches
 
 
@@ -25,6 +27,7 @@ class JudgeConfig:
     lr: float = bounded(1e-3, gt=0)  # Adam, one-cycle schedule
     imputed_fraction: float = bounded(0.5, ge=0, le=1)  # share of each batch filled by ROAD
     start_from_blackbox: bool = True  # `Judge.start_from` the black box's weights before training
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the training steps (`xai.devices`)
 
 
 def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: JudgeConfig,
@@ -42,6 +45,7 @@ def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: Ju
     steps = max(len(x) // settings.batch_size, 1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr,
                                                 total_steps=steps * settings.epochs, pct_start=0.2)
+    amp = use_bf16(settings.precision, device)
     mask_gen = torch.Generator(device=device).manual_seed(int(torch.randint(
         0, 2 ** 31 - 1, (1,), generator=generator)))
     for epoch in range(1, settings.epochs + 1):
@@ -56,7 +60,9 @@ def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: Ju
             imputed = torch.rand(len(idx), generator=mask_gen, device=device) \
                 < settings.imputed_fraction
             filled = fill(xb, keep, imputed, noise_std, mask_gen)
-            loss = -(pb * F.log_softmax(judge(filled, keep).float(), 1)).sum(1).mean()
+            with autocast(device, amp):
+                logits = judge(filled, keep)
+            loss = -(pb * F.log_softmax(logits.float(), 1)).sum(1).mean()
             check_finite(loss, desc, epoch, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
