@@ -30,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from xai.errors import ConfigError
 from xai.pipeline.config import Config, parse_section, set_dotted
 
 
@@ -40,6 +41,15 @@ def configured(params: dict, overrides: dict[str, object]) -> dict:
         set_dotted(params, dotted, value)
     parse_section(Config, params)
     return params
+
+
+def stages_until(stages: list[str], until: str | None) -> list[str]:
+    """`stages` (dvc.yaml's order) up to and including `until` (None: all of them)."""
+    if until is None:
+        return stages
+    if until not in stages:
+        raise ConfigError(f"--until {until}: no such stage; allowed: {', '.join(stages)}")
+    return stages[:stages.index(until) + 1]
 
 
 def cpu_name() -> str:
@@ -69,11 +79,8 @@ def main() -> None:
         params = configured(yaml.safe_load((work / "params.yaml").read_text()),
                             {**setting["params"], "data.root": str(args.data_root.resolve())})
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        stages = list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
-        if args.until:
-            if args.until not in stages:
-                parser.error(f"--until {args.until}: no such stage; allowed: {', '.join(stages)}")
-            stages = stages[:stages.index(args.until) + 1]
+        stages = stages_until(list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"]),
+                              args.until)
         seconds: dict[str, float] = {}
         for stage in stages:
             start = time.perf_counter()

@@ -27,6 +27,13 @@ def test_a_key_params_yaml_does_not_have_is_refused():
 
 
 def test_the_committed_settings_name_only_existing_keys():
-    for name in ("cifar_cpu_setting.json", "default_setting.json"):
+    for name in ("cifar_cpu_setting.json", "cifar_airbench_setting.json", "default_setting.json"):
         setting = json.loads((ROOT / "experiments" / name).read_text())
         experiment("pipeline_timing").configured(_params(), setting["params"])
+
+
+def test_until_keeps_the_stages_up_to_the_named_one():
+    until = experiment("pipeline_timing").stages_until
+    assert until(["a", "b", "c"], "b") == ["a", "b"] and until(["a", "b"], None) == ["a", "b"]
+    with pytest.raises(ConfigError, match="no such stage; allowed: a, b"):
+        until(["a", "b"], "x")
