@@ -11,9 +11,9 @@ from torch.nn import functional as F
 
 from xai.chunks import num_chunks, random_chunk_masks
 from xai.data.imputation import fill
+from xai.devices import use_bf16
 from xai.models.judge import Judge, agreement
 from xai.settings import bounded
-from xai.devices import use_bf16
 from xai.tensors import autocast, to_unit
 from xai.train.loop import History, Progress, check_finite, index_batches
 
