@@ -8,7 +8,7 @@ import torch
 
 from xai.chunks import num_chunks
 from xai.data.prepared import load_dataset
-from xai.devices import select_device
+from xai.devices import select_device, use_bf16
 from xai.io import check_writable, save_json, transaction
 from xai.models.blackbox import UserModel, load_blackbox, load_probabilities
 from xai.models.explainers import CHUNK_SIZE
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         train_judge(judge, data.train.x, probs["train"], cfg.judge, generator, history,
                     val=(data.val.x, probs["val"]), noise_std=cfg.road_noise_std)
         reference = probs["test"].argmax(1)
+        amp = use_bf16(cfg.judge.precision, device)
         d = num_chunks(tuple(data.input_shape), chunk)
         metrics: dict[str, float] = {"num_chunks": d}
         for imputed in (False, True):
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             for b in sorted({round(share * d) for share in REPORTED_SHARES}):
                 g = torch.Generator(device=device).manual_seed(cfg.seed + b)
                 metrics[f"test_agreement{suffix}_k{b}"] = agreement(
-                    judge, data.test.x, reference, g, b, imputed, cfg.road_noise_std
+                    judge, data.test.x, reference, g, b, imputed, cfg.road_noise_std, amp=amp
                 ).float().mean().item()
         save_judge(judge, args.model)
         history.save(args.plots)

@@ -26,7 +26,7 @@ from xai.data.imputation import fill
 from xai.errors import CheckpointError
 from xai.io import load_torch, save_torch
 from xai.models.blackbox import Architecture
-from xai.tensors import state_dict_cpu, to_unit
+from xai.tensors import autocast, state_dict_cpu, to_unit
 
 KIND = "xai.judge"
 
@@ -67,9 +67,9 @@ class Judge(nn.Module):
 @torch.inference_mode()
 def agreement(judge: Judge, x: torch.Tensor, reference: torch.Tensor, generator: torch.Generator,
               budget: int | None = None, imputed: bool = False, noise_std: float = 0.01,
-              batch_size: int = 1024) -> torch.Tensor:
+              batch_size: int = 1024, amp: bool = False) -> torch.Tensor:
     """Per image: does the judge, shown a random subset of `budget` chunks (None: a uniform
-    budget), agree with `reference` (the black box's class)?"""
+    budget), agree with `reference` (the black box's class)? `amp`: its passes in bf16."""
     was_training = judge.training
     judge.eval()
     shape = tuple(x.shape[1:])
@@ -79,7 +79,9 @@ def agreement(judge: Judge, x: torch.Tensor, reference: torch.Tensor, generator:
         xb = to_unit(x[i:i + batch_size]) if x.dtype == torch.uint8 else x[i:i + batch_size]
         keep = judge.chunk_keep(random_chunk_masks(len(xb), d, generator, budget,
                                                    device=xb.device), shape)
-        out.append(judge(fill(xb, keep, imputed, noise_std, generator), keep).argmax(1))
+        filled = fill(xb, keep, imputed, noise_std, generator)
+        with autocast(xb.device, amp):
+            out.append(judge(filled, keep).argmax(1))
     judge.train(was_training)
     return torch.cat(out) == reference
 

@@ -74,7 +74,8 @@ def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: Ju
         row = {"train_loss": loss_sum.item() / steps, "lr": opt.param_groups[0]["lr"]}
         if val is not None:
             g = torch.Generator(device=device).manual_seed(epoch)
-            row["val_agreement"] = agreement(judge, val[0], val[1].argmax(1), g).float().mean(
+            row["val_agreement"] = agreement(judge, val[0], val[1].argmax(1), g, amp=amp
+                                             ).float().mean(
             ).item()
         history.log(epoch, row)
     return judge.eval()
