@@ -27,9 +27,25 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from experiments.pipeline_timing import configured, cpu_name
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def configured(params: dict, overrides: dict[str, object]) -> dict:
+    """`params` with the dotted `overrides` set (the clone's stages validate them: the clone's
+    code, not this checkout's, defines the params)."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return params
 
 STAGES = ("prepare", "train_blackbox", "train_invertible", "train_measurement_models",
           "evaluate_counterfactuals")
