@@ -72,7 +72,8 @@ def test_a_missing_or_doubled_block_is_named():
     assert set(BLOCKS) == {"stages", "evaluation-headline", "evaluation", "reliability",
                            "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
-                           "evaluation-encoding", "evaluation-cost"}
+                           "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
+                           "counterfactual-measures-sweep", "counterfactual-measures-fashion"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
@@ -85,6 +86,21 @@ def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-cpu"](source)
     assert "| 4321 |" in changed and "0.654" in changed and "17 of VIBI" in changed
+
+
+def test_the_counterfactual_measures_blocks_follow_their_sources(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "metrics" / "counterfactuals.json"
+    metrics = json.loads(path.read_text())
+    metrics["runner_up_im1_normalised"] = 0.123456
+    path.write_text(json.dumps(metrics))
+    block = BLOCKS["counterfactual-measures"](source)
+    assert "| 0.12 [" in block and "published: generative (GEN) | 0.884 |" in block
+    path = source / "experiments" / "fashion_counterfactuals.json"
+    run = json.loads(path.read_text())
+    run["metrics"]["counterfactuals"]["target_oracle_validity"] = 0.654321
+    path.write_text(json.dumps(run))
+    assert "| 0.654 [" in BLOCKS["counterfactual-measures-fashion"](source)
 
 
 def test_the_bench_block_follows_the_committed_bench_runs(tmp_path):
