@@ -6,9 +6,9 @@
 Clones this repository's HEAD into a temporary directory, sets the keys of the setting file's
 `params` in its params.yaml (dotted keys, as `dvc exp run -S` takes them; `data.root` is
 `--data-root`), then runs `dvc repro <stage>` for every stage in dvc.yaml's order, so each call
-runs that stage alone. Prints one JSON object: the setting, the params.yaml it ran with, the
-host, each stage's wall seconds (DVC's own overhead included), the total, and every stage's
-`metrics/*.json`. `--figures DIR` keeps the run's figures for looking at; `--until STAGE` stops
+runs that stage alone. Prints one JSON object: the setting, the commit and params.yaml it ran
+with, the host, each stage's wall seconds (DVC's own overhead included), the total, and every
+stage's `metrics/*.json`. `--figures DIR` keeps the run's figures for looking at; `--until STAGE` stops
 after that stage.
 """
 
@@ -76,6 +76,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="xai-timing-") as tmp:
         work = Path(tmp) / "xai"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work)], check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, check=True,
+                                capture_output=True, text=True).stdout.strip()
         params = configured(yaml.safe_load((work / "params.yaml").read_text()),
                             {**setting["params"], "data.root": str(args.data_root.resolve())})
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -92,7 +94,7 @@ def main() -> None:
                    for p in sorted((work / "metrics").glob("*.json"))}
         if args.figures:
             shutil.copytree(work / "figures", args.figures, dirs_exist_ok=True)
-    print(json.dumps({"setting": setting, "params": params,
+    print(json.dumps({"setting": setting, "commit": commit, "params": params,
                       "host": {"cpu": cpu_name(), "cores": os.cpu_count()},
                       "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
                       "metrics": metrics}, indent=1))
