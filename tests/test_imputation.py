@@ -59,3 +59,31 @@ def test_noise_only_on_removed_pixels_and_reproducible():
     assert torch.equal(a[keep], x[keep])
     noise = (a - clean)[~keep]
     assert 0.03 < noise.std().item() < 0.07
+
+
+def _mixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose solves need very different numbers of iterations: a few removed pixels, half
+    the image, almost all of it (one kept pixel), and the whole image."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, 16, 16, generator=g)
+    keep = torch.rand(4, 1, 16, 16, generator=g) > torch.tensor([0.05, 0.5, 1.0, 1.0])[:, None,
+                                                                                      None, None]
+    keep[2, 0, 8, 8] = True
+    return x, keep
+
+
+def test_the_default_tolerance_is_close_to_a_tight_solve_well_below_roads_noise():
+    x, keep = _mixed_batch()
+    tight = linear_impute(x.double(), keep, tolerance=1e-12, max_iterations=5000)
+    assert _neighbour_mean_residual(tight[:2], ~keep[:2].expand_as(x[:2])) < 1e-8
+    assert (linear_impute(x, keep) - tight).abs().max() < 0.01 / 4  # ROAD's noise std is 0.01
+
+
+def test_each_image_stops_on_its_own_so_its_fill_does_not_depend_on_its_batch():
+    x, keep = _mixed_batch()
+    together = linear_impute(x, keep)
+    alone = torch.cat([linear_impute(x[i:i + 1], keep[i:i + 1]) for i in range(len(x))])
+    assert torch.allclose(together, alone, atol=1e-6, rtol=0)
+    capped = linear_impute(x, keep, max_iterations=3)  # unconverged images still come back
+    assert torch.isfinite(capped).all() and torch.equal(capped[keep.expand_as(x)],
+                                                        x[keep.expand_as(x)])

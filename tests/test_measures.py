@@ -69,6 +69,35 @@ def test_exact_attribution_beats_random_on_deletion_and_posthoc():
     assert posthoc_agreement(model, x, keep_rand, target).float().mean() < 0.5
 
 
+
+def test_curves_do_not_depend_on_how_points_and_images_are_batched():
+    """Rows (curve point, image) are batched across points: a batch of 7 (splitting points and
+    images unevenly) and one of 10,000 (everything in one call) give the same curves, with the
+    blank fill and with a fill that sees which rows it gets (the image's own mean)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 1, 8, 8, generator=g)
+    model = UsesOneChunk()
+    target = model(x).argmax(1)
+    scores = torch.rand(6, 16, generator=g)
+
+    def mean_fill(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep > 0.5, images, images.mean((1, 2, 3), keepdim=True))
+
+    for fill in (None, mean_fill):
+        small = deletion_insertion(model, x, scores, target, chunk=2, points=5, batch_size=7,
+                                   fill=fill)
+        whole = deletion_insertion(model, x, scores, target, chunk=2, points=5,
+                                   batch_size=10_000, fill=fill)
+        for a, b in zip(small, whole):
+            torch.testing.assert_close(a, b)
+        deletion = small[0]
+        for j, count in enumerate((0, 4, 8, 12, 16)):  # point j removes the `count` best chunks
+            keep = ~top_k_mask(scores, count) if count else torch.ones(6, 16, dtype=torch.bool)
+            pixels = expand(keep, (1, 8, 8), 2).float()
+            filled = x * pixels if fill is None else fill(x, pixels)
+            expected = model(filled).softmax(1).gather(1, target[:, None]).squeeze(1)
+            torch.testing.assert_close(deletion[:, j], expected)
+
 def test_partial_chunks_match_the_explainer_grid():
     # ResNet_8x on 28 x 28: a 4 x 4 grid whose last row and column are 4 px wide
     from xai.explain.attribution import ExplainerDistribution

@@ -73,7 +73,8 @@ def test_a_missing_or_doubled_block_is_named():
                            "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
-                           "counterfactual-measures-sweep", "counterfactual-measures-fashion"}
+                           "counterfactual-measures-sweep", "counterfactual-measures-fashion",
+                           "cifar-airbench", "scaling", "shared-cores"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
@@ -86,6 +87,18 @@ def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-cpu"](source)
     assert "| 4321 |" in changed and "0.654" in changed and "17 of VIBI" in changed
+
+
+def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar_airbench_pipeline.json"
+    run = json.loads(path.read_text())
+    run["metrics"]["judge"]["test_agreement_k256"] = 0.876543
+    run["metrics"]["evaluation_differences"]["random"]["fidelity_k64"]["ci_low"] = 0.0123456
+    run["metrics"]["blackbox"]["test_accuracy"] = 0.987654
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-airbench"](source)
+    assert "| 0.877 |" in changed and "+0.012" in changed and "0.9877" in changed
 
 
 def test_the_counterfactual_measures_blocks_follow_their_sources(tmp_path):

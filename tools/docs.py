@@ -41,6 +41,7 @@ VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
             "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl"}
 JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
+CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
            "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json"}
 
@@ -197,10 +198,10 @@ def judged_variants_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-def cifar_cpu_block(root: Path) -> str:
-    """The CIFAR-10 CPU setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall
-    seconds per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k`."""
-    run = _json(root, CIFAR_CPU)
+def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
+    """A CIFAR-10 setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall seconds
+    per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k`."""
+    run = _json(root, results)
     m, params, seconds = run["metrics"], run["params"], run["stage_seconds"]
     v = params["vibi"]
     k = v["k"]
@@ -224,6 +225,38 @@ def cifar_cpu_block(root: Path) -> str:
     for name, row in sorted(methods.items(), key=lambda item: -item[1][posthoc]):
         lines.append(f"| {name} | {row['explains']} | {interval_cell(row, posthoc)} | "
                      f"{interval_cell(row, fidelity)} |")
+    return "\n".join(lines)
+
+
+def cifar_airbench_block(root: Path) -> str:
+    """The CIFAR-10 airbench setting's pipeline run: the black box, the judge's agreement with it
+    by budget, the stage seconds and the methods' table (as `cifar_cpu_block`), and every method's
+    paired difference to VIBI at `vibi.k`."""
+    run = _json(root, CIFAR_AIRBENCH)
+    m, params = run["metrics"], run["params"]
+    judge = m["judge"]
+    d = int(judge["num_chunks"])
+    budgets = sorted(int(key.rsplit("_k", 1)[1]) for key in judge
+                     if key.startswith("test_agreement_k"))
+    lines = [f"Run at commit `{run['commit'][:7]}`. The judge's agreement with the black box on "
+             f"random subsets of the test images ({params['judge']['epochs']} epochs; of {d} "
+             "pixels):", "",
+             "| kept pixels | " + " | ".join(str(b) for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets),
+             "| 0-filled | " + " | ".join(f"{judge[f'test_agreement_k{b}']:.3f}"
+                                         for b in budgets) + " |",
+             "| ROAD-imputed | " + " | ".join(f"{judge[f'test_agreement_imputed_k{b}']:.3f}"
+                                             for b in budgets) + " |", "",
+             cifar_cpu_block(root, CIFAR_AIRBENCH)]
+    k = params["vibi"]["k"]
+    fidelity = f"fidelity_k{k}"
+    lines += ["", f"VIBI minus each method, {fidelity}, paired 95 % interval over the same "
+              "images:", "", "| method | difference | interval |", "|---|---|---|"]
+    for name, row in sorted(m["evaluation_differences"].items(),
+                            key=lambda item: -item[1][fidelity]["difference"]):
+        cell = row[fidelity]
+        lines.append(f"| {name} | {cell['difference']:+.3f} | [{cell['ci_low']:+.3f}, "
+                     f"{cell['ci_high']:+.3f}] |")
     return "\n".join(lines)
 
 
@@ -349,6 +382,51 @@ def reliability_block(root: Path) -> str:
     return "\n".join(lines)
 
 
+def scaling_block(root: Path) -> str:
+    """`experiments/scaling.json` (`experiments/scaling.py`): seconds per step of every main step
+    at the defaults, and the exponent of its growth with the images per step, the pixels per
+    image and VIBI's k; a growth exponent above 1.1 is marked super-linear."""
+    results = _json(root, "experiments/scaling.json")
+    axes, growth = results["axes"], results["exponents"]
+    sides = list(axes["size"])
+    host = results["host"]
+    lines = [f"{host['cpu']}, {host['threads']} threads. Seconds per step at the defaults; "
+             "cost ~ x^e for x = images per step (x1, x2, x4), pixels per image "
+             f"({', '.join(f'{s}x{s}' for s in sides)}) and k ({', '.join(axes['k'])}); "
+             f"peak memory the step added at {sides[0]} and {sides[-1]} px.", "",
+             "| step | seconds/step | e (images) | e (pixels) | e (k) | memory MB |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"**{value:.2f}** super-linear" if value > 1.1 else f"{value:.2f}"
+
+    base = axes["images"]["1"]
+    for name, e in growth.items():
+        memory = [axes["size"][s][name]["peak_memory_mb"] for s in (sides[0], sides[-1])]
+        lines.append(f"| {name} | {base[name]['seconds_per_step']:.3g} | {cell(e.get('images'))} "
+                     f"| {cell(e.get('size'))} | {cell(e.get('k'))} | "
+                     f"{memory[0]:.0f} -> {memory[1]:.0f} |")
+    return "\n".join(lines)
+
+
+def shared_cores_block(root: Path) -> str:
+    """`experiments/shared_cores.json` (`experiments/shared_cores.py`): the evaluate stage's
+    seconds alone and beside a busy 2-thread torch job, per code version."""
+    results = _json(root, "experiments/shared_cores.json")
+    lines = [f"{results['host']['cpu']}, {results['host']['cores']} cores; seconds the stage "
+             "reports (`evaluate_seconds`):", "",
+             "| code | alone | beside a busy 2-thread job | ratio |", "|---|---|---|---|"]
+    for label, runs in results["runs"].items():
+        alone, busy = (runs.get(c, {}).get("evaluate_seconds") for c in ("alone", "busy"))
+        ratio = f"{busy / alone:.2f}x" if alone and busy else "-"
+        env = " ".join(f"`{k}={v}`" for k, v in next(iter(runs.values()))["env"].items())
+        lines.append(f"| {label}{' ' + env if env else ''} | {alone or '-'} | {busy or '-'} | "
+                     f"{ratio} |")
+    return "\n".join(lines)
+
+
 def evaluation_headline_block(root: Path) -> str:
     """The evaluate stage's headline: every method's post-hoc accuracy and judge fidelity at
     `vibi.k` (best judge fidelity first), beside the judge's agreement on random subsets."""
@@ -416,6 +494,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "evaluation-cost": evaluation_cost_block, "evaluation-encoding": evaluation_encoding_block,
     "evaluation": evaluation_block,
     "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
+    "scaling": scaling_block, "shared-cores": shared_cores_block,
+    "cifar-airbench": cifar_airbench_block,
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
     "counterfactual-measures": counterfactual_measures_block,

@@ -51,17 +51,19 @@ def deletion_insertion(model: Model, x: torch.Tensor, scores: torch.Tensor, targ
     rank_of.scatter_(1, ranking(scores), torch.arange(d, device=x.device).expand(n, d))
     curves = []
     for kept_first in (False, True):  # deletion, then insertion
-        probs = torch.empty(n, points, device=x.device)
-        for j, count in enumerate(counts.tolist()):
-            top = rank_of < count  # N x d: the `count` most important chunks
-            keep = top if kept_first else ~top
-            pixels = expand(keep, tuple(x.shape[1:]), chunk, per_channel)
-            for i in range(0, n, batch_size):
-                sl = slice(i, i + batch_size)
-                filled = x[sl] * pixels[sl] if fill is None else fill(x[sl], pixels[sl])
-                p = model(filled).float().softmax(1)
-                probs[sl, j] = p.gather(1, target[sl, None]).squeeze(1)
-        curves.append(probs)
+        probs = torch.empty(points, n, device=x.device)
+        # rows (point j, image i) in one flat range, so every model call (and every fill) takes
+        # a full batch: points x images / batch_size calls, not points x ceil(images / batch_size)
+        for start in range(0, points * n, batch_size):
+            rows = torch.arange(start, min(start + batch_size, points * n), device=x.device)
+            point, image = rows // n, rows % n
+            top = rank_of[image] < counts[point, None]  # rows x d: the most important chunks
+            pixels = expand(top if kept_first else ~top, tuple(x.shape[1:]), chunk, per_channel)
+            xb = x[image]
+            filled = xb * pixels if fill is None else fill(xb, pixels)
+            p = model(filled).float().softmax(1)
+            probs.view(-1)[rows] = p.gather(1, target[image, None]).squeeze(1)
+        curves.append(probs.T)
     return curves[0], curves[1], fractions
 
 

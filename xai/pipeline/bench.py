@@ -1,11 +1,15 @@
 """Benchmark: each training and inference path at its default shapes against the machine's limit.
 
-    python -m xai.pipeline.bench [--params params.yaml] [--out bench.json] [--seconds 4] [--only vibi]
+    python -m xai.pipeline.bench [--params params.yaml] [--set vibi.precision=fp32 ...]
+        [--shape 3 32 32] [--out bench.json] [--seconds 4] [--only vibi]
 
 First measures the ceiling (fp32 matmul GFLOP/s, bf16 too where supported), then runs a fixed
 number of steps of every case on synthetic inputs of the configured shapes and reports images/s,
 FLOPs per image (counted with `torch.utils.flop_counter`), achieved GFLOP/s, its share of the
-ceiling of the precision the case runs in, and the peak memory the case added.
+ceiling of the precision the case runs in, and the peak memory the case added. `--set` changes
+params as `dvc exp run -S` does (for example every `precision` to fp32, what a CPU without native
+bf16 runs); `--shape` times another image shape than the prepared data's. The JSON records the
+host: its CPU and the instruction sets the matmul ceiling depends on.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import psutil
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from xai.devices import conv_layout, fast_bf16, select_device, use_bf16
@@ -145,12 +150,14 @@ def run_case(case: Case, device: torch.device, ceilings: dict[str, float], secon
 # ----------------------------------------------------------------------------- cases
 
 
-def blackbox_cases(cfg: Config, device: torch.device) -> list[Case]:
-    """The black box's training step and its batched inference, at the configured shapes."""
+def blackbox_cases(cfg: Config, device: torch.device, shape: tuple[int, int, int] | None = None,
+                   scale: int = 1) -> list[Case]:
+    """The black box's training step and its batched inference, at the configured shapes (or
+    `shape`; `scale` multiplies the fixed batches of the inference cases)."""
     from xai.models.blackbox import Architecture, architecture
     from xai.train.blackbox import make_optimizer
 
-    shape = _input_shape(cfg)
+    shape = shape or _input_shape(cfg)
     spec: Architecture = architecture(cfg.blackbox, shape, 10)
     model = spec.build().to(device).to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg.blackbox, model)
@@ -167,7 +174,7 @@ def blackbox_cases(cfg: Config, device: torch.device) -> list[Case]:
         loss.backward()
         opt.step()
 
-    xe = torch.rand(bb.eval_batch_size, *shape, device=device)
+    xe = torch.rand(bb.eval_batch_size * scale, *shape, device=device)
 
     @torch.inference_mode()
     def infer() -> None:
@@ -176,7 +183,7 @@ def blackbox_cases(cfg: Config, device: torch.device) -> list[Case]:
         model.train()
 
     return [Case(f"blackbox train step ({spec.arch})", train_step, bb.batch_size, amp),
-            Case(f"blackbox inference ({spec.arch})", infer, bb.eval_batch_size, False)]
+            Case(f"blackbox inference ({spec.arch})", infer, len(xe), False)]
 
 
 def _input_shape(cfg: Config) -> tuple[int, int, int]:
@@ -194,7 +201,8 @@ def _prepared_shape() -> tuple[int, int, int]:
     return load_dataset("data/prepared/images.pt").input_shape  # type: ignore[return-value]
 
 
-def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
+def vibi_cases(cfg: Config, device: torch.device, shape: tuple[int, int, int] | None = None,
+               scale: int = 1) -> list[Case]:
     """VIBI's training step as the stage runs it (`vibi.objective`: the frozen black box or the
     approximator predicts from relaxed k-hot masks) and its test-time pass (top-k masks)."""
     from xai.models.blackbox import architecture
@@ -202,7 +210,7 @@ def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
     from xai.train.vibi_objective import TrainingObjective
 
     v = cfg.vibi
-    c, h, w = _input_shape(cfg)
+    c, h, w = shape or _input_shape(cfg)
     amp = use_bf16(v.precision, device)
     layout = conv_layout(amp)  # as training runs it
     model = VibiModel(VibiSpec(v.explainer_type, v.xpl_channels, v.width_multiplier, c, h, w, 10, v.k)).to(
@@ -222,7 +230,7 @@ def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
         loss.backward()
         opt.step()
 
-    xe = torch.rand(1000, c, h, w, device=device).contiguous(memory_format=layout)
+    xe = torch.rand(1000 * scale, c, h, w, device=device).contiguous(memory_format=layout)
 
     @torch.inference_mode()
     def infer() -> None:
@@ -234,10 +242,11 @@ def vibi_cases(cfg: Config, device: torch.device) -> list[Case]:
     name = f"{v.explainer_type} x{v.width_multiplier:g}"
     return [Case(f"vibi train step ({name}, S={v.num_samples}, {v.objective})", train_step,
                  v.batch_size, amp),
-            Case(f"vibi explain ({name})", infer, 1000, amp)]
+            Case(f"vibi explain ({name})", infer, len(xe), amp)]
 
 
-def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
+def invertible_cases(cfg: Config, device: torch.device, shape: tuple[int, int, int] | None = None,
+                     scale: int = 1) -> list[Case]:
     """The invertible classifiers' training steps (toy restarts together; image net, on the
     stage's `threads`) and the image projection + importance used by render and evaluate."""
     from xai.explain.boundary import importance, project
@@ -245,7 +254,7 @@ def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
     from xai.train.invertible import ToyRestarts, hybrid_loss
 
     inv = cfg.invertible
-    shape = _input_shape(cfg)
+    shape = shape or _input_shape(cfg)
     net = image_classifier(shape, 10, inv.image.downsample, inv.image.blocks, inv.image.hidden,
                            inv.image.kernel, inv.image.separation).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=inv.image.lr)
@@ -273,7 +282,7 @@ def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
             loss.sum().backward()
             toy_opt.step()
 
-    xe = torch.rand(256, *shape, device=device)
+    xe = torch.rand(256 * scale, *shape, device=device)
 
     def explain() -> None:
         net.eval()
@@ -288,17 +297,22 @@ def invertible_cases(cfg: Config, device: torch.device) -> list[Case]:
             Case("invertible projection + importance", explain, len(xe), False)]
 
 
-def evaluation_cases(cfg: Config, device: torch.device) -> list[Case]:
-    """The evaluation's costliest path: integrated gradients on the black box."""
+def evaluation_cases(cfg: Config, device: torch.device, shape: tuple[int, int, int] | None = None,
+                     scale: int = 1) -> list[Case]:
+    """The evaluation's costliest path, integrated gradients on the black box, and ROAD's
+    imputation of half of every image's pixels (its deletion and insertion curves' fill)."""
+    from xai.data.imputation import linear_impute
     from xai.explain.attribution import IntegratedGradients
     from xai.models.blackbox import architecture
 
-    shape = _input_shape(cfg)
+    shape = shape or _input_shape(cfg)
     model = architecture(cfg.blackbox, shape, 10).build().to(device).eval()
     steps = cfg.evaluate.ig_steps
     ig = IntegratedGradients(model, steps=steps)
-    x = torch.rand(64, *shape, device=device)
-    target = torch.randint(0, 10, (64,), device=device)
+    x = torch.rand(64 * scale, *shape, device=device)
+    target = torch.randint(0, 10, (len(x),), device=device)
+    xr = torch.rand(256 * scale, *shape, device=device)
+    keep = torch.rand(len(xr), 1, *shape[1:], device=device) < 0.5
 
     def same_arithmetic() -> None:  # IG: `steps` forward + backward passes on scaled inputs
         scaled = (x.repeat(steps, 1, 1, 1) * 0.5).requires_grad_(True)
@@ -306,10 +320,12 @@ def evaluation_cases(cfg: Config, device: torch.device) -> list[Case]:
         torch.autograd.backward(out, inputs=[scaled])
 
     return [Case(f"evaluate integrated gradients ({steps} steps)",
-                 lambda: ig.attribute(x, target), len(x), False, same_arithmetic)]
+                 lambda: ig.attribute(x, target), len(x), False, same_arithmetic),
+            Case("evaluate ROAD imputation (half removed)", lambda: linear_impute(xr, keep),
+                 len(xr), False)]
 
 
-CASES: list[Callable[[Config, torch.device], list[Case]]] = [
+CASES: list[Callable[..., list[Case]]] = [
     blackbox_cases, invertible_cases, vibi_cases, evaluation_cases]
 
 
@@ -328,27 +344,60 @@ def render_table(ceilings: dict[str, float], results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def host() -> dict[str, object]:
+    """This machine's CPU model, core count and which of `SIMD_FLAGS` it has (Linux)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"cpu": name, "cores": psutil.cpu_count(), "flags": [f for f in SIMD_FLAGS if f in flags]}
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """`key=value` with the value read as YAML (`vibi.k=8`, `blackbox.precision=fp32`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing per case")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument("--set", type=_setting, nargs="*", default=[], metavar="KEY=VALUE",
+                        help="params changed for this run, as dvc exp run -S takes them")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                        help="image shape (default: the configured data set's)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.params)
+    cfg = load_config(args.params, dict(args.set))
+    shape = tuple(args.shape) if args.shape else None
     device = select_device(cfg.device)
     torch.manual_seed(0)
     ceilings = {"fp32": matmul_ceiling(device, torch.float32, args.seconds),
                 "bf16": matmul_ceiling(device, torch.bfloat16, args.seconds)}
     results = [run_case(case, device, ceilings, args.seconds)
-               for build in CASES for case in build(cfg, device) if args.only in case.name]
+               for build in CASES for case in build(cfg, device, shape=shape)
+               if args.only in case.name]
     print(f"device: {device} ({platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, native bf16: {fast_bf16(device)}), "
           f"torch {torch.__version__}")
     print(render_table(ceilings, results))
     if args.out:
-        save_json({"device": str(device), "threads": torch.get_num_threads(),
-                   "ceiling_gflops": ceilings, "cases": [asdict(r) for r in results]}, args.out)
+        save_json({"device": str(device), "host": host(), "threads": torch.get_num_threads(),
+                   "settings": dict(args.set), "shape": args.shape, "ceiling_gflops": ceilings, "cases": [asdict(r) for r in results]}, args.out)
 
 
 if __name__ == "__main__":
