@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.pipeline_timing import cpu_name
+from xai.pipeline.bench import host
 
 NEIGHBOUR = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\n"
              "while True:\n    a = (a @ a).tanh_()\n")
@@ -84,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     results = json.loads(args.out.read_text()) if args.out.exists() else {
-        "host": {"cpu": cpu_name(), "cores": os.cpu_count()}, "runs": {}}
+        "host": host(), "runs": {}}
     for condition in args.conditions:
         run = evaluate_once(args.code.resolve(), env, condition == "busy")
         print(f"{args.label} {condition}: {run}", file=sys.stderr, flush=True)

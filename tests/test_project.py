@@ -8,11 +8,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from tests.conftest import ROOT
+from xai.pipeline.sharing import BUSY_CORES, busy_cores, wait_policy
 
 
 def test_ci_runs_the_readme_test_command():
@@ -33,14 +35,31 @@ def _wait_policy(cwd, env: dict[str, str]) -> str:
 
 
 def test_queued_workers_wait_passively_unless_the_user_chose(tmp_path):
-    assert _wait_policy(ROOT, {}) == "unset"
-    assert _wait_policy(ROOT, {"DVC_ROOT": str(ROOT)}) == "unset"  # dvc repro / exp run in place
     assert _wait_policy(tmp_path, {"DVC_ROOT": str(ROOT)}) == "PASSIVE"  # a queue worker's copy
     assert _wait_policy(tmp_path, {"DVC_ROOT": str(ROOT), "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+    assert _wait_policy(ROOT, {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_a_stage_waits_passively_only_on_cores_others_keep_busy():
+    assert wait_policy({}, queued=False, busy=0.1) is None  # idle cores: threads spin
+    assert wait_policy({}, queued=False, busy=BUSY_CORES) == "PASSIVE"
+    assert wait_policy({}, queued=True, busy=0.0) == "PASSIVE"
+    assert wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, queued=True, busy=2.0) == "ACTIVE"
+
+
+def test_the_busy_sample_sees_a_spinning_neighbour():
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # started and spinning
+        assert busy_cores(0.5) >= BUSY_CORES
+    finally:
+        neighbour.kill()
+        neighbour.wait()
 
 
 PLUMBING = {"xai/pipeline/config.py", "xai/io.py", "xai/pipeline/tracking.py", "xai/pipeline/cli.py",
-            "xai/errors.py", "xai/pipeline/paths.py", "xai/settings.py", "xai/pipeline/grids.py"}
+            "xai/errors.py", "xai/pipeline/paths.py", "xai/pipeline/sharing.py",
+            "xai/settings.py", "xai/pipeline/grids.py"}
 # validation, file and MLflow plumbing (grids: the explanation grids logged to MLflow while VIBI
 # trains): they do not shape outputs
 
