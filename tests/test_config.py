@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,17 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             select_device("cuda")
+
+
+def test_a_cpu_can_be_treated_as_one_without_native_bf16():
+    """XAI_CPU_BF16=0 makes `precision: auto` run fp32 on any CPU, as a laptop without native bf16
+    runs it; an explicit `bf16` still runs bf16."""
+    code = ("import torch; from xai.devices import use_bf16; cpu = torch.device('cpu'); "
+            "print(use_bf16('auto', cpu), use_bf16('bf16', cpu), use_bf16('fp32', cpu))")
+    env = {**os.environ, "XAI_CPU_BF16": "0", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True", "False"]
 
 
 @pytest.mark.parametrize("key, value, message", [

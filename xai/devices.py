@@ -4,6 +4,7 @@ precision runs fast there: bf16 only pays on hardware with native support for it
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -28,9 +29,17 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+#: Set to 0 to treat this CPU as one without native bf16 (`precision: auto` then runs fp32, as
+#: on most laptops): how the suite and the pipeline are checked for such hosts on one that has it.
+CPU_BF16_VARIABLE = "XAI_CPU_BF16"
+
+
 @functools.cache
 def _cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them CPU bf16 matmuls run far slower than fp32."""
+    """AVX512-BF16 or AMX (unless `XAI_CPU_BF16=0`): without them CPU bf16 matmuls run far
+    slower than fp32."""
+    if os.environ.get(CPU_BF16_VARIABLE) == "0":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -50,8 +59,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and fast_bf16(device))
 
 
-def conv_layout(bf16: bool) -> torch.memory_format:
-    """The memory layout for convolutions: channels-last under bf16 autocast, where oneDNN (CPU)
-    and tensor cores (CUDA) run them much faster than in NCHW (a CIFAR VIBI step: 1.6x on a
-    2-core AVX512-BF16 CPU), contiguous NCHW in fp32, where channels-last is slower on a CPU."""
-    return torch.channels_last if bf16 else torch.contiguous_format
+#: The memory layout for convolutions, in every precision: oneDNN (CPU) and tensor cores (CUDA)
+#: run them much faster channels-last than NCHW under bf16 autocast (a CIFAR VIBI step: 1.6x on a
+#: 2-core AVX512-BF16 CPU), and on that CPU in fp32 too (VIBI's explain pass 2.0x, its training
+#: step 1.15x, with `XAI_CPU_BF16=0`: `experiments/bench_fp32_before.json` against
+#: `experiments/bench_fp32.json`).
+CONV_LAYOUT = torch.channels_last

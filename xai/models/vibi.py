@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from xai.chunks import chunk_grid, chunks_to_pixels
-from xai.devices import conv_layout
+from xai.devices import CONV_LAYOUT
 from xai.errors import CheckpointError
 from xai.io import SavedFields, load_torch, save_torch
 from xai.models.approximator import Approximator
@@ -247,7 +247,7 @@ def explain_split(model: VibiModel, x: torch.Tensor, blackbox: Callable[[torch.T
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("p", "m", "q", "kl", "bb")}
     for i in range(0, len(x), batch_size):
-        xb = to_unit(x[i:i + batch_size]).contiguous(memory_format=conv_layout(amp))
+        xb = to_unit(x[i:i + batch_size]).contiguous(memory_format=CONV_LAYOUT)
         with autocast(xb.device, amp):
             logits, mask, approx = model.explain(xb, approximator)
             if blackbox is not None:

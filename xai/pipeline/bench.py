@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai.devices import conv_layout, fast_bf16, select_device, use_bf16
+from xai.devices import CONV_LAYOUT, fast_bf16, select_device, use_bf16
 from xai.io import save_json
 from xai.pipeline.config import IMAGE_SHAPES, Config, load_config
 from xai.tensors import autocast
@@ -99,23 +99,30 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, seconds: float) -> 
     return best
 
 
-class _PeakMemory:
-    """Peak memory added while the block runs: CUDA allocator peak, or sampled process RSS."""
+class PeakMemory:
+    """Peak memory added while the block runs: the CUDA allocator's peak, or on a CPU the
+    process's resident set at its highest (Linux: the kernel's high-water mark, reset on entry;
+    elsewhere sampled every 5 ms). Memory freed earlier but kept by the C allocator is reused
+    without growing the resident set, so on a CPU this can undercount."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak_mb = 0.0
 
-    def __enter__(self) -> _PeakMemory:
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
         self._proc = psutil.Process()
+        self._thread = None
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         self._base = self._top = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -125,6 +132,9 @@ class _PeakMemory:
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             top = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is None:
+            status = Path("/proc/self/status").read_text()
+            top = int(status.split("VmHWM:")[1].split()[0]) * 1024
         else:
             self._stop.set()
             self._thread.join()
@@ -138,7 +148,7 @@ def run_case(case: Case, device: torch.device, ceilings: dict[str, float], secon
     with FlopCounterMode(display=False) as counter:
         (case.flop_step or case.step)()
     flops = counter.get_total_flops()
-    with _PeakMemory(device) as memory:
+    with PeakMemory(device) as memory:
         reps, elapsed = _timed(case.step, device, seconds)
     precision = "bf16" if case.amp else "fp32"
     gflops = flops * reps / elapsed / 1e9
@@ -212,14 +222,13 @@ def vibi_cases(cfg: Config, device: torch.device, shape: tuple[int, int, int] | 
     v = cfg.vibi
     c, h, w = shape or _input_shape(cfg)
     amp = use_bf16(v.precision, device)
-    layout = conv_layout(amp)  # as training runs it
     model = VibiModel(VibiSpec(v.explainer_type, v.xpl_channels, v.width_multiplier, c, h, w, 10, v.k)).to(
-        device, memory_format=layout)
+        device, memory_format=CONV_LAYOUT)
     blackbox = architecture(cfg.blackbox, (c, h, w), 10).build().to(
-        device, memory_format=layout).eval().requires_grad_(False)
+        device, memory_format=CONV_LAYOUT).eval().requires_grad_(False)
     objective = TrainingObjective(model, v.beta, v.num_samples, v.objective, blackbox)
     opt = torch.optim.Adam(model.parameters(), lr=v.lr)
-    x = torch.rand(v.batch_size, c, h, w, device=device).contiguous(memory_format=layout)
+    x = torch.rand(v.batch_size, c, h, w, device=device).contiguous(memory_format=CONV_LAYOUT)
     p = torch.softmax(torch.randn(v.batch_size, 10, device=device), -1)
     noise = torch.Generator(device=device).manual_seed(0)
 
@@ -230,7 +239,7 @@ def vibi_cases(cfg: Config, device: torch.device, shape: tuple[int, int, int] | 
         loss.backward()
         opt.step()
 
-    xe = torch.rand(1000 * scale, c, h, w, device=device).contiguous(memory_format=layout)
+    xe = torch.rand(1000 * scale, c, h, w, device=device).contiguous(memory_format=CONV_LAYOUT)
 
     @torch.inference_mode()
     def infer() -> None:
@@ -396,8 +405,10 @@ def main(argv: list[str] | None = None) -> None:
           f"torch {torch.__version__}")
     print(render_table(ceilings, results))
     if args.out:
-        save_json({"device": str(device), "host": host(), "threads": torch.get_num_threads(),
-                   "settings": dict(args.set), "shape": args.shape, "ceiling_gflops": ceilings, "cases": [asdict(r) for r in results]}, args.out)
+        save_json({"device": str(device), "host": host(), "native_bf16": fast_bf16(device),
+                   "threads": torch.get_num_threads(),
+                   "settings": dict(args.set), "shape": args.shape, "ceiling_gflops": ceilings,
+                   "cases": [asdict(r) for r in results]}, args.out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ images of their class, the all-class autoencoder all training images (mean squar
 one-cycle schedule), and the oracle learns the labels (cross-entropy). The class autoencoders train
 together, one image of every class per row of a batch (`ClassAutoencoders.forward_stacked`); an
 epoch has as many rows as the largest class has images, smaller classes wrapping around their own
-shuffled order. Under bf16 the convolutions run channels-last (`xai.devices.conv_layout`).
+shuffled order. The autoencoders' convolutions run channels-last (`xai.devices.CONV_LAYOUT`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai.data.prepared import Dataset, Split
-from xai.devices import conv_layout, use_bf16
+from xai.devices import CONV_LAYOUT, use_bf16
 from xai.errors import ConfigError
 from xai.models.measurement import (
     ClassAutoencoders,
@@ -117,7 +117,7 @@ def train_class_autoencoders(models: MeasurementModels, train: Split, cfg: Measu
                           f"class {missing}")
     if cfg.pretrain_epochs:
         _pretrained_start(models, train, cfg, device, generator, bf16)
-    ae.to(memory_format=conv_layout(bf16)).train()
+    ae.to(memory_format=CONV_LAYOUT).train()
     b = cfg.class_batch_size
     steps_per_epoch = math.ceil(max(len(m) for m in members) / b)
     opt, sched = _optimiser(ae, cfg.class_ae_lr, steps_per_epoch * cfg.class_ae_epochs)
@@ -129,7 +129,7 @@ def train_class_autoencoders(models: MeasurementModels, train: Split, cfg: Measu
             picked = torch.stack([o[(at % len(o)).to(o.device)] for o in orders], 1)  # B x K
             xs = scale(train.x[picked.flatten()]).to(device)
             xs = xs.view(b, -1, *xs.shape[2:])  # B x (K * C) x H x W
-            xs = xs.contiguous(memory_format=conv_layout(bf16))
+            xs = xs.contiguous(memory_format=CONV_LAYOUT)
             with autocast(device, bf16):
                 out = ae.forward_stacked(xs)
             _step(opt, sched, F.mse_loss(out.float(), xs), "class autoencoders", epoch, step)
@@ -140,7 +140,7 @@ def _train_on_images(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.
                      train: Split, epochs: int, lr: float, cfg: MeasurementConfig,
                      device: torch.device, generator: torch.Generator, bf16: bool,
                      what: str, loss_fn: str) -> None:
-    layout = conv_layout(bf16) if loss_fn == "mse" else torch.contiguous_format
+    layout = CONV_LAYOUT if loss_fn == "mse" else torch.contiguous_format
     model.to(memory_format=layout).train()
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     opt, sched = _optimiser(model, lr, steps_per_epoch * epochs)

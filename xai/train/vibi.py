@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from xai.data.prepared import Dataset, Split
-from xai.devices import conv_layout, use_bf16
+from xai.devices import CONV_LAYOUT, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import load_torch, save_torch
 from xai.models.explainers import check_fits
@@ -227,7 +227,7 @@ class _Training:
                  jump_started: bool, run_id: str, desc: str, show_progress: bool,
                  dist: Distributed, blackbox: nn.Module | None,
                  on_validation: Callable[[int, VibiModel], None] | None = None) -> None:
-        """Check the settings, then set up optimizer, layouts, objective, noise and resume, in
+        """Check the settings, then set up optimizer, objective, noise and resume, in
         this order (the objective's wrap and the resume act on what comes before them)."""
         if settings.objective == "blackbox" and blackbox is None:
             raise ValueError("objective 'blackbox' needs the black box")
@@ -246,7 +246,6 @@ class _Training:
             [{"params": model.explainer.parameters(), "name": "explainer"},
              {"params": model.approximator.parameters(), "name": "approximator"}],
             lr=settings.lr)
-        self.layout = conv_layout(self.amp)
         frozen = self._frozen_blackbox(blackbox)
         self.approximator = frozen if settings.objective == "blackbox" else None  # for validation
         self.objective = self._objective(frozen)
@@ -268,12 +267,12 @@ class _Training:
         return warmup
 
     def _frozen_blackbox(self, blackbox: nn.Module | None) -> nn.Module | None:
-        """`blackbox` in eval mode without gradients; it and the model get the precision's
-        convolution layout (channels-last under bf16)."""
+        """`blackbox` in eval mode without gradients; it and the model get the convolution
+        layout (`xai.devices.CONV_LAYOUT`)."""
         frozen = None if blackbox is None else blackbox.eval().requires_grad_(False)
         for net in (self.model, frozen):
             if net is not None:
-                net.to(memory_format=self.layout)
+                net.to(memory_format=CONV_LAYOUT)
         return frozen
 
     def _objective(self, frozen: nn.Module | None) -> nn.Module:
@@ -358,7 +357,7 @@ class _Training:
         tau = temperature(loop.step, self.warmup, self.total, self.settings.tau_start,
                           self.settings.tau_end)
         self._set_learning_rates()
-        x = to_unit(self.train_set.x[idx]).contiguous(memory_format=self.layout)
+        x = to_unit(self.train_set.x[idx]).contiguous(memory_format=CONV_LAYOUT)
         p = self.train_set.y[idx]
         with autocast(self.device, self.amp):
             loss, ce, kl = self.objective(x, p, tau, loop.step < self.warmup, self.noise, shard)
