@@ -27,13 +27,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+from xai.pipeline.bench import host
 
 
 def configured(params: dict, overrides: dict[str, object]) -> dict:
@@ -80,7 +76,7 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True,
                                 text=True, check=True).stdout.strip()
     print(json.dumps({"changed": {k: v for k, v in changed.items() if k != "data.root"},
-                      "commit": commit, "host": {"cpu": cpu_name(), "cores": os.cpu_count()},
+                      "commit": commit, "host": host(),
                       "threads": os.environ.get("OMP_NUM_THREADS"), "stage_seconds": seconds,
                       "metrics": metrics}, indent=1))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xai.errors import ConfigError
+from xai.pipeline.bench import host
 from xai.pipeline.config import Config, parse_section, set_dotted
 
 
@@ -50,16 +50,6 @@ def stages_until(stages: list[str], until: str | None) -> list[str]:
     if until not in stages:
         raise ConfigError(f"--until {until}: no such stage; allowed: {', '.join(stages)}")
     return stages[:stages.index(until) + 1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -95,7 +85,7 @@ def main() -> None:
         if args.figures:
             shutil.copytree(work / "figures", args.figures, dirs_exist_ok=True)
     print(json.dumps({"setting": setting, "commit": commit, "params": params,
-                      "host": {"cpu": cpu_name(), "cores": os.cpu_count()},
+                      "host": host(),
                       "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
                       "metrics": metrics}, indent=1))
 

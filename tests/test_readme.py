@@ -74,7 +74,8 @@ def test_a_missing_or_doubled_block_is_named():
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
-                           "cifar-airbench", "scaling", "shared-cores"}
+                           "cifar-airbench", "scaling", "shared-cores", "hosts",
+                           "bench-fp32"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):

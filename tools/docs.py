@@ -42,6 +42,8 @@ VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
 JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
+FP32_PIPELINE = "experiments/fp32_pipeline.json"
+BENCH_FP32 = {"before": "experiments/bench_fp32_before.json", "after": "experiments/bench_fp32.json"}
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
            "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json"}
 
@@ -277,6 +279,26 @@ def bench_block(root: Path) -> str:
     return "\n".join(lines[:-1])
 
 
+def bench_fp32_block(root: Path) -> str:
+    """The bench with `XAI_CPU_BF16=0` before and after a change (`BENCH_FP32`): each case's share
+    of the fp32 ceiling, with the host's instruction sets."""
+    before, after = (_json(root, BENCH_FP32[k]) for k in ("before", "after"))
+    host = after["host"]
+    shares = {c["name"]: c["share_of_ceiling"] for c in before["cases"]}
+    lines = [f"{host['cpu']}, {host['cores']} cores ({', '.join(host['flags'])}), "
+             f"{after['threads']} threads; fp32 matmul ceiling {after['ceiling_gflops']['fp32']:.0f} "
+             "GFLOP/s:", "",
+             "| case | batch | img/s | GFLOP/s | of ceiling before | of ceiling after |",
+             "|---|---|---|---|---|---|"]
+    for c in after["cases"]:
+        if c["mflop_per_image"] == 0:
+            continue  # no counted FLOPs: no share of a ceiling
+        lines.append(f"| {c['name']} | {c['batch']} | {c['images_per_second']:.0f} | "
+                     f"{c['gflops']:.1f} | {shares[c['name']]:.0%} | "
+                     f"{c['share_of_ceiling']:.0%} |")
+    return "\n".join(lines)
+
+
 def counterfactual_sweep_block(root: Path) -> str:
     """`experiments/counterfactual_sweep.jsonl`: the image flow's counterfactuals by direction and
     margin on validation images, each measure with its 95 % interval."""
@@ -384,23 +406,28 @@ def reliability_block(root: Path) -> str:
 
 def scaling_block(root: Path) -> str:
     """`experiments/scaling.json` (`experiments/scaling.py`): seconds per step of every main step
-    at the defaults, and the exponent of its growth with the images per step, the pixels per
-    image and VIBI's k; a growth exponent above 1.1 is marked super-linear."""
+    at the defaults, and the exponents of its time and of its FLOPs as the images per step, the
+    pixels per image and VIBI's k grow; a time exponent above 1.1 is marked super-linear."""
     results = _json(root, "experiments/scaling.json")
     axes, growth = results["axes"], results["exponents"]
-    sides = list(axes["size"])
+    sides = sorted(axes["size"], key=int)  # the file's keys are sorted as text
     host = results["host"]
-    lines = [f"{host['cpu']}, {host['threads']} threads. Seconds per step at the defaults; "
-             "cost ~ x^e for x = images per step (x1, x2, x4), pixels per image "
-             f"({', '.join(f'{s}x{s}' for s in sides)}) and k ({', '.join(axes['k'])}); "
-             f"peak memory the step added at {sides[0]} and {sides[-1]} px.", "",
+    lines = [f"{host['cpu']} ({host['cores']} cores, {', '.join(host['flags'])}), "
+             f"{results['threads']} threads. Seconds per step at the defaults; cost ~ x^e for "
+             "x = images per step (x1, x2, x4), pixels per image "
+             f"({', '.join(f'{s}x{s}' for s in sides)}) and k "
+             f"({', '.join(sorted(axes['k'], key=int))}), "
+             "each cell the exponent of the time / of the FLOPs (- where the step has none "
+             f"counted); peak memory one step adds at {sides[0]} and {sides[-1]} px.", "",
              "| step | seconds/step | e (images) | e (pixels) | e (k) | memory MB |",
              "|---|---|---|---|---|---|"]
 
-    def cell(value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"**{value:.2f}** super-linear" if value > 1.1 else f"{value:.2f}"
+    def cell(fit: dict[str, float] | None) -> str:
+        if not fit:
+            return ""
+        time = f"**{fit['seconds']:.2f}**" if fit["seconds"] > 1.1 else f"{fit['seconds']:.2f}"
+        flops = f"{fit['gflop']:.2f}" if "gflop" in fit else "-"
+        return f"{time} / {flops}"
 
     base = axes["images"]["1"]
     for name, e in growth.items():
@@ -409,6 +436,27 @@ def scaling_block(root: Path) -> str:
                      f"| {cell(e.get('size'))} | {cell(e.get('k'))} | "
                      f"{memory[0]:.0f} -> {memory[1]:.0f} |")
     return "\n".join(lines)
+
+
+def hosts_block(root: Path) -> str:
+    """What the default pipeline takes by kind of host: the committed `auto` run
+    (`experiments/default_pipeline.json`) and the same host with every precision forced to fp32
+    (`experiments/fp32_pipeline.json`, what `auto` runs on a CPU without native bf16); a GPU is
+    unverified until a run on one is committed."""
+    auto, fp32 = _json(root, "experiments/default_pipeline.json"), _json(root, FP32_PIPELINE)
+    host = auto["host"]
+    if fp32["host"] != host:
+        raise ValueError(f"{FP32_PIPELINE} ran on {fp32['host']}, the default run on {host}: "
+                         "compare them from one machine")
+    flags = ", ".join(host.get("flags", [])) or "flags not recorded"
+    minutes = auto["total_seconds"] / 60, fp32["total_seconds"] / 60
+    return "\n".join([
+        "| host | precision | the default pipeline, end to end |", "|---|---|---|",
+        f"| {host['cpu']}, {host['cores']} cores ({flags}) | `auto`: bf16 | "
+        f"{minutes[0]:.1f} min |",
+        f"| the same host, as one without native bf16 runs it | fp32 (forced) | "
+        f"{minutes[1]:.1f} min ({minutes[1] / minutes[0]:.2f}x) |",
+        "| a CUDA GPU | `auto`: bf16 | unverified: no GPU run is committed |"])
 
 
 def shared_cores_block(root: Path) -> str:
@@ -494,7 +542,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "evaluation-cost": evaluation_cost_block, "evaluation-encoding": evaluation_encoding_block,
     "evaluation": evaluation_block,
     "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
-    "scaling": scaling_block, "shared-cores": shared_cores_block,
+    "scaling": scaling_block, "shared-cores": shared_cores_block, "hosts": hosts_block,
+    "bench-fp32": bench_fp32_block,
     "cifar-airbench": cifar_airbench_block,
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
