@@ -102,6 +102,20 @@ def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):
     assert "| 0.877 |" in changed and "+0.012" in changed and "0.9877" in changed
 
 
+def test_the_hosts_block_compares_runs_from_one_machine(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "fp32_pipeline.json"
+    run = json.loads(path.read_text())
+    run["total_seconds"] = 2 * json.loads(
+        (source / "experiments" / "default_pipeline.json").read_text())["total_seconds"]
+    path.write_text(json.dumps(run))
+    assert "(2.00x)" in BLOCKS["hosts"](source)
+    run["host"] = {**run["host"], "cpu": "another CPU"}
+    path.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="compare them from one machine"):
+        BLOCKS["hosts"](source)
+
+
 def test_the_counterfactual_measures_blocks_follow_their_sources(tmp_path):
     source = _copy_sources(tmp_path)
     path = source / "metrics" / "counterfactuals.json"
