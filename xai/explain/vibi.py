@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from xai.data.prepared import Split
+from xai.devices import CONV_LAYOUT
 from xai.errors import DataError
 from xai.explain.attribution import ExplainerDistribution
 from xai.io import load_torch
@@ -157,7 +158,8 @@ class VIBI:
                    objective=s["objective"], num_samples=s["num_samples"], lr=s["lr"],
                    batch_size=s["batch_size"], tau=(s["tau_start"], s["tau_end"]),
                    warmup_steps=s["warmup_steps"], seed=int(state.get("seed", 0)), device=device)
-        vibi.model = model.to(vibi.device)
+        # in the layout training leaves it in, so a loaded VIBI explains to the bit as the fitted one
+        vibi.model = model.to(vibi.device, memory_format=CONV_LAYOUT)
         return vibi
 
 
