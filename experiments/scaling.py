@@ -11,8 +11,8 @@ params.yaml along three axes, one at a time:
 - k: VIBI's chunks kept (its training step and its explain pass), 2, 8 and 32.
 Records seconds and FLOPs per step, then (after every timing) the peak memory one step adds,
 and fits the exponent of each growth (log seconds, and log FLOPs, against log images, pixels or
-k: where time grows faster than the arithmetic, the step loses efficiency as it grows); `python tools/docs.py` turns the file into
-the scaling table of docs/performance.md.
+k: where time grows faster than the arithmetic, the step loses efficiency as it grows).
+`python tools/docs.py` turns the file into the scaling table of docs/performance.md.
 """
 
 from __future__ import annotations
