@@ -61,7 +61,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 #: The memory layout for convolutions, in every precision: oneDNN (CPU) and tensor cores (CUDA)
 #: run them much faster channels-last than NCHW under bf16 autocast (a CIFAR VIBI step: 1.6x on a
-#: 2-core AVX512-BF16 CPU), and on that CPU in fp32 too (VIBI's explain pass 2.0x, its training
-#: step 1.15x, with `XAI_CPU_BF16=0`: `experiments/bench_fp32_before.json` against
-#: `experiments/bench_fp32.json`).
+#: 2-core AVX512-BF16 CPU), and on that CPU in fp32 too (VIBI's explain pass 2.3x, its training
+#: step 1.1x, near the noise, with `XAI_CPU_BF16=0`: `experiments/bench_fp32_before.json`
+#: against `experiments/bench_fp32.json`; fp32 on CUDA unmeasured).
 CONV_LAYOUT = torch.channels_last
