@@ -31,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from xai.io import write_bytes
 from xai.pipeline.bench import host
 
 NEIGHBOUR = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\n"
@@ -89,7 +90,7 @@ def main() -> None:
         run = evaluate_once(args.code.resolve(), env, condition == "busy")
         print(f"{args.label} {condition}: {run}", file=sys.stderr, flush=True)
         results["runs"].setdefault(args.label, {})[condition] = {**run, "env": env}
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        write_bytes(args.out, (json.dumps(results, indent=1) + "\n").encode())  # atomically
 
 
 if __name__ == "__main__":

@@ -279,15 +279,20 @@ def bench_block(root: Path) -> str:
     return "\n".join(lines[:-1])
 
 
+def _host(host: dict) -> str:
+    """A run's host as the tables name it: CPU, cores and the instruction sets recorded."""
+    flags = ", ".join(host.get("flags", [])) or "flags not recorded"
+    return f"{host['cpu']}, {host['cores']} cores ({flags})"
+
+
 def bench_fp32_block(root: Path) -> str:
     """The bench with `XAI_CPU_BF16=0` before and after a change (`BENCH_FP32`): each case's share
     of the fp32 ceiling, with the host's instruction sets."""
     before, after = (_json(root, BENCH_FP32[k]) for k in ("before", "after"))
     host = after["host"]
     shares = {c["name"]: c["share_of_ceiling"] for c in before["cases"]}
-    lines = [f"{host['cpu']}, {host['cores']} cores ({', '.join(host['flags'])}), "
-             f"{after['threads']} threads; fp32 matmul ceiling {after['ceiling_gflops']['fp32']:.0f} "
-             "GFLOP/s:", "",
+    lines = [f"{_host(host)}, {after['threads']} threads; fp32 matmul ceiling "
+             f"{after['ceiling_gflops']['fp32']:.0f} GFLOP/s:", "",
              "| case | batch | img/s | GFLOP/s | of ceiling before | of ceiling after |",
              "|---|---|---|---|---|---|"]
     for c in after["cases"]:
@@ -411,10 +416,8 @@ def scaling_block(root: Path) -> str:
     results = _json(root, "experiments/scaling.json")
     axes, growth = results["axes"], results["exponents"]
     sides = sorted(axes["size"], key=int)  # the file's keys are sorted as text
-    host = results["host"]
-    lines = [f"{host['cpu']} ({host['cores']} cores, {', '.join(host['flags'])}), "
-             f"{results['threads']} threads. Seconds per step at the defaults; cost ~ x^e for "
-             "x = images per step (x1, x2, x4), pixels per image "
+    lines = [f"{_host(results['host'])}, {results['threads']} threads. Seconds per step at the "
+             "defaults; cost ~ x^e for x = images per step (x1, x2, x4), pixels per image "
              f"({', '.join(f'{s}x{s}' for s in sides)}) and k "
              f"({', '.join(sorted(axes['k'], key=int))}), "
              "each cell the exponent of the time / of the FLOPs (- where the step has none "
@@ -448,11 +451,10 @@ def hosts_block(root: Path) -> str:
     if fp32["host"] != host:
         raise ValueError(f"{FP32_PIPELINE} ran on {fp32['host']}, the default run on {host}: "
                          "compare them from one machine")
-    flags = ", ".join(host.get("flags", [])) or "flags not recorded"
     minutes = auto["total_seconds"] / 60, fp32["total_seconds"] / 60
     return "\n".join([
         "| host | precision | the default pipeline, end to end |", "|---|---|---|",
-        f"| {host['cpu']}, {host['cores']} cores ({flags}) | `auto`: bf16 | "
+        f"| {_host(host)} | `auto`: bf16 | "
         f"{minutes[0]:.1f} min |",
         f"| the same host, as one without native bf16 runs it | fp32 (forced) | "
         f"{minutes[1]:.1f} min ({minutes[1] / minutes[0]:.2f}x) |",

@@ -35,16 +35,24 @@ CPU_BF16_VARIABLE = "XAI_CPU_BF16"
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags as Linux lists them (empty where /proc/cpuinfo is absent)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def _cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX (unless `XAI_CPU_BF16=0`): without them CPU bf16 matmuls run far
     slower than fp32."""
     if os.environ.get(CPU_BF16_VARIABLE) == "0":
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def fast_bf16(device: torch.device) -> bool:

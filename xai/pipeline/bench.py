@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai.devices import CONV_LAYOUT, fast_bf16, select_device, use_bf16
+from xai.devices import CONV_LAYOUT, cpu_flags, fast_bf16, select_device, use_bf16
 from xai.io import save_json
 from xai.pipeline.config import IMAGE_SHAPES, Config, load_config
 from xai.tensors import autocast
@@ -358,17 +358,16 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 def host() -> dict[str, object]:
     """This machine's CPU model, core count and which of `SIMD_FLAGS` it has (Linux)."""
-    name, flags = platform.processor() or platform.machine(), set()
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
                 break
     except OSError:
         pass
+    flags = cpu_flags()
     return {"cpu": name, "cores": psutil.cpu_count(), "flags": [f for f in SIMD_FLAGS if f in flags]}
 
 
