@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xai.data.prepared import Split, load_dataset
 from xai.devices import select_device
-from xai.evaluation.counterfactuals import centres_for, per_image_quality
+from xai.evaluation.counterfactuals import guide_for, per_image_quality
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 from xai.models.blackbox import load_blackbox
 from xai.models.invertible import IMAGE_KIND, load_classifier
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blackbox", default="models/blackbox.pt")
     parser.add_argument("--margins", type=float, nargs="+", default=[5, 10, 15, 20, 30])
     parser.add_argument("--directions", nargs="+", default=["class_centres", "normal"],
-                        choices=["class_centres", "normal"])
+                        choices=["class_centres", "normal", "prototype"])
     parser.add_argument("--images", type=int, default=5000, help="first N validation images")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     blackbox = load_blackbox(args.blackbox, device)
     indices = resample_indices(n, RESAMPLES, cfg.seed)
     for direction in args.directions:
-        centres = centres_for(direction, model, data.train, data.num_classes, cf.batch_size)
+        guide = guide_for(replace(cf, direction=direction), model, data.train, data.num_classes)
         for margin in args.margins:
             generator = torch.Generator(device=device).manual_seed(cfg.seed)
             per = per_image_quality(model, blackbox, images, margin, cf.posthoc_k,
-                                    cf.posthoc_chunk, cf.batch_size, generator, centres,
+                                    cf.posthoc_chunk, cf.batch_size, generator, guide,
                                     posthoc=False)
             line = {"direction": direction, "margin": margin, "images": n,
                     "dataset": data.name, "flow": asdict(cfg.invertible.image)}

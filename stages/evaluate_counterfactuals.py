@@ -24,7 +24,7 @@ from xai.evaluation.counterfactual_measures import (
     make_crossings,
     measure_crossings,
 )
-from xai.evaluation.counterfactuals import centres_for, counterfactual_quality
+from xai.evaluation.counterfactuals import counterfactual_quality, guide_for
 from xai.evaluation.uncertainty import resample_indices
 from xai.io import check_writable, save_json
 from xai.models.blackbox import load_blackbox
@@ -62,16 +62,15 @@ def main(argv: list[str] | None = None) -> None:
         model = load_classifier(args.invertible, IMAGE_KIND, device)
         blackbox = load_blackbox(args.blackbox, device)
         measurement = load_measurement_models(args.measurement, device)
-        centres = centres_for(cf.direction, model, data.train, data.num_classes,
-                              cf.batch_size)
+        guide = guide_for(cf, model, data.train, data.num_classes)
         metrics = counterfactual_quality(model, blackbox, data.test, cf.margin, cf.posthoc_k,
-                                         cf.posthoc_chunk, cf.batch_size, generator, centres,
+                                         cf.posthoc_chunk, cf.batch_size, generator, guide,
                                          seed=cfg.seed)
         lines = []
         for prefix, cls in (("runner_up", None), ("target", target)):
             if prefix == "target" and cls is None:
                 continue
-            crossings = make_crossings(model, data.test, cf.margin, cf.batch_size, centres, cls)
+            crossings = make_crossings(model, data.test, cf.margin, cf.batch_size, guide, cls)
             indices = resample_indices(len(crossings.index), 1000, cfg.seed)
             metrics.update(measure_crossings(measurement, blackbox, data.test, crossings,
                                              cf.batch_size, generator, indices,

@@ -9,7 +9,7 @@ import torch
 
 from xai.data.prepared import load_dataset
 from xai.errors import ConfigError
-from xai.evaluation.counterfactuals import centres_for
+from xai.evaluation.counterfactuals import guide_for
 from xai.evaluation.invertible import PROJECTIONS_KIND
 from xai.io import check_writable, load_torch, transaction
 from xai.models.blackbox import load_probabilities
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model = load_classifier(args.invertible, IMAGE_KIND).eval()
         chosen = to_unit(data.test.x[_pick(len(data.test), r.counterfactual_images, g)])
-        centres = centres_for(cf.direction, model, data.train, data.num_classes, cf.batch_size)
-        rows = counterfactual_rows(model, chosen, r.counterfactual_target, cf.margin, centres)
+        guide = guide_for(cf, model, data.train, data.num_classes)
+        rows = counterfactual_rows(model, chosen, r.counterfactual_target, cf.margin, guide)
         save_png(counterfactuals(rows, data.classes), args.counterfactual_figure, r.dpi)
 
         histories = {Path(p).stem: read_rows(p) for p in args.plots}

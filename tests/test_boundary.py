@@ -231,6 +231,47 @@ def test_centres_that_do_not_point_across_fall_back_to_the_normal():
                           torch.tensor([[-1.0, 2.5]], dtype=torch.float64))
 
 
+def test_prototypes_are_the_mean_features_of_the_nearest_training_points_of_the_target():
+    model = toy_model(classes=3, seed=0)
+    torch.manual_seed(0)
+    x = torch.randn(60, 2, dtype=torch.float64)
+    y = torch.arange(60) % 3
+    prototypes = boundary.Prototypes.of(model, x, y, neighbours=4, batch_size=7)
+    with torch.no_grad():
+        z_train = model.features(x)
+    z = torch.randn(9, 2, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2] * 3)
+    got = prototypes(z, target)
+    for i in range(len(z)):  # brute force, one point at a time
+        own = z_train[y == target[i]]
+        nearest = (own - z[i]).norm(dim=1).argsort()[:4]
+        assert torch.allclose(got[i], own[nearest].mean(0), atol=1e-12)
+    with pytest.raises(ValueError, match="no training point of class 2"):
+        boundary.Prototypes.of(model, x[y < 2], y[y < 2], 4)(z, target)
+
+
+def test_crossing_towards_prototypes_moves_towards_them_by_the_margin():
+    model = toy_model(classes=3, seed=0)
+    torch.manual_seed(0)
+    x = torch.randn(300, 2, dtype=torch.float64) * 3
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    guide = boundary.Guide.of("prototype", model, x, y, 3, neighbours=5)
+    p = boundary.project(model, x[:100])
+    crossed = guide.cross(model, p, 1.5, batch_size=7)
+    gap = logit_gap(model, crossed, p.counterfactual, p.source)
+    assert torch.allclose(gap, torch.full_like(gap, 1.5), atol=1e-9)
+    w, _ = boundary.hyperplane(model, p.source, p.counterfactual, (2,))
+    towards = guide.prototypes(p.features, p.counterfactual) - p.features
+    across = (w * towards).sum(1) < 0
+    assert across.float().mean() > 0.5
+    with torch.no_grad():
+        move = model.features(crossed) - p.features
+    along = torch.where(across[:, None], towards, -w)  # the normal where it does not point across
+    cosine = torch.nn.functional.cosine_similarity(move, along, dim=1)
+    assert torch.allclose(cosine, torch.ones_like(cosine), atol=1e-9)
+
+
 def test_walk_goes_from_the_input_through_the_projection_to_the_counterfactual():
     model = toy_model(classes=2, seed=3)
     x = blobs(30)[:5]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stages import evaluate_counterfactuals, train_measurement_models
+from tests.conftest import ROOT, experiment
 from tests.test_train_invertible import TINY, run_stage
 from xai.data.prepared import Split
 from xai.errors import ConfigError
@@ -258,3 +259,15 @@ def test_a_split_without_a_class_stops_the_class_autoencoders():
     with pytest.raises(ConfigError, match=r"none of class \[2\]"):
         train_class_autoencoders(models, train, MeasurementConfig(), torch.device("cpu"),
                                  torch.Generator(), False)
+
+
+def test_the_defaults_are_the_committed_sweeps_choice():
+    """`invertible.counterfactual`'s direction, neighbours and margin are the run
+    experiments/counterfactual_measures_sweep.py's rule picks from the committed sweep."""
+    runs = [json.loads(line) for line in (ROOT / "experiments/counterfactual_measures_sweep.jsonl")
+            .read_text().splitlines() if line]
+    pick = experiment("counterfactual_measures_sweep").chosen(runs)
+    cf = load_config(ROOT / "params.yaml").invertible.counterfactual
+    assert (cf.direction, cf.neighbours, cf.margin) == (
+        pick["direction"], pick.get("neighbours", cf.neighbours), pick["margin"])
+    assert pick["im1_normalised"][2] <= 0.15

@@ -65,6 +65,7 @@ def test_toy_boundary_two_and_three_classes(tmp_path):
 
 def test_vibi_grid_and_counterfactuals(tmp_path):
     from xai.data.prepared import Split
+    from xai.explain.boundary import Guide
     from xai.models.invertible import image_classifier
     from xai.viz.render import (
         counterfactual_rows,
@@ -91,8 +92,10 @@ def test_vibi_grid_and_counterfactuals(tmp_path):
     assert {r.kind for r in rows} <= {"runner-up", "target"} and len(rows) >= 2
     save_png(counterfactuals(rows, ["a", "b", "c"]), tmp_path / "cf.png", 80)
     assert_png(tmp_path / "cf.png")
-    centres = torch.randn(3, *net.features(x).shape[1:], generator=g)
-    rows = counterfactual_rows(net, x, target=2, margin=5.0, centres=centres)
-    assert {r.along for r in rows} == {"class centres"}
-    save_png(counterfactuals(rows, ["a", "b", "c"]), tmp_path / "cf_centres.png", 80)
-    assert_png(tmp_path / "cf_centres.png")
+    train_y = torch.arange(len(test.x)) % 3
+    for direction in ("class_centres", "prototype"):
+        guide = Guide.of(direction, net, test.x, train_y, 3, neighbours=2)
+        rows = counterfactual_rows(net, x, target=2, margin=5.0, guide=guide)
+        assert {r.along for r in rows} == {direction}
+        save_png(counterfactuals(rows, ["a", "b", "c"]), tmp_path / f"cf_{direction}.png", 80)
+        assert_png(tmp_path / f"cf_{direction}.png")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import io
 import json
 import re
@@ -25,6 +26,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
@@ -50,6 +52,14 @@ BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
 
 def _json(root: Path, name: str) -> dict:
     return json.loads((root / name).read_text())
+
+
+def _experiment(root: Path, name: str) -> ModuleType:
+    """The script `experiments/<name>.py` under `root`, imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, root / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _interval(mean: float, low: float, high: float, fmt: str = ".3f") -> str:
@@ -387,11 +397,13 @@ def counterfactual_measures_sweep_block(root: Path) -> str:
     and margin on validation images."""
     path = root / "experiments/counterfactual_measures_sweep.jsonl"
     runs = [json.loads(line) for line in path.read_text().splitlines() if line]
-    lines = [("| direction | margin | normalised IM1 | oracle validity | black-box validity | "
-              "pixels out of range | L1 | FID (vs real target-class images) |"),
-             "|---|---|---|---|---|---|---|---|"]
+    pick = _experiment(root, "counterfactual_measures_sweep").chosen(runs)
+    lines = [("| direction | neighbours | margin | normalised IM1 | oracle validity | "
+              "black-box validity | pixels out of range | L1 | FID (vs real target-class images) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['direction']} | {r['margin']:g} | "
+        name = f"**{r['direction']} (chosen)**" if r is pick else r["direction"]
+        lines.append(f"| {name} | {r.get('neighbours', '')} | {r['margin']:g} | "
                      f"{_interval(*r['im1_normalised'], '.2f')} | "
                      f"{_interval(*r['oracle_validity'])} | {_interval(*r['blackbox_validity'])} | "
                      f"{_interval(*r['out_of_range'], '.4f')} | {_interval(*r['l1'], '.1f')} | "

@@ -7,8 +7,8 @@ The public API (see the README's "Python API"):
 - `evaluate(methods, model, x)`: every method measured the same way, a table with intervals;
 - `project(model, x)` and `BoundaryImportance(model)`: projections onto the decision boundary of
   any classifier that follows the `Invertible` protocol (`InvertibleClassifier` is one), and
-  `cross(model, projection, margin, centres=class_centres(model, x, y, classes))`:
-  counterfactuals a margin past it.
+  `cross(model, projection, margin, centres=class_centres(model, x, y, classes))` (or
+  `prototypes=Prototypes.of(model, x, y, neighbours)`): counterfactuals a margin past it.
 
 Names are imported on first use, so `import xai.explain.boundary` does not load Captum.
 """
@@ -21,8 +21,8 @@ from typing import Any
 _WHERE = {"VIBI": "xai.explain.vibi",
           "evaluate": "xai.evaluation.table", "Report": "xai.evaluation.table",
           **{name: "xai.explain.boundary" for name in (
-              "AffineHead", "BoundaryImportance", "Invertible", "Projection", "class_centres",
-              "cross", "importance", "project")},
+              "AffineHead", "BoundaryImportance", "Invertible", "Projection", "Prototypes",
+              "class_centres", "cross", "importance", "project")},
           "InvertibleClassifier": "xai.models.invertible",
           **{name: "xai.explain.attribution" for name in (
               "GradientSaliency", "GradientShap", "InputTimesGradient",

@@ -187,7 +187,8 @@ class Crossings:
 
 
 def make_crossings(model: InvertibleClassifier, test: Split, margin: float, batch_size: int,
-                   centres: torch.Tensor | None = None, target: int | None = None) -> Crossings:
+                   guide: boundary.Guide = boundary.Guide(), target: int | None = None
+                   ) -> Crossings:
     """The counterfactuals `boundary.cross` makes of the images of `test` (uint8), `margin`
     logits past the boundary with each image's runner-up class, or with class `target` for the
     images the model does not already put in `target`."""
@@ -197,7 +198,7 @@ def make_crossings(model: InvertibleClassifier, test: Split, margin: float, batc
         keep = predict(model, x, batch_size).argmax(1) != target
         x, index = x[keep], index[keep]
     projection = boundary.project(model, x, counterfactual=target, batch_size=batch_size)
-    moved = boundary.cross(model, projection, margin, batch_size=batch_size, centres=centres)
+    moved = guide.cross(model, projection, margin, batch_size=batch_size)
     return Crossings(index.cpu(), x, moved, projection.source, projection.counterfactual)
 
 

@@ -3,8 +3,9 @@
 For every test image `x` (source class `c` = the model's prediction, target `k` = its runner-up)
 the counterfactual `x_cf` is `T^-1` of `T(x)` moved across the boundary until `k` wins by `margin`
 logits (`xai.explain.boundary.cross`): along the difference between the two classes' centres in
-feature space (`direction` "class_centres", ECINN's move) or along the boundary's normal
-("normal"). The measures (Wachter et al. 2017; Van Looveren and Klaise 2019):
+feature space (`direction` "class_centres", ECINN's move), towards the image's prototype of `k`
+(the mean of its `neighbours` nearest training images of `k` in feature space; "prototype", Van
+Looveren and Klaise 2021) or along the boundary's normal ("normal"). The measures (Wachter et al. 2017; Van Looveren and Klaise 2019):
 
 - validity: the independent black box, shown `x_cf` clipped to [0, 1] (the picture a person
   sees), answers `k`; `reached`: the invertible model itself answers `k` (the margin is over `c`
@@ -50,8 +51,9 @@ class InvertibleCounterfactualConfig:
     `posthoc_k` chunks of `posthoc_chunk` x `posthoc_chunk` pixels; each FID's interval is over
     `fid_resamples` bootstrap resamples (`xai.evaluation.counterfactual_measures`)."""
 
-    margin: float = bounded(15.0, ge=0)
-    direction: Literal["class_centres", "normal"] = "class_centres"
+    margin: float = bounded(12.5, ge=0)
+    direction: Literal["class_centres", "normal", "prototype"] = "prototype"
+    neighbours: int = bounded(20, ge=1)  # "prototype": training images of the target averaged
     posthoc_k: int = bounded(4, ge=1)
     posthoc_chunk: int = bounded(4, ge=1)
     batch_size: int = bounded(500, ge=1)
@@ -66,13 +68,11 @@ def bits_per_dim(model: InvertibleClassifier, x: torch.Tensor) -> torch.Tensor:
     return -log_px / (x[0].numel() * math.log(2)) + 8.0
 
 
-def centres_for(direction: str, model: InvertibleClassifier, train: Split, classes: int,
-                batch_size: int) -> torch.Tensor | None:
-    """What `boundary.cross` needs to move in `direction`: the class centres of the training
-    images for "class_centres", None for "normal"."""
-    if direction == "normal":
-        return None
-    return boundary.class_centres(model, train.x, train.y, classes, batch_size)
+def guide_for(cf: InvertibleCounterfactualConfig, model: InvertibleClassifier, train: Split,
+              classes: int) -> boundary.Guide:
+    """What the counterfactuals of `cf.direction` move along, from the training images."""
+    return boundary.Guide.of(cf.direction, model, train.x, train.y, classes, cf.neighbours,
+                             cf.batch_size)
 
 
 def _posthoc(model: InvertibleClassifier, x: torch.Tensor, scores: torch.Tensor,
@@ -83,14 +83,13 @@ def _posthoc(model: InvertibleClassifier, x: torch.Tensor, scores: torch.Tensor,
 
 def per_image_quality(model: InvertibleClassifier, blackbox: torch.nn.Module, test: Split,
                       margin: float, k: int, chunk: int, batch_size: int,
-                      generator: torch.Generator, centres: torch.Tensor | None = None,
+                      generator: torch.Generator, guide: boundary.Guide = boundary.Guide(),
                       posthoc: bool = True) -> dict[str, torch.Tensor]:
     """Each measure of the module docstring per image of `test` (uint8 images; N values each, on
     the CPU), in batches: `validity`, `reached`, `l1`, `l2`, `out_of_range`, `bits_per_dim`,
     `test_bits_per_dim` and, with `posthoc`, `boundary_posthoc` and `saliency_posthoc`.
-    `generator` draws the dequantisation noise of the real images. `centres`
-    (`boundary.class_centres` of the training images) moves along the class centres' difference;
-    None along the normal."""
+    `generator` draws the dequantisation noise of the real images; `guide` (`guide_for`) is what
+    the counterfactuals move along (default: the boundary's normal)."""
     parts: dict[str, list[torch.Tensor]] = {}
 
     def add(name: str, values: torch.Tensor) -> None:
@@ -101,8 +100,7 @@ def per_image_quality(model: InvertibleClassifier, blackbox: torch.nn.Module, te
         raw = test.x[i:i + batch_size]
         x = to_unit(raw)
         projection = boundary.project(model, x, batch_size=batch_size)
-        x_cf = boundary.cross(model, projection, margin, batch_size=batch_size,
-                              centres=centres)
+        x_cf = guide.cross(model, projection, margin, batch_size=batch_size)
         target = projection.counterfactual
         with torch.no_grad():
             add("validity", blackbox(x_cf.clamp(0, 1)).argmax(1) == target)
@@ -127,13 +125,13 @@ def per_image_quality(model: InvertibleClassifier, blackbox: torch.nn.Module, te
 
 def counterfactual_quality(model: InvertibleClassifier, blackbox: torch.nn.Module, test: Split,
                            margin: float, k: int, chunk: int, batch_size: int,
-                           generator: torch.Generator, centres: torch.Tensor | None = None,
+                           generator: torch.Generator, guide: boundary.Guide = boundary.Guide(),
                            resamples: int = 1000, seed: int = 0) -> dict[str, float]:
     """The measures of `per_image_quality` averaged over `test`, with 95 % bootstrap intervals
     over images (`resamples`, seeded by `seed`) for validity, the out-of-range share and the
     boundary importance's post-hoc accuracy minus saliency's (paired over images)."""
     per = per_image_quality(model, blackbox, test, margin, k, chunk, batch_size, generator,
-                            centres)
+                            guide)
     m = {name: float(v.mean()) for name, v in per.items()}
     indices = resample_indices(len(test), resamples, seed)
     validity = bootstrap(per["validity"], indices)

@@ -253,22 +253,103 @@ def class_centres(model: Invertible, x: torch.Tensor, y: torch.Tensor, classes: 
     return (sums / counts.view(-1, *([1] * (sums.dim() - 1)))).to(z.dtype)
 
 
+@dataclass(frozen=True)
+class Prototypes:
+    """Where each point's counterfactual heads (Van Looveren and Klaise, 2021, "Interpretable
+    counterfactual explanations guided by prototypes"): for a point `z` and a target class `k`,
+    the mean features of the `neighbours` training points of class `k` nearest to `z` in feature
+    space. Moving towards it takes on what nearby examples of `k` look like, not the average of
+    the whole class.
+
+    >>> import torch, xai
+    >>> from xai.models.invertible import toy_classifier
+    >>> _ = torch.manual_seed(0)
+    >>> model = toy_classifier(2, 3, blocks=2, hidden=8).eval()  # 2-D points, 3 classes
+    >>> x, y = torch.randn(30, 2), torch.arange(30) % 3
+    >>> prototypes = xai.Prototypes.of(model, x, y, neighbours=4)
+    >>> z = torch.randn(5, 2)
+    >>> prototypes(z, torch.tensor([0, 1, 2, 0, 1])).shape
+    torch.Size([5, 2])
+    """
+
+    features: torch.Tensor  # N x D: the training points' flattened features
+    labels: torch.Tensor    # N
+    neighbours: int
+
+    @classmethod
+    @torch.inference_mode()
+    def of(cls, model: Invertible, x: torch.Tensor, y: torch.Tensor, neighbours: int,
+           batch_size: int = _BATCH) -> Prototypes:
+        """Prototypes over the training inputs `x` (uint8 images or floats) with labels `y`."""
+        features = torch.cat([model.features(to_unit(x[i:i + batch_size])).flatten(1)
+                              for i in range(0, len(x), batch_size)])
+        return cls(features, y.to(features.device), neighbours)
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each point's prototype of its `target` class, shaped as `z`; batched per class."""
+        flat = z.flatten(1)
+        out = torch.empty_like(flat)
+        for k in target.unique().tolist():
+            rows = (target == k).nonzero().flatten()
+            candidates = self.features[self.labels == k]
+            if not len(candidates):
+                raise ValueError(f"Prototypes: no training point of class {k}")
+            nearest = torch.cdist(flat[rows], candidates).topk(
+                min(self.neighbours, len(candidates)), largest=False).indices
+            out[rows] = candidates[nearest].mean(1)
+        return out.view_as(z)
+
+
 def crossing_direction(w: torch.Tensor, source: torch.Tensor, counterfactual: torch.Tensor,
-                       centres: torch.Tensor | None) -> torch.Tensor:
+                       centres: torch.Tensor | None, towards: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """Per point, the direction a counterfactual moves in feature space: the boundary's normal
-    `-w` (towards `counterfactual`), or with `centres` ECINN's `centres[k] - centres[c]` where that
-    points across the boundary (`w·d < 0`; the normal elsewhere)."""
-    if centres is None:
+    `-w` (towards `counterfactual`), or with `centres` ECINN's `centres[k] - centres[c]`, or
+    `towards` (per point, `prototype - z`), wherever that points across the boundary (`w·d < 0`;
+    the normal elsewhere)."""
+    if towards is not None:
+        d = towards
+    elif centres is not None:
+        d = centres[counterfactual] - centres[source]
+    else:
         return -w
-    d = centres[counterfactual] - centres[source]
     across = (_dot(w, d) < 0).view(-1, *([1] * (w.dim() - 1)))
     return torch.where(across, d, -w)
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What a counterfactual moves along (`cross`): the boundary's normal ("normal"), the
+    difference of the class centres ("class_centres", with `centres`) or each point's prototype
+    ("prototype", with `prototypes`)."""
+
+    direction: str = "normal"
+    centres: torch.Tensor | None = None
+    prototypes: Prototypes | None = None
+
+    @classmethod
+    def of(cls, direction: str, model: Invertible, x: torch.Tensor, y: torch.Tensor,
+           classes: int, neighbours: int, batch_size: int = _BATCH) -> Guide:
+        """The guide for `direction`, from training inputs `x` with labels `y`."""
+        if direction == "class_centres":
+            return cls(direction, centres=class_centres(model, x, y, classes, batch_size))
+        if direction == "prototype":
+            return cls(direction, prototypes=Prototypes.of(model, x, y, neighbours, batch_size))
+        return cls(direction)
+
+    def cross(self, model: Invertible, projection: Projection, margin: float,
+              steps: torch.Tensor | None = None, batch_size: int = _BATCH) -> torch.Tensor:
+        """`cross` along this guide."""
+        return cross(model, projection, margin, steps, batch_size, centres=self.centres,
+                     prototypes=self.prototypes)
 
 
 @torch.no_grad()
 def cross(model: Invertible, projection: Projection, margin: float,
           steps: torch.Tensor | None = None, batch_size: int = _BATCH,
-          centres: torch.Tensor | None = None) -> torch.Tensor:
+          centres: torch.Tensor | None = None, prototypes: Prototypes | None = None
+          ) -> torch.Tensor:
     """Counterfactuals across the boundary: `T^-1` of the features moved in a straight line until
     the counterfactual class beats the source by `margin` logits (`f_k - f_c = margin`; a third
     class can still be higher).
@@ -278,7 +359,8 @@ def cross(model: Invertible, projection: Projection, margin: float,
     separates the two classes. With `centres` (`class_centres` of the training data) it is along
     the difference between the two classes' centres, as in ECINN (Hvilshoj et al., 2021): the
     point takes on what the data of `k` have and those of `c` lack, not only the direction the
-    head reads. The logits are affine in `z`, so the step that reaches the margin is exact. With
+    head reads. With `prototypes` it is towards the point's own prototype of `k` (the mean of its
+    nearest training points of `k`), Van Looveren and Klaise's guide. The logits are affine in `z`, so the step that reaches the margin is exact. With
     `steps` (S values in [0, 1]) returns the walk from `x` (0) to the crossed point (1) instead,
     N x S x C x H x W; it crosses the boundary at `t* = m / (m + margin)` (`m`: the margin at
     `x`), at `x_p` itself for the normal's move.
@@ -312,7 +394,8 @@ def cross(model: Invertible, projection: Projection, margin: float,
         c = projection.source[i:i + batch_size]
         k = projection.counterfactual[i:i + batch_size]
         w, b = hyperplane(model, c, k, tuple(z.shape[1:]))
-        d = crossing_direction(w, c, k, centres)
+        towards = None if prototypes is None else prototypes(z, k) - z
+        d = crossing_direction(w, c, k, centres, towards)
         step = (_dot(w, z) + b + margin) / -_dot(w, d)
         z_cf = z + step.view(-1, *([1] * (z.dim() - 1))) * d
         if steps is None:

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from xai.chunks import chunks_to_pixels
 from xai.data.prepared import Split
-from xai.explain.boundary import Projection, cross, importance, project
+from xai.explain.boundary import Guide, Projection, importance, project
 from xai.models.explainers import CHUNK_SIZE
 from xai.models.vibi import VibiModel, explain_split
 from xai.tensors import to_unit
@@ -230,7 +230,8 @@ class Counterfactual:
     counterfactual: int       # the class on the other side, k
     crossed_top: int          # the invertible model's class at x_cf (k up to float error)
     kind: str                 # "runner-up" or "target"
-    along: str                # the move's direction: "normal" (through x_p) or "class centres"
+    along: str                # the move's direction (`Guide.direction`): "normal" (through x_p),
+                              # "class_centres" or "prototype"
 
 
 #: Frames of the walk on each side of the boundary (the boundary point itself is shared).
@@ -276,19 +277,18 @@ def counterfactuals(rows: Sequence[Counterfactual], classes: Sequence[str]) -> F
             label = "x" if j == 0 else on_boundary if j == WALK_FRAMES - 1 else \
                 "x_cf" if j == len(row.walk) - 1 else ""
             ax.set_title(f"{label} f_{k} - f_{c} = {float(margin):+.1f}", fontsize=7)
-    move = {"normal": "along the boundary's normal", "class centres": "between class centres"}
-    fig.suptitle("Invertible classifier: counterfactuals across decision boundaries, moving "
+    move = {"normal": "along the boundary's normal", "class_centres": "between class centres",
+            "prototype": "towards prototypes (the target class's nearest training images)"}
+    fig.suptitle("Invertible classifier: counterfactuals across decision boundaries, moving\n"
                  f"{move[rows[0].along] if rows else ''} (bottom: walks from x across the "
                  "boundary)")
     return fig
 
 
 def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | None,
-                        margin: float, centres: torch.Tensor | None = None
-                        ) -> list[Counterfactual]:
+                        margin: float, guide: Guide = Guide()) -> list[Counterfactual]:
     """Rows for each image: across the runner-up boundary, and across `target`'s where it differs,
-    `margin` logits past it, moving between the class `centres` (`boundary.cross`) or, without
-    them, along the boundary's normal."""
+    `margin` logits past it, moving along `guide` (default: the boundary's normal)."""
     jobs = [("runner-up", x, None)]
     if target is not None:
         with torch.no_grad():
@@ -300,7 +300,7 @@ def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | N
             continue
         p = project(model, inputs, counterfactual=counterfactual)
         imp = importance(model, p)
-        crossed = cross(model, p, margin, centres=centres)
+        crossed = guide.cross(model, p, margin)
         # the walk: WALK_FRAMES frames from x to the boundary, then WALK_FRAMES - 1 more to x_cf,
         # in feature space along the straight line (the boundary lies at t* = m / (m + margin))
         t_star = p.margin / (p.margin + margin)
@@ -311,13 +311,13 @@ def counterfactual_rows(model: torch.nn.Module, x: torch.Tensor, target: int | N
             single = Projection(*(getattr(p, f)[i:i + 1] for f in (
                 "inputs", "projected", "features", "projected_features", "source",
                 "counterfactual", "margin")))
-            walks.append(cross(model, single, margin, steps, centres=centres)[0])
+            walks.append(guide.cross(model, single, margin, steps)[0])
             margins.append(-(float(p.margin[i]) - steps * (float(p.margin[i]) + margin)))
         with torch.no_grad():
             top = model(crossed).argmax(1)
         rows += [Counterfactual(p.inputs[i], p.projected[i], crossed[i], imp[i], walks[i],
                                 margins[i], int(p.source[i]), int(p.counterfactual[i]),
                                 int(top[i]), kind,
-                                "normal" if centres is None else "class centres")
+                                guide.direction)
                  for i in range(len(inputs))]
     return rows
