@@ -3,7 +3,7 @@ validation images, and the defaults they choose.
 
     python experiments/counterfactual_measures_sweep.py > experiments/counterfactual_measures_sweep.jsonl
     python experiments/counterfactual_measures_sweep.py --directions prototype \
-        --neighbours 10 20 50 100 --margins 5 7.5 10 12.5 15 \
+        --neighbours 1 5 10 20 50 100 --margins 5 7.5 10 12.5 15 17.5 20 25 \
         >> experiments/counterfactual_measures_sweep.jsonl
 
 Needs `dvc repro evaluate_counterfactuals` first (the prepared data, the black box, the image flow

@@ -250,7 +250,7 @@ def test_prototypes_are_the_mean_features_of_the_nearest_training_points_of_the_
         boundary.Prototypes.of(model, x[y < 2], y[y < 2], 4)(z, target)
 
 
-def test_crossing_towards_prototypes_moves_towards_them_by_the_margin():
+def test_crossing_towards_prototypes_stops_at_them_and_tops_up_along_the_normal():
     model = toy_model(classes=3, seed=0)
     torch.manual_seed(0)
     x = torch.randn(300, 2, dtype=torch.float64) * 3
@@ -258,18 +258,27 @@ def test_crossing_towards_prototypes_moves_towards_them_by_the_margin():
         y = model(x).argmax(1)
     guide = boundary.Guide.of("prototype", model, x, y, 3, neighbours=5)
     p = boundary.project(model, x[:100])
-    crossed = guide.cross(model, p, 1.5, batch_size=7)
-    gap = logit_gap(model, crossed, p.counterfactual, p.source)
-    assert torch.allclose(gap, torch.full_like(gap, 1.5), atol=1e-9)
-    w, _ = boundary.hyperplane(model, p.source, p.counterfactual, (2,))
-    towards = guide.prototypes(p.features, p.counterfactual) - p.features
-    across = (w * towards).sum(1) < 0
-    assert across.float().mean() > 0.5
-    with torch.no_grad():
-        move = model.features(crossed) - p.features
-    along = torch.where(across[:, None], towards, -w)  # the normal where it does not point across
-    cosine = torch.nn.functional.cosine_similarity(move, along, dim=1)
-    assert torch.allclose(cosine, torch.ones_like(cosine), atol=1e-9)
+    for margin in (0.0, 2.0):  # 0: every prototype lies past the margin; 2: most fall short
+        crossed = guide.cross(model, p, margin, batch_size=7)
+        gap = logit_gap(model, crossed, p.counterfactual, p.source)
+        assert torch.allclose(gap, torch.full_like(gap, margin), atol=1e-9)
+        w, b = boundary.hyperplane(model, p.source, p.counterfactual, (2,))
+        z = p.features
+        towards = guide.prototypes(z, p.counterfactual) - z
+        across = (w * towards).sum(1) < 0
+        step = ((w * z).sum(1) + b + margin) / -(w * towards).sum(1)
+        short = across & (step > 1)  # the prototype does not reach the margin
+        assert across.float().mean() > 0.5 and short.any() == (margin > 0)
+        with torch.no_grad():
+            move = model.features(crossed) - z
+        # past the margin: along the prototype's direction; short of it: the whole way to the
+        # prototype, then the normal; not across: the normal alone
+        along = torch.where(across[:, None], towards, -w)
+        cosine = torch.nn.functional.cosine_similarity(move, along, dim=1)
+        assert torch.allclose(cosine[~short], torch.ones_like(cosine[~short]), atol=1e-9)
+        rest = move[short] - towards[short]
+        assert torch.allclose(torch.nn.functional.cosine_similarity(rest, -w[short], dim=1),
+                              torch.ones(int(short.sum()), dtype=torch.float64), atol=1e-9)
 
 
 def test_walk_goes_from_the_input_through_the_projection_to_the_counterfactual():

@@ -399,7 +399,8 @@ def counterfactual_measures_sweep_block(root: Path) -> str:
     runs = [json.loads(line) for line in path.read_text().splitlines() if line]
     pick = _experiment(root, "counterfactual_measures_sweep").chosen(runs)
     lines = [("| direction | neighbours | margin | normalised IM1 | oracle validity | "
-              "black-box validity | pixels out of range | L1 | FID (vs real target-class images) |"),
+              "black-box validity | pixels out of range | L1 | "
+              "FID (vs real target-class images) |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         name = f"**{r['direction']} (chosen)**" if r is pick else r["direction"]

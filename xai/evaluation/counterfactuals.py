@@ -5,7 +5,8 @@ the counterfactual `x_cf` is `T^-1` of `T(x)` moved across the boundary until `k
 logits (`xai.explain.boundary.cross`): along the difference between the two classes' centres in
 feature space (`direction` "class_centres", ECINN's move), towards the image's prototype of `k`
 (the mean of its `neighbours` nearest training images of `k` in feature space; "prototype", Van
-Looveren and Klaise 2021) or along the boundary's normal ("normal"). The measures (Wachter et al. 2017; Van Looveren and Klaise 2019):
+Looveren and Klaise 2021) or along the boundary's normal ("normal"). The measures (Wachter et
+al. 2017; Van Looveren and Klaise 2019):
 
 - validity: the independent black box, shown `x_cf` clipped to [0, 1] (the picture a person
   sees), answers `k`; `reached`: the invertible model itself answers `k` (the margin is over `c`
@@ -53,7 +54,7 @@ class InvertibleCounterfactualConfig:
 
     margin: float = bounded(12.5, ge=0)
     direction: Literal["class_centres", "normal", "prototype"] = "prototype"
-    neighbours: int = bounded(20, ge=1)  # "prototype": training images of the target averaged
+    neighbours: int = bounded(5, ge=1)  # "prototype": training images of the target averaged
     posthoc_k: int = bounded(4, ge=1)
     posthoc_chunk: int = bounded(4, ge=1)
     batch_size: int = bounded(500, ge=1)

@@ -359,9 +359,12 @@ def cross(model: Invertible, projection: Projection, margin: float,
     separates the two classes. With `centres` (`class_centres` of the training data) it is along
     the difference between the two classes' centres, as in ECINN (Hvilshoj et al., 2021): the
     point takes on what the data of `k` have and those of `c` lack, not only the direction the
-    head reads. With `prototypes` it is towards the point's own prototype of `k` (the mean of its
-    nearest training points of `k`), Van Looveren and Klaise's guide. The logits are affine in `z`, so the step that reaches the margin is exact. With
-    `steps` (S values in [0, 1]) returns the walk from `x` (0) to the crossed point (1) instead,
+    head reads. With `prototypes` it goes towards the point's own prototype of `k` (the mean of
+    its nearest training points of `k`), Van Looveren and Klaise's guide, and no further: where
+    the prototype lies short of the margin, the rest of the way is along the normal (a straight
+    line past the prototype leaves the data, and the inverse of far-off features blows up). The
+    logits are affine in `z`, so the step that reaches the margin is exact. With `steps` (S values in [0, 1]) returns
+    the walk from `x` (0) to the crossed point (1) instead,
     N x S x C x H x W; it crosses the boundary at `t* = m / (m + margin)` (`m`: the margin at
     `x`), at `x_p` itself for the normal's move.
 
@@ -397,7 +400,13 @@ def cross(model: Invertible, projection: Projection, margin: float,
         towards = None if prototypes is None else prototypes(z, k) - z
         d = crossing_direction(w, c, k, centres, towards)
         step = (_dot(w, z) + b + margin) / -_dot(w, d)
-        z_cf = z + step.view(-1, *([1] * (z.dim() - 1))) * d
+        if towards is not None:  # no further than the prototype: past it, the flow extrapolates
+            step = torch.where(_dot(w, towards) < 0, step.clamp(max=1.0), step)
+        shape = (-1, *([1] * (z.dim() - 1)))
+        z_cf = z + step.view(shape) * d
+        if towards is not None:  # the margin the prototype does not reach, along the normal
+            rest = (_dot(w, z_cf) + b + margin).clamp_min(0)
+            z_cf = z_cf - (rest / _dot(w, w)).view(shape) * w
         if steps is None:
             out.append(model.inverse(z_cf))
             continue
