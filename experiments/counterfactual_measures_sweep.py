@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--margins", type=float, nargs="+", default=[10, 15, 20, 25, 30])
     parser.add_argument("--directions", nargs="+", default=["class_centres"],
                         choices=["class_centres", "normal", "prototype"])
-    parser.add_argument("--neighbours", type=int, nargs="+", default=[20],
+    parser.add_argument("--neighbours", type=int, nargs="+", default=[5],
                         help="the prototype direction's neighbours (one run per value)")
     parser.add_argument("--images", type=int, default=2000, help="first N validation images")
     args = parser.parse_args(argv)
@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     blackbox = load_blackbox(args.blackbox, device)
     measurement = load_measurement_models(args.measurement, device)
     indices = resample_indices(n, RESAMPLES, cfg.seed)
-    moves = [(d, n) for d in args.directions
-             for n in (args.neighbours if d == "prototype" else [None])]
+    moves = [(d, count) for d in args.directions
+             for count in (args.neighbours if d == "prototype" else [None])]
     for direction, neighbours in moves:
-        guide = guide_for(replace(cf, direction=direction, neighbours=neighbours or 1), model,
-                          data.train, data.num_classes)
+        setting = replace(cf, direction=direction, neighbours=neighbours or cf.neighbours)
+        guide = guide_for(setting, model, data.train, data.num_classes)
         for margin in args.margins:
             crossings = make_crossings(model, images, margin, cf.batch_size, guide)
             m = measure_crossings(measurement, blackbox, images, crossings, cf.batch_size,

@@ -205,7 +205,7 @@ def test_bad_params_stop_the_stage_before_any_work(tmp_path, params):
     assert not out.exists()
 
 
-def test_the_stages_write_the_models_and_every_measure(tmp_path, params):
+def test_the_stages_write_the_models_and_every_measure(tmp_path, params, capsys):
     p = params({**TINY, **MEASUREMENT_TINY, "render.counterfactual_target": 2})
     out = run_stage(tmp_path, p)
     models_path, mpath = tmp_path / "measurement.pt", tmp_path / "measurement.json"
@@ -241,6 +241,25 @@ def test_the_stages_write_the_models_and_every_measure(tmp_path, params):
         metrics["image_counterfactual_validity"])
     assert metrics["runner_up_images"] == 15 and metrics["target_images"] <= 15
     assert metrics["runner_up_unchanged_fid"] == pytest.approx(0, abs=1e-6)
+
+    # experiments/counterfactual_measures_sweep.py on the same models: a line per move and margin
+    sweep = experiment("counterfactual_measures_sweep")
+    capsys.readouterr()
+    sweep.main(["--params", str(p), "--data", str(tmp_path / "images.pt"), "--invertible",
+                out["image-model"], "--blackbox", str(blackbox), "--measurement",
+                str(models_path), "--directions", "class_centres", "prototype",
+                "--neighbours", "1", "3", "--margins", "1", "--images", "9"])
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["direction"], r.get("neighbours"), r["margin"]) for r in runs] == [
+        ("class_centres", None, 1), ("prototype", 1, 1), ("prototype", 3, 1)]
+    assert all(r["images"] == 9 and r["im1_normalised"][1] <= r["im1_normalised"][0]
+               <= r["im1_normalised"][2] for r in runs)
+    for r in runs:  # the rule picks the lowest FID among the runs that meet every line
+        r.update(im1_normalised=[0.1, 0.0, 0.1], oracle_validity=[1.0, 1, 1],
+                 blackbox_validity=[1.0, 1, 1], out_of_range=[0.0, 0, 0])
+    assert sweep.chosen(runs) is min(runs, key=lambda r: r["fid_real"][0])
+    runs[0]["out_of_range"] = [0.5, 0.5, 0.5]
+    assert sweep.chosen(runs) is min(runs[1:], key=lambda r: r["fid_real"][0])
 
     # a named target the data set does not have is refused, naming the key
     bad = params({**TINY, **MEASUREMENT_TINY, "render.counterfactual_target": 3})
