@@ -44,6 +44,7 @@ VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
 JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
+CIFAR_PROBES = "experiments/cifar_probes.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
 BENCH_FP32 = {"before": "experiments/bench_fp32_before.json", "after": "experiments/bench_fp32.json"}
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
@@ -237,6 +238,24 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
     for name, row in sorted(methods.items(), key=lambda item: -item[1][posthoc]):
         lines.append(f"| {name} | {row['explains']} | {interval_cell(row, posthoc)} | "
                      f"{interval_cell(row, fidelity)} |")
+    return "\n".join(lines)
+
+
+def cifar_probes_block(root: Path) -> str:
+    """`experiments/cifar_probes.json`: the black box with test-time augmentation, and the judge's
+    agreement by learning rate."""
+    run = _json(root, CIFAR_PROBES)
+    views = {"none": "the image alone", "mirror": "the image and its mirror (2 passes)",
+             "airbench": "airbench's six views (6 passes)"}
+    lines = [f"On {_host(run['host'])}, {run['test_images']:,} test images, 95 % intervals:", "",
+             "| black box answers from | test accuracy |", "|---|---|"]
+    lines += [f"| {views[v]} | {_interval(*ci)} |" for v, ci in run["blackbox_accuracy"].items()]
+    budgets = list(next(iter(run["judge_agreement"].values())))
+    lines += ["", "| judge | " + " | ".join(f"agreement, {b.removeprefix('k')} pixels kept"
+                                           for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+    for name, row in run["judge_agreement"].items():
+        lines.append(f"| {name} | " + " | ".join(_interval(*row[b]) for b in budgets) + " |")
     return "\n".join(lines)
 
 
@@ -560,6 +579,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "scaling": scaling_block, "shared-cores": shared_cores_block, "hosts": hosts_block,
     "bench-fp32": bench_fp32_block,
     "cifar-airbench": cifar_airbench_block,
+    "cifar-probes": cifar_probes_block,
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
     "counterfactual-measures": counterfactual_measures_block,

@@ -1,0 +1,116 @@
+"""Probes of a CIFAR-10 run (issue 28): what test-time augmentation adds to the black box, and how
+the judge's agreement depends on its learning rate.
+
+    python experiments/cifar_probes.py --workspace DIR --judge-lr 0.0003 > experiments/cifar_probes.json
+
+`DIR` is a checkout whose params.yaml holds a CIFAR-10 setting (for example
+`experiments/cifar_airbench_setting.json`'s keys) and in which `dvc repro train_judge` has run.
+Measures on the test set, with 95 % bootstrap intervals over images:
+
+- the black box's accuracy alone, averaged over its mirror image, and over airbench's six views
+  (the image and its mirror, and both shifted by one pixel up-left and down-right, reflect-padded;
+  the shifted views weigh half), each as one model would answer;
+- the judge's agreement with the black box on random subsets of `--budgets` pixels (0-filled,
+  the evaluation's fill): the workspace's judge, and one judge per `--judge-lr` trained as
+  `train_judge` trains it (the workspace's params, that learning rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xai.data.prepared import load_dataset
+from xai.devices import use_bf16
+from xai.evaluation.uncertainty import bootstrap, resample_indices
+from xai.models.blackbox import load_blackbox, load_probabilities
+from xai.models.judge import Judge, agreement, load_judge
+from xai.pipeline.bench import host
+from xai.pipeline.config import load_config
+from xai.tensors import predict, to_unit
+from xai.train.judge import train_judge
+from xai.train.loop import History, seed_everything
+
+RESAMPLES = 1000
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """`x` (float) moved by (dy, dx) pixels, the edge reflected in."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
+def tta_logits(model: torch.nn.Module, x: torch.Tensor, views: str, amp: bool) -> torch.Tensor:
+    """Mean logits over the views: "none", "mirror" or "airbench" (mirror and +-1 px shifts)."""
+    plain = predict(model, x, amp=amp)
+    if views == "none":
+        return plain
+    mirror = (plain + predict(model, x.flip(3), amp=amp)) / 2
+    if views == "mirror":
+        return mirror
+    moved = [predict(model, v, amp=amp) for s in (-1, 1)
+             for v in (shifted(x, s, s), shifted(x, s, s).flip(3))]
+    return mirror / 2 + torch.stack(moved).mean(0) / 2
+
+
+def _interval(values: torch.Tensor, indices: torch.Tensor) -> list[float]:
+    ci = bootstrap(values.float(), indices)
+    return [ci.mean, ci.low, ci.high]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--judge-lr", type=float, nargs="*", default=[])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[64, 256, 512, 1024])
+    args = parser.parse_args()
+    ws = args.workspace
+    cfg = load_config(ws / "params.yaml")
+    device = torch.device("cpu")
+    data = load_dataset(ws / "data/prepared/images.pt")
+    blackbox = load_blackbox(ws / "models/blackbox.pt").eval()
+    amp = use_bf16(cfg.evaluate.precision, device)
+    x, y = to_unit(data.test.x), data.test.y
+    indices = resample_indices(len(x), RESAMPLES, cfg.seed)
+    with torch.inference_mode():
+        accuracy = {views: _interval(tta_logits(blackbox, x, views, amp).argmax(1) == y, indices)
+                    for views in ("none", "mirror", "airbench")}
+        reference = predict(blackbox, x, amp=amp).argmax(1)
+
+    def agreements(judge: Judge) -> dict[str, list[float]]:
+        return {f"k{b}": _interval(agreement(judge, data.test.x, reference,
+                                             torch.Generator().manual_seed(cfg.seed + b), b,
+                                             amp=amp), indices)
+                for b in args.budgets}
+
+    judges = {f"workspace (lr {cfg.judge.lr:g})": agreements(load_judge(ws / "models/judge.pt"))}
+    probs = load_probabilities(ws / "models/blackbox_probs.pt")
+    for lr in args.judge_lr:
+        generator = seed_everything(cfg.seed, device)
+        judge = Judge(blackbox.architecture, load_judge(ws / "models/judge.pt").chunk)
+        judge.start_from(blackbox)
+        train_judge(judge, data.train.x, probs["train"], replace(cfg.judge, lr=lr), generator,
+                    History(), noise_std=cfg.road_noise_std)
+        judges[f"lr {lr:g}"] = agreements(judge)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True,
+                            text=True, check=False).stdout.strip() or None
+    print(json.dumps({"workspace_commit": commit,
+                      "workspace_params": {"blackbox": asdict(cfg.blackbox),
+                                           "judge": asdict(cfg.judge)},
+                      "host": host(), "test_images": len(x),
+                      "blackbox_accuracy": accuracy, "judge_agreement": judges}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
