@@ -1,7 +1,8 @@
 """Probes of a CIFAR-10 run (issue 28): what test-time augmentation adds to the black box, and how
-the judge's agreement depends on its learning rate.
+the judge's agreement depends on its learning rate and epochs.
 
-    python experiments/cifar_probes.py --workspace DIR --judge-lr 0.0003 > experiments/cifar_probes.json
+    python experiments/cifar_probes.py --workspace DIR --judges 0.0003:5 0.001:10 \
+        > experiments/cifar_probes.json
 
 `DIR` is a checkout whose params.yaml holds a CIFAR-10 setting (for example
 `experiments/cifar_airbench_setting.json`'s keys) and in which `dvc repro train_judge` has run.
@@ -11,8 +12,8 @@ Measures on the test set, with 95 % bootstrap intervals over images:
   (the image and its mirror, and both shifted by one pixel up-left and down-right, reflect-padded;
   the shifted views weigh half), each as one model would answer;
 - the judge's agreement with the black box on random subsets of `--budgets` pixels (0-filled,
-  the evaluation's fill): the workspace's judge, and one judge per `--judge-lr` trained as
-  `train_judge` trains it (the workspace's params, that learning rate).
+  the evaluation's fill): the workspace's judge, and one judge per `--judges` LR:EPOCHS trained as
+  `train_judge` trains it (the workspace's params, that learning rate and number of epochs).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", type=Path, required=True)
-    parser.add_argument("--judge-lr", type=float, nargs="*", default=[])
+    parser.add_argument("--judges", nargs="*", default=[], metavar="LR:EPOCHS")
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 256, 512, 1024])
     args = parser.parse_args()
     ws = args.workspace
@@ -94,15 +95,17 @@ def main() -> None:
                                              amp=amp), indices)
                 for b in args.budgets}
 
-    judges = {f"workspace (lr {cfg.judge.lr:g})": agreements(load_judge(ws / "models/judge.pt"))}
+    judges = {f"the run's (lr {cfg.judge.lr:g}, {cfg.judge.epochs} epochs)":
+              agreements(load_judge(ws / "models/judge.pt"))}
     probs = load_probabilities(ws / "models/blackbox_probs.pt")
-    for lr in args.judge_lr:
+    for variant in args.judges:
+        lr, epochs = float(variant.split(":")[0]), int(variant.split(":")[1])
         generator = seed_everything(cfg.seed, device)
         judge = Judge(blackbox.architecture, load_judge(ws / "models/judge.pt").chunk)
         judge.start_from(blackbox)
-        train_judge(judge, data.train.x, probs["train"], replace(cfg.judge, lr=lr), generator,
-                    History(), noise_std=cfg.road_noise_std)
-        judges[f"lr {lr:g}"] = agreements(judge)
+        train_judge(judge, data.train.x, probs["train"], replace(cfg.judge, lr=lr, epochs=epochs),
+                    generator, History(), noise_std=cfg.road_noise_std)
+        judges[f"lr {lr:g}, {epochs} epochs"] = agreements(judge)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True,
                             text=True, check=False).stdout.strip() or None
     print(json.dumps({"workspace_commit": commit,

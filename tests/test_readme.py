@@ -95,11 +95,11 @@ def test_the_cifar_probes_block_follows_its_run(tmp_path):
     path = source / "experiments" / "cifar_probes.json"
     run = json.loads(path.read_text())
     run["blackbox_accuracy"]["mirror"] = [0.987654, 0.9, 0.99]
-    run["judge_agreement"]["lr 0.0003"]["k256"] = [0.876543, 0.8, 0.9]
+    run["judge_agreement"]["lr 0.0003, 5 epochs"]["k256"] = [0.876543, 0.8, 0.9]
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-probes"](source)
     assert "| the image and its mirror (2 passes) | 0.988 [0.900, 0.990] |" in changed
-    assert "| lr 0.0003 |" in changed and "0.877 [0.800, 0.900]" in changed
+    assert "| lr 0.0003, 5 epochs |" in changed and "0.877 [0.800, 0.900]" in changed
 
 
 def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):
