@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import struct
 import sys
@@ -28,11 +27,8 @@ if str(ROOT) not in sys.path:  # `tests.conftest`, `tools.docs` under a plain `p
 
 def experiment(name: str) -> ModuleType:
     """The script `experiments/<name>.py`, imported as a module (experiments are not a package)."""
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools.docs import experiment_module
+    return experiment_module(ROOT, name)
 
 
 def write_params(path: Path, overrides: dict[str, Any] | None = None) -> Path:

@@ -55,7 +55,7 @@ def _json(root: Path, name: str) -> dict:
     return json.loads((root / name).read_text())
 
 
-def _experiment(root: Path, name: str) -> ModuleType:
+def experiment_module(root: Path, name: str) -> ModuleType:
     """The script `experiments/<name>.py` under `root`, imported as a module."""
     spec = importlib.util.spec_from_file_location(name, root / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -416,7 +416,7 @@ def counterfactual_measures_sweep_block(root: Path) -> str:
     and margin on validation images."""
     path = root / "experiments/counterfactual_measures_sweep.jsonl"
     runs = [json.loads(line) for line in path.read_text().splitlines() if line]
-    pick = _experiment(root, "counterfactual_measures_sweep").chosen(runs)
+    pick = experiment_module(root, "counterfactual_measures_sweep").chosen(runs)
     lines = [("| direction | neighbours | margin | normalised IM1 | oracle validity | "
               "black-box validity | pixels out of range | L1 | "
               "FID (vs real target-class images) |"),

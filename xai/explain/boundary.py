@@ -16,7 +16,7 @@ the margin at `x`. `c` is the predicted class and `k` the runner-up unless the c
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -218,6 +218,13 @@ def project(model: Invertible, x: torch.Tensor, *,
         "margin")))
 
 
+def _batched_features(model: Invertible, x: torch.Tensor, batch_size: int
+                      ) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, `T(x[start:start + batch_size])`) for each batch of inputs `x` (uint8 or floats)."""
+    for i in range(0, len(x), batch_size):
+        yield i, model.features(to_unit(x[i:i + batch_size]))
+
+
 @torch.inference_mode()
 def class_centres(model: Invertible, x: torch.Tensor, y: torch.Tensor, classes: int,
                   batch_size: int = _BATCH) -> torch.Tensor:
@@ -245,8 +252,7 @@ def class_centres(model: Invertible, x: torch.Tensor, y: torch.Tensor, classes: 
         raise ValueError(f"class_centres needs points of every class in 0..{classes - 1}; "
                          f"labels out of range or classes without points: {missing}")
     sums = None
-    for i in range(0, len(x), batch_size):
-        z = model.features(to_unit(x[i:i + batch_size]))
+    for i, z in _batched_features(model, x, batch_size):
         if sums is None:
             sums = torch.zeros(classes, *z.shape[1:], dtype=torch.float64, device=z.device)
         sums.index_add_(0, y[i:i + batch_size], z.double())
@@ -281,8 +287,7 @@ class Prototypes:
     def of(cls, model: Invertible, x: torch.Tensor, y: torch.Tensor, neighbours: int,
            batch_size: int = _BATCH) -> Prototypes:
         """Prototypes over the training inputs `x` (uint8 images or floats) with labels `y`."""
-        features = torch.cat([model.features(to_unit(x[i:i + batch_size])).flatten(1)
-                              for i in range(0, len(x), batch_size)])
+        features = torch.cat([z.flatten(1) for _, z in _batched_features(model, x, batch_size)])
         return cls(features, y.to(features.device), neighbours)
 
     @torch.no_grad()
