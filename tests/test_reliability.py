@@ -173,14 +173,18 @@ def test_a_tracking_server_lost_mid_stage_still_gives_the_stage_outputs(tiny_ima
 
 def test_a_stage_start_sweeps_temporary_files_a_killed_stage_left(tmp_path, monkeypatch):
     """After a SIGKILL, `dvc repro` may restore a stage's outputs from its run cache without
-    running it; the next stage that starts removes what the killed one had staged."""
+    running it; the next stage that starts (raw_data always does) removes what the killed one
+    had staged or was writing, resume checkpoints included."""
     from xai.pipeline import cli
 
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  render:\n    cmd: x\n    outs:\n      - figures/a.png\n"
+        "stages:\n  render:\n    cmd: python -m x --checkpoint checkpoints/r.pt --out o\n"
+        "    outs:\n      - figures/a.png\n"
         "    metrics:\n      - m.json:\n          cache: false\n")
     (tmp_path / "figures").mkdir()
-    stale = [tmp_path / "figures" / ".a.png.k2j4_x9q.tmp", tmp_path / ".m.json.0a1b2c3d.tmp"]
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / "figures" / ".a.png.k2j4_x9q.tmp", tmp_path / ".m.json.0a1b2c3d.tmp",
+             tmp_path / "checkpoints" / ".r.pt.x1y2z3w4.tmp"]  # a resume checkpoint's
     mine = tmp_path / "figures" / ".b.png.0a1b2c3d.tmp"  # not an output of any stage
     for path in (*stale, mine):
         path.write_bytes(b"half")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -25,8 +26,17 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _written_paths(stage: dict) -> list[str]:
+    """The files a stage writes: its outs, metrics and plots, and its resume checkpoint (the
+    path after `--checkpoint` in its command, outside DVC's outputs)."""
+    entries = [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]
+    paths = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    words = shlex.split(stage.get("cmd", "")) if isinstance(stage.get("cmd"), str) else []
+    return paths + [after for word, after in zip(words, words[1:]) if word == "--checkpoint"]
+
+
 def sweep_stale_temps(dvc_yaml: str | Path = "dvc.yaml") -> None:
-    """Delete the temporary files of every stage output that a SIGKILLed stage left behind.
+    """Delete the temporary files of every file a stage writes that a SIGKILLed stage left behind.
 
     A SIGKILL gives a stage no chance to clean up, and `dvc repro` may then restore its outputs
     from the run cache without running it. DVC runs one stage at a time in a workspace, so when a
@@ -35,8 +45,8 @@ def sweep_stale_temps(dvc_yaml: str | Path = "dvc.yaml") -> None:
     if os.environ.get("RANK", "0") != "0" or not path.is_file():
         return
     for stage in (yaml.safe_load(path.read_text()) or {}).get("stages", {}).values():
-        for entry in [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]:
-            remove_stale_temps(path.parent / (next(iter(entry)) if isinstance(entry, dict) else entry))
+        for written in _written_paths(stage):
+            remove_stale_temps(path.parent / written)
 
 
 def run(main: Callable[[list[str] | None], None], name: str) -> None:
