@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from stages import train_blackbox
 from tests.conftest import ROOT
 from tests.test_blackbox import TINY, stage_args, stage_files
 from xai.errors import TrackingError, TrainingError
+from xai.io import JOURNAL_SUFFIX
 
 
 def test_sigterm_mid_training_leaves_no_output(tiny_images, params, tmp_path):
@@ -174,7 +176,7 @@ def test_a_tracking_server_lost_mid_stage_still_gives_the_stage_outputs(tiny_ima
 def test_a_stage_start_sweeps_temporary_files_a_killed_stage_left(tmp_path, monkeypatch):
     """After a SIGKILL, `dvc repro` may restore a stage's outputs from its run cache without
     running it; the next stage that starts (raw_data always does) removes what the killed one
-    had staged or was writing, resume checkpoints included."""
+    had staged or was writing, resume checkpoints included, and completes a commit it cut short."""
     from xai.pipeline import cli
 
     (tmp_path / "dvc.yaml").write_text(
@@ -188,7 +190,14 @@ def test_a_stage_start_sweeps_temporary_files_a_killed_stage_left(tmp_path, monk
     mine = tmp_path / "figures" / ".b.png.0a1b2c3d.tmp"  # not an output of any stage
     for path in (*stale, mine):
         path.write_bytes(b"half")
+    # killed inside a commit's renames: the journal lists a complete staged file not yet renamed
+    staged = tmp_path / "figures" / ".a.png.zz00zz00.tmp"
+    staged.write_bytes(b"new")
+    (tmp_path / "figures" / f".a.png{JOURNAL_SUFFIX}").write_text(
+        json.dumps([[str(staged), str(tmp_path / "figures" / "a.png")]]))
     monkeypatch.chdir(tmp_path)
     ran = []
     cli.run(lambda argv: ran.append(argv), "render")
     assert ran == [None] and not any(p.exists() for p in stale) and mine.exists()
+    assert (tmp_path / "figures" / "a.png").read_bytes() == b"new"  # the commit rolled forward
+    assert not list(tmp_path.rglob(f"*{JOURNAL_SUFFIX}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import signal
@@ -13,7 +14,7 @@ from types import FrameType
 import yaml
 
 from xai.errors import DiskFullError, UnwritableError, XaiError
-from xai.io import remove_stale_temps
+from xai.io import recover, remove_stale_temps
 from xai.pipeline.config import param_error
 
 EXIT_USER_ERROR = 2  # bad params, missing or damaged inputs (`XaiError.exit_code`)
@@ -31,12 +32,14 @@ def _written_paths(stage: dict) -> list[str]:
     path after `--checkpoint` in its command, outside DVC's outputs)."""
     entries = [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]
     paths = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
-    words = shlex.split(stage.get("cmd", "")) if isinstance(stage.get("cmd"), str) else []
-    return paths + [after for word, after in zip(words, words[1:]) if word == "--checkpoint"]
+    cmd = stage.get("cmd")
+    words = shlex.split(cmd) if isinstance(cmd, str) else []
+    return paths + [after for word, after in itertools.pairwise(words) if word == "--checkpoint"]
 
 
 def sweep_stale_temps(dvc_yaml: str | Path = "dvc.yaml") -> None:
-    """Delete the temporary files of every file a stage writes that a SIGKILLed stage left behind.
+    """Finish what a SIGKILLed stage left behind in the folders of every file a stage writes:
+    complete a commit it cut short (`xai.io.recover`), then delete its temporary files.
 
     A SIGKILL gives a stage no chance to clean up, and `dvc repro` may then restore its outputs
     from the run cache without running it. DVC runs one stage at a time in a workspace, so when a
@@ -44,9 +47,13 @@ def sweep_stale_temps(dvc_yaml: str | Path = "dvc.yaml") -> None:
     path = Path(dvc_yaml)
     if os.environ.get("RANK", "0") != "0" or not path.is_file():
         return
-    for stage in (yaml.safe_load(path.read_text()) or {}).get("stages", {}).values():
-        for written in _written_paths(stage):
-            remove_stale_temps(path.parent / written)
+    written = [path.parent / p for stage in (yaml.safe_load(path.read_text()) or {})
+               .get("stages", {}).values() for p in _written_paths(stage)]
+    for folder in dict.fromkeys(p.parent for p in written):
+        if folder.is_dir():
+            recover(folder)
+    for output in written:
+        remove_stale_temps(output)
 
 
 def run(main: Callable[[list[str] | None], None], name: str) -> None:
