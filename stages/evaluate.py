@@ -9,7 +9,7 @@ import time
 import torch
 
 from xai.data.prepared import load_dataset
-from xai.devices import select_device, use_bf16
+from xai.devices import channels_last_copy, select_device, use_bf16
 from xai.errors import ConfigError, DataError
 from xai.evaluation.controls import ClassInPosition, FixedChunks
 from xai.evaluation.table import (
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             (InputTimesGradient(blackbox), "blackbox"),
             (SmoothGrad(blackbox, ev.smoothgrad_samples, ev.smoothgrad_std, ev.batch_size),
              "blackbox"),
-            (IntegratedGradients(blackbox, steps=ev.ig_steps, internal_batch_size=ev.batch_size),
-             "blackbox"),
+            (IntegratedGradients(channels_last_copy(blackbox), steps=ev.ig_steps), "blackbox"),
             (GradientShap(blackbox, shap_baselines, ev.shap_samples), "blackbox"),
             (Occlusion(blackbox, chunk, ev.batch_size), "blackbox"),
             (Lime(blackbox, chunk, ev.lime_samples, ev.seed), "blackbox"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 
@@ -21,6 +22,7 @@ def test_bench_writes_every_case(params, tmp_path):
         assert case["images_per_second"] > 0
         if "imputation" not in case["name"]:  # the imputation's convolutions-by-hand count 0 FLOPs
             assert case["mflop_per_image"] > 0 and 0 < case["share_of_ceiling"]
+            assert case["gemm_share_of_ceiling"] > 0 and 0 < case["gemm_time_share"] < 1.5
     assert report["host"]["cores"] >= 1 and isinstance(report["host"]["flags"], list)
 
 
@@ -38,3 +40,14 @@ def test_bench_takes_params_and_a_shape(params, tmp_path):
 
 def test_matmul_ceiling_counts_flops():
     assert bench.matmul_ceiling(torch.device("cpu"), torch.float32, 0.05) > 0.1
+
+
+def test_gemm_seconds_count_the_products_and_nothing_else():
+    """A step of one matrix product and the same step with a 20 ms sleep after it: the time
+    inside the products is the same, and far below the sleep."""
+    a = torch.rand(256, 256)
+    alone = bench.gemm_seconds(lambda: a @ a)
+    padded = bench.gemm_seconds(lambda: (a @ a, time.sleep(0.02)))
+    assert 0 < alone < 0.01 and 0 < padded < 0.01
+    assert bench._is_gemm("aten::mkldnn_convolution") and bench._is_gemm("aten::addmm")
+    assert not bench._is_gemm("aten::relu") and not bench._is_gemm("aten::threshold_backward")

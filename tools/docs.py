@@ -297,15 +297,25 @@ def bench_block(root: Path) -> str:
     for title, name in BENCHES.items():
         run = _json(root, name)
         ceiling = ", ".join(f"{k} {v:.0f}" for k, v in run["ceiling_gflops"].items())
+        gemms = any(c.get("gemm_share_of_ceiling") is not None for c in run["cases"])
         lines += [f"{title} (`{name}`; {run['device']}, {run['threads']} threads; matmul ceiling "
                   f"GFLOP/s: {ceiling}):", "",
-                  "| case | batch | precision | img/s | MFLOP/img | GFLOP/s | of ceiling |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| case | batch | precision | img/s | MFLOP/img | GFLOP/s | of ceiling |"
+                  + (" its GEMMs alone | time in GEMMs |" if gemms else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|---|" if gemms else "")]
         lines += [f"| {c['name']} | {c['batch']} | {c['precision']} | "
                   f"{c['images_per_second']:.0f} | {c['mflop_per_image']:.3g} | "
-                  f"{c['gflops']:.1f} | {c['share_of_ceiling']:.0%} |" for c in run["cases"]]
+                  f"{c['gflops']:.1f} | {c['share_of_ceiling']:.0%} |"
+                  + (f" {_share(c.get('gemm_share_of_ceiling'))} | "
+                     f"{_share(c.get('gemm_time_share'))} |" if gemms else "")
+                  for c in run["cases"]]
         lines.append("")
     return "\n".join(lines[:-1])
+
+
+def _share(share: float | None) -> str:
+    """A bench share as a percentage, or a dash where the run did not measure it."""
+    return "-" if share is None else f"{share:.0%}"
 
 
 def _host(host: dict) -> str:
@@ -322,14 +332,16 @@ def bench_fp32_block(root: Path) -> str:
     shares = {c["name"]: c["share_of_ceiling"] for c in before["cases"]}
     lines = [f"{_host(host)}, {after['threads']} threads; fp32 matmul ceiling "
              f"{after['ceiling_gflops']['fp32']:.0f} GFLOP/s:", "",
-             "| case | batch | img/s | GFLOP/s | of ceiling before | of ceiling after |",
-             "|---|---|---|---|---|---|"]
+             "| case | batch | img/s | GFLOP/s | of ceiling before | of ceiling after | "
+             "its GEMMs alone | time in GEMMs |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in after["cases"]:
         if c["mflop_per_image"] == 0:
             continue  # no counted FLOPs: no share of a ceiling
         lines.append(f"| {c['name']} | {c['batch']} | {c['images_per_second']:.0f} | "
                      f"{c['gflops']:.1f} | {shares[c['name']]:.0%} | "
-                     f"{c['share_of_ceiling']:.0%} |")
+                     f"{c['share_of_ceiling']:.0%} | {_share(c.get('gemm_share_of_ceiling'))} | "
+                     f"{_share(c.get('gemm_time_share'))} |")
     return "\n".join(lines)
 
 

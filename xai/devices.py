@@ -3,6 +3,7 @@ precision runs fast there: bf16 only pays on hardware with native support for it
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from pathlib import Path
@@ -73,3 +74,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 #: step 1.1x, near the noise, with `XAI_CPU_BF16=0`: `experiments/bench_fp32_before.json`
 #: against `experiments/bench_fp32.json`; fp32 on CUDA unmeasured).
 CONV_LAYOUT = torch.channels_last
+
+
+def channels_last_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with its convolution weights in `CONV_LAYOUT`, for a method that runs
+    many passes through it (integrated gradients: ~1.4x in fp32 on a CPU), leaving the model
+    itself, and every other method's arithmetic, as it was."""
+    return copy.deepcopy(model).to(memory_format=CONV_LAYOUT)

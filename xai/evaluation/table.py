@@ -214,13 +214,30 @@ def _sanity(entry: Explained, x: torch.Tensor, target: torch.Tensor, s: MeasureC
     return out
 
 
-def _counting(model: nn.Module) -> tuple[list[int], Any]:
-    """A forward pre-hook on `model` adding the rows of every batch it sees to a counter."""
+@contextlib.contextmanager
+def _counting(entry: Explained) -> Iterator[list[int]]:
+    """Count the rows of every batch the explained model sees inside the block: `entry.model`,
+    or the method's own copy of it (e.g. integrated gradients' channels-last one)."""
     seen = [0]
 
     def count(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
         seen[0] += int(inputs[0].shape[0])
-    return seen, model.register_forward_pre_hook(count)
+    own = getattr(entry.method, "model", None)
+    models = [entry.model] + ([own] if isinstance(own, nn.Module) and own is not entry.model
+                              and _same_weights(own, entry.model) else [])
+    hooks = [m.register_forward_pre_hook(count) for m in models]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold the same parameters (a copy, in whatever memory layout)."""
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x, y)
+                                      for x, y in zip(pa, pb, strict=True))
 
 
 def _road_fill(s: MeasureConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -263,12 +280,9 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
     the encoding measure's comparison shows each image under its partner's selection."""
     clock = _PhaseClock()
     model = entry.model
-    seen, hook = _counting(model)
-    try:
+    with _counting(entry) as seen:
         scores = chunk_scores(_batched(entry.method.attribute, x, pred, s.batch_size).float(),
                               s.chunk)
-    finally:
-        hook.remove()
     clock.lap("attribute")
     shape = tuple(x.shape[1:])
     per_image: dict[str, torch.Tensor] = {}

@@ -165,7 +165,7 @@ class IntegratedGradients:
 
     model: nn.Module
     steps: int = 32
-    internal_batch_size: int = 2048
+    internal_batch_size: int = 256
     name: str = "integrated_gradients"
 
     def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:

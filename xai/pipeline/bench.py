@@ -6,7 +6,10 @@
 First measures the ceiling (fp32 matmul GFLOP/s, bf16 too where supported), then runs a fixed
 number of steps of every case on synthetic inputs of the configured shapes and reports images/s,
 FLOPs per image (counted with `torch.utils.flop_counter`), achieved GFLOP/s, its share of the
-ceiling of the precision the case runs in, and the peak memory the case added. `--set` changes
+ceiling of the precision the case runs in, and the peak memory the case added. On a CPU it also
+profiles a few steps: the share of the ceiling the convolutions and matrix products reach on their
+own (the case's FLOPs over the time inside them) bounds what any speed-up of the rest (fusion,
+fewer copies) can give, and the part of the step they take says how much rest there is. `--set` changes
 params as `dvc exp run -S` does (for example every `precision` to fp32, what a CPU without native
 bf16 runs); `--shape` times another image shape than the prepared data's. The JSON records the
 host: its CPU and the instruction sets the matmul ceiling depends on.
@@ -28,7 +31,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai.devices import CONV_LAYOUT, cpu_flags, fast_bf16, select_device, use_bf16
+from xai.devices import CONV_LAYOUT, channels_last_copy, cpu_flags, fast_bf16, select_device, use_bf16
 from xai.io import save_json
 from xai.pipeline.config import IMAGE_SHAPES, Config, load_config
 from xai.tensors import autocast
@@ -62,6 +65,12 @@ class Result:
     gflops: float
     share_of_ceiling: float
     peak_memory_mb: float
+    #: the share of the ceiling the step's convolutions and matrix products reach on their own
+    #: (its FLOPs over the time spent inside them): the most that speeding up everything else
+    #: could give; None where not measured (a GPU, or no FLOPs)
+    gemm_share_of_ceiling: float | None = None
+    #: the part of a step's time spent inside its convolutions and matrix products
+    gemm_time_share: float | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -142,9 +151,30 @@ class PeakMemory:
         self.peak_mb = (top - self._base) / 2 ** 20
 
 
+def _is_gemm(op: str) -> bool:
+    """Whether a profiler event is one of the operators torch's FLOP counter counts: a
+    convolution (forward or backward, any backend) or a matrix product."""
+    return op.startswith("aten::") and ("conv" in op or op[6:] in _MATMULS)
+
+
+_MATMULS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul"})
+
+
+def gemm_seconds(step: Callable[[], object], reps: int = 3) -> float:
+    """Wall seconds per call of `step` spent inside its convolutions and matrix products (the
+    profiler's self time of those operators, CPU)."""
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            step()
+    micros = sum(e.self_cpu_time_total for e in prof.key_averages() if _is_gemm(e.key))
+    return micros / 1e6 / reps
+
+
 def run_case(case: Case, device: torch.device, ceilings: dict[str, float], seconds: float
              ) -> Result:
-    """Count one step's FLOPs, then time steps for about `seconds`."""
+    """Count one step's FLOPs, time steps for about `seconds`, then (CPU) profile a few to
+    find the time spent inside the convolutions and matrix products."""
     with FlopCounterMode(display=False) as counter:
         (case.flop_step or case.step)()
     flops = counter.get_total_flops()
@@ -152,9 +182,14 @@ def run_case(case: Case, device: torch.device, ceilings: dict[str, float], secon
         reps, elapsed = _timed(case.step, device, seconds)
     precision = "bf16" if case.amp else "fp32"
     gflops = flops * reps / elapsed / 1e9
+    gemm_share = gemm_time = None
+    if device.type == "cpu" and flops:
+        inside = gemm_seconds(case.step)
+        gemm_share = flops / max(inside, 1e-9) / 1e9 / ceilings[precision]
+        gemm_time = inside / (elapsed / reps)
     return Result(case.name, case.batch, precision, case.batch * reps / elapsed,
                   flops / case.batch / 1e6, gflops, gflops / ceilings[precision],
-                  memory.peak_mb)
+                  memory.peak_mb, gemm_share, gemm_time)
 
 
 # ----------------------------------------------------------------------------- cases
@@ -317,7 +352,7 @@ def evaluation_cases(cfg: Config, device: torch.device, shape: tuple[int, int, i
     shape = shape or _input_shape(cfg)
     model = architecture(cfg.blackbox, shape, 10).build().to(device).eval()
     steps = cfg.evaluate.ig_steps
-    ig = IntegratedGradients(model, steps=steps)
+    ig = IntegratedGradients(channels_last_copy(model), steps=steps)  # as the stage runs it
     x = torch.rand(64 * scale, *shape, device=device)
     target = torch.randint(0, 10, (len(x),), device=device)
     xr = torch.rand(256 * scale, *shape, device=device)
@@ -345,12 +380,19 @@ def render_table(ceilings: dict[str, float], results: list[Result]) -> str:
     lines = ["ceiling: " + ", ".join(f"{k} matmul {v:.0f} GFLOP/s" for k, v in ceilings.items()),
              "",
              f"{'case':<44} {'batch':>6} {'prec':>5} {'img/s':>10} {'MFLOP/img':>10} "
-             f"{'GFLOP/s':>8} {'ceiling':>8} {'mem MB':>8}"]
+             f"{'GFLOP/s':>8} {'ceiling':>8} {'mem MB':>8} {'GEMMs':>6} {'of time':>8}"]
     for r in results:
         lines.append(f"{r.name:<44} {r.batch:>6} {r.precision:>5} {r.images_per_second:>10.0f} "
                      f"{r.mflop_per_image:>10.2f} {r.gflops:>8.1f} {r.share_of_ceiling:>7.0%} "
-                     f"{r.peak_memory_mb:>8.0f}")
+                     f"{r.peak_memory_mb:>8.0f} {_percent(r.gemm_share_of_ceiling):>6} "
+                     f"{_percent(r.gemm_time_share):>8}")
+    lines += ["", "GEMMs: the share of the ceiling the convolutions and matrix products reach on "
+              "their own (the bound on the step); of time: the part of the step inside them"]
     return "\n".join(lines)
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
 
 
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
