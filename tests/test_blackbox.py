@@ -192,3 +192,23 @@ def test_autocast_wrapper_runs_bf16_returns_fp32_and_keeps_attributes():
     assert torch.allclose(out, net(x), atol=0.05) and not torch.equal(out, net(x))  # bf16 inside
     out.sum().backward()
     assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+def test_small_cnn_pools_before_its_relus_with_the_same_outputs_and_gradients():
+    """Against the textbook order (ReLU, then max-pool) with the same weights, bit for bit: the
+    logits, the input gradients and the weight gradients."""
+    torch.manual_seed(0)
+    model = Architecture("small_cnn", 1, 10, 28, 8).build()
+    conv1, _, _, conv2, _, _ = model.features
+    textbook = torch.nn.Sequential(conv1, torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                   conv2, torch.nn.ReLU(), torch.nn.MaxPool2d(2), model.head)
+    x = torch.rand(16, 1, 28, 28) - 0.3
+    grads = []
+    for net in (model, textbook):
+        xi = x.clone().requires_grad_(True)
+        out = net(xi)
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), xi.grad, conv1.weight.grad.clone(), conv2.weight.grad.clone()))
+        net.zero_grad(set_to_none=True)
+    for ours, theirs in zip(*grads, strict=True):
+        assert torch.equal(ours, theirs)
