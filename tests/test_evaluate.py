@@ -83,6 +83,8 @@ def test_every_method_times_every_measure_reproducibly(tiny_images, models, para
                                                                             "l2x": 20.0}
     assert table["vibi"]["model_evaluations_per_image"] == 0  # the explainer alone explains
     assert table["occlusion"]["model_evaluations_per_image"] == 1 + 4  # the image, each chunk
+    steps = TINY_EVAL["evaluate.ig_steps"]  # passes through its own channels-last copy, counted
+    assert table["integrated_gradients"]["model_evaluations_per_image"] == steps
     for amortised in ("vibi", "l2x"):
         assert set(cost["break_even_images"][amortised]) == METHODS - {"vibi", "l2x"}
     assert "| boundary_projection |" in first["table"].read_text()

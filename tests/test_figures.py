@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from xai.io import save_csv
-from xai.viz.figures import read_rows, save_png, training_curves
+from xai.viz.figures import cost_figure, read_rows, save_png, training_curves
 
 
 def assert_png(path, min_size=(300, 200)):
@@ -99,3 +99,21 @@ def test_vibi_grid_and_counterfactuals(tmp_path):
         assert {r.along for r in rows} == {direction}
         save_png(counterfactuals(rows, ["a", "b", "c"]), tmp_path / f"cf_{direction}.png", 80)
         assert_png(tmp_path / f"cf_{direction}.png")
+
+
+def test_cost_figure_labels_of_close_points_do_not_cover_each_other():
+    """Three methods at nearly the same cost and fidelity: each label on a line of its own; a
+    lone point keeps its label beside it."""
+    points = {name: {"fidelity_k4": value, "seconds_per_image": 4e-3 * (1 + i / 20),
+                     "amortised": 0.0}
+              for i, (name, value) in enumerate([("gradient_shap", 0.920),
+                                                 ("integrated_gradients", 0.919),
+                                                 ("occlusion", 0.910)])}
+    points["random"] = {"fidelity_k4": 0.5, "seconds_per_image": 2e-6, "amortised": 0.0}
+    fig = cost_figure(points, "fidelity_k4")
+    fig.canvas.draw()
+    boxes = {t.get_text(): t.get_window_extent() for t in fig.axes[0].texts}
+    close = [boxes[n] for n in ("gradient_shap", "integrated_gradients", "occlusion")]
+    assert not any(a.overlaps(b) for i, a in enumerate(close) for b in close[i + 1:])
+    lone = fig.axes[0].texts[[t.get_text() for t in fig.axes[0].texts].index("random")]
+    assert lone.xyann == (5, 4)

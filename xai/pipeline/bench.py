@@ -9,10 +9,10 @@ FLOPs per image (counted with `torch.utils.flop_counter`), achieved GFLOP/s, its
 ceiling of the precision the case runs in, and the peak memory the case added. On a CPU it also
 profiles a few steps: the share of the ceiling the convolutions and matrix products reach on their
 own (the case's FLOPs over the time inside them) bounds what any speed-up of the rest (fusion,
-fewer copies) can give, and the part of the step they take says how much rest there is. `--set` changes
-params as `dvc exp run -S` does (for example every `precision` to fp32, what a CPU without native
-bf16 runs); `--shape` times another image shape than the prepared data's. The JSON records the
-host: its CPU and the instruction sets the matmul ceiling depends on.
+fewer copies) can give, and the part of the step they take says how much rest there is. `--set`
+changes params as `dvc exp run -S` does (for example every `precision` to fp32, what a CPU
+without native bf16 runs); `--shape` times another image shape than the prepared data's. The
+JSON records the host: its CPU and the instruction sets the matmul ceiling depends on.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from xai.devices import CONV_LAYOUT, channels_last_copy, cpu_flags, fast_bf16, select_device, use_bf16
+from xai.devices import (
+    CONV_LAYOUT,
+    channels_last_copy,
+    cpu_flags,
+    fast_bf16,
+    select_device,
+    use_bf16,
+)
 from xai.io import save_json
 from xai.pipeline.config import IMAGE_SHAPES, Config, load_config
 from xai.tensors import autocast
@@ -151,13 +158,13 @@ class PeakMemory:
         self.peak_mb = (top - self._base) / 2 ** 20
 
 
+_MATMULS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul"})
+
+
 def _is_gemm(op: str) -> bool:
     """Whether a profiler event is one of the operators torch's FLOP counter counts: a
     convolution (forward or backward, any backend) or a matrix product."""
     return op.startswith("aten::") and ("conv" in op or op[6:] in _MATMULS)
-
-
-_MATMULS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul"})
 
 
 def gemm_seconds(step: Callable[[], object], reps: int = 3) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from xai.io import write_bytes
@@ -165,6 +166,26 @@ def measures_figure(table: Mapping[str, Mapping[str, float]], budgets: list[int]
     return fig
 
 
+def _annotate_apart(ax: Axes, labels: Sequence[tuple[str, float, float]], fontsize: float = 7
+                    ) -> None:
+    """Label each point (name, x, y) just right of it, moving a label up or down in steps of a
+    line where it would cover one already placed (highest points first)."""
+    ax.figure.canvas.draw()  # fixes the limits, so data -> display positions hold
+    points_per_pixel = 72 / ax.figure.dpi
+    line, char = 1.2 * fontsize, 0.6 * fontsize  # in points
+    placed: list[tuple[float, float, float, float]] = []
+    for name, x, y in sorted(labels, key=lambda label: -label[2]):
+        px, py = (v * points_per_pixel for v in ax.transData.transform((x, y)))
+        for shift in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+            dy = 4 + shift * line
+            box = (px + 5, py + dy, px + 5 + char * len(name), py + dy + line)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=fontsize)
+
+
 def cost_figure(points: Mapping[str, Mapping[str, float]], measure: str) -> Figure:
     """One point per method: `measure` (with its 95 % interval) against wall seconds per
     explained image on a log axis; {method: {"seconds_per_image", measure, measure_ci_low,
@@ -180,9 +201,8 @@ def cost_figure(points: Mapping[str, Mapping[str, float]], measure: str) -> Figu
         ax.errorbar(p["seconds_per_image"], value, yerr=error, fmt="*" if p["amortised"] else "o",
                     markersize=12 if p["amortised"] else 6, color=colour, capsize=3,
                     label=name + (" (amortised)" if p["amortised"] else ""))
-        ax.annotate(name, (p["seconds_per_image"], value), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
     ax.set_xscale("log")
+    _annotate_apart(ax, [(name, p["seconds_per_image"], p[measure]) for name, p in points.items()])
     ax.set_xlabel("seconds per explained image (log; explaining only, batched)")
     ax.set_ylabel(measure.replace("_", " ") + " (neutral judge)")
     ax.grid(alpha=0.3, which="both")
