@@ -75,7 +75,7 @@ def test_a_missing_or_doubled_block_is_named():
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
                            "cifar-airbench", "scaling", "shared-cores", "hosts",
-                           "bench-fp32", "cifar-probes"}
+                           "bench-fp32", "bench-fp32-repeats", "cifar-probes"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
@@ -151,6 +151,19 @@ def test_the_bench_block_follows_the_committed_bench_runs(tmp_path):
     path.write_text(json.dumps(run))
     assert "| 98765 |" in BLOCKS["bench"](tmp_path)
     assert "| 98765 |" not in BLOCKS["bench"](ROOT)
+
+
+def test_the_repeated_bench_block_follows_each_run_and_refuses_two_hosts(tmp_path):
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
+    path = tmp_path / "experiments" / "bench_fp32_epyc_2.json"
+    run = json.loads(path.read_text())
+    run["cases"][0]["share_of_ceiling"] = 0.987
+    path.write_text(json.dumps(run))
+    assert " / 99% / " in BLOCKS["bench-fp32-repeats"](tmp_path)
+    run["host"]["cpu"] = "another CPU"
+    path.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="more than one host"):
+        BLOCKS["bench-fp32-repeats"](tmp_path)
 
 
 def _git(cwd: Path, *args: str) -> None:

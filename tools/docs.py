@@ -47,6 +47,8 @@ CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
 BENCH_FP32 = {"before": "experiments/bench_fp32_before.json", "after": "experiments/bench_fp32.json"}
+#: The same bench three times in a row on a second host, whose fp32 ceiling is near an AVX2 laptop's.
+BENCH_FP32_REPEATS = [f"experiments/bench_fp32_epyc_{i}.json" for i in (1, 2, 3)]
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
            "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json"}
 
@@ -345,6 +347,28 @@ def bench_fp32_block(root: Path) -> str:
     return "\n".join(lines)
 
 
+def bench_fp32_repeats_block(root: Path) -> str:
+    """`BENCH_FP32_REPEATS`: each case's share of the fp32 ceiling and its GEMMs' share, run by
+    run, so the spread between runs on one host is read beside the shares."""
+    runs = [_json(root, path) for path in BENCH_FP32_REPEATS]
+    hosts = {_host(run["host"]) for run in runs}
+    if len(hosts) != 1:
+        raise ValueError(f"{', '.join(BENCH_FP32_REPEATS)} come from more than one host: {hosts}")
+    ceilings = " / ".join(f"{run['ceiling_gflops']['fp32']:.0f}" for run in runs)
+    lines = [f"{hosts.pop()}, {runs[0]['threads']} threads; fp32 matmul ceiling {ceilings} "
+             f"GFLOP/s in runs {' / '.join(str(i) for i in range(1, len(runs) + 1))}:", "",
+             "| case | batch | of ceiling, run by run | its GEMMs alone, run by run |",
+             "|---|---|---|---|"]
+    for i, case in enumerate(runs[0]["cases"]):
+        if case["mflop_per_image"] == 0:
+            continue  # no counted FLOPs: no share of a ceiling
+        cases = [run["cases"][i] for run in runs]
+        lines.append(f"| {case['name']} | {case['batch']} | "
+                     f"{' / '.join(_share(c['share_of_ceiling']) for c in cases)} | "
+                     f"{' / '.join(_share(c.get('gemm_share_of_ceiling')) for c in cases)} |")
+    return "\n".join(lines)
+
+
 def counterfactual_sweep_block(root: Path) -> str:
     """`experiments/counterfactual_sweep.jsonl`: the image flow's counterfactuals by direction and
     margin on validation images, each measure with its 95 % interval."""
@@ -590,6 +614,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
     "scaling": scaling_block, "shared-cores": shared_cores_block, "hosts": hosts_block,
     "bench-fp32": bench_fp32_block,
+    "bench-fp32-repeats": bench_fp32_repeats_block,
     "cifar-airbench": cifar_airbench_block,
     "cifar-probes": cifar_probes_block,
     "vibi-variants-judged": judged_variants_block,
