@@ -56,7 +56,7 @@ def test_a_changed_metric_changes_its_block(tmp_path):
     texts = pages()
     changed = render(texts, source)
     assert changed["README.md"] != texts["README.md"] and "0.1235" in changed["README.md"]
-    assert drift(texts, source) == [("README.md", "stages")]
+    assert drift(texts, source) == [("README.md", "stages"), ("README.md", "hosts")]
 
 
 def test_a_missing_or_doubled_block_is_named():
@@ -128,6 +128,19 @@ def test_the_hosts_block_compares_runs_from_one_machine(tmp_path):
         BLOCKS["hosts"](source)
 
 
+def test_the_hosts_block_shows_other_hosts_runs_beside_the_committed_metrics(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "default_pipeline_epyc.json"
+    run = json.loads(path.read_text())
+    run["total_seconds"] = 1234 * 60
+    run["metrics"]["vibi"]["posthoc_accuracy"] = 0.123456
+    path.write_text(json.dumps(run))
+    block = BLOCKS["hosts"](source)
+    assert "| `auto`: bf16 | 1234.0 min |" in block
+    committed = json.loads((source / "metrics" / "vibi.json").read_text())["posthoc_accuracy"]
+    assert f"| VIBI post-hoc accuracy | {committed:.4f} | 0.1235 |" in block
+
+
 def test_the_counterfactual_measures_blocks_follow_their_sources(tmp_path):
     source = _copy_sources(tmp_path)
     path = source / "metrics" / "counterfactuals.json"
@@ -192,7 +205,7 @@ def test_the_check_reads_the_metrics_git_holds_not_the_workspace(tmp_path, capsy
     assert json.loads((committed / "metrics" / "vibi.json").read_text())["posthoc_accuracy"] \
         == pytest.approx(metrics["posthoc_accuracy"] - 0.0031)
     assert drift(pages(repo), committed) == []
-    assert drift(pages(repo), repo) == [("README.md", "stages")]
+    assert drift(pages(repo), repo) == [("README.md", "stages"), ("README.md", "hosts")]
     assert main(["--check"], root=repo) == 0  # HEAD's metrics by default
     assert main(["--check", "--rev", "HEAD"], root=repo) == 0
     assert main(["--check", "--workspace"], root=repo) == 1

@@ -46,6 +46,14 @@ CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
+#: The defaults' `auto` runs on other kinds of host (`experiments/pipeline_timing.py`).
+OTHER_HOST_PIPELINES = ["experiments/default_pipeline_epyc.json"]
+#: Headline metrics compared across hosts: (metrics file, key, what the table calls it).
+HOST_HEADLINES = (("blackbox", "test_accuracy", "black box test accuracy"),
+                  ("judge", "test_agreement_k12", "judge agreement, 12 of 49 chunks"),
+                  ("vibi", "posthoc_accuracy", "VIBI post-hoc accuracy"),
+                  ("invertible", "image_test_accuracy", "invertible classifier test accuracy"),
+                  ("counterfactuals", "runner_up_im1_normalised", "normalised IM1, runner-up"))
 BENCH_FP32 = {"before": "experiments/bench_fp32_before.json", "after": "experiments/bench_fp32.json"}
 #: The same bench three times in a row on a second host, whose fp32 ceiling is near an AVX2 laptop's.
 BENCH_FP32_REPEATS = [f"experiments/bench_fp32_epyc_{i}.json" for i in (1, 2, 3)]
@@ -511,22 +519,36 @@ def scaling_block(root: Path) -> str:
 
 def hosts_block(root: Path) -> str:
     """What the default pipeline takes by kind of host: the committed `auto` run
-    (`experiments/default_pipeline.json`) and the same host with every precision forced to fp32
-    (`experiments/fp32_pipeline.json`, what `auto` runs on a CPU without native bf16); a GPU is
-    unverified until a run on one is committed."""
+    (`experiments/default_pipeline.json`), the same host with every precision forced to fp32
+    (`experiments/fp32_pipeline.json`, what `auto` runs on a CPU without native bf16), and
+    `auto` runs on other kinds of host (`OTHER_HOST_PIPELINES`) with their headline metrics beside
+    the committed run's; a GPU is unverified until a run on one is committed."""
     auto, fp32 = _json(root, "experiments/default_pipeline.json"), _json(root, FP32_PIPELINE)
     host = auto["host"]
     if fp32["host"] != host:
         raise ValueError(f"{FP32_PIPELINE} ran on {fp32['host']}, the default run on {host}: "
                          "compare them from one machine")
     minutes = auto["total_seconds"] / 60, fp32["total_seconds"] / 60
-    return "\n".join([
-        "| host | precision | the default pipeline, end to end |", "|---|---|---|",
-        f"| {_host(host)} | `auto`: bf16 | "
-        f"{minutes[0]:.1f} min |",
-        f"| the same host, as one without native bf16 runs it | fp32 (forced) | "
-        f"{minutes[1]:.1f} min ({minutes[1] / minutes[0]:.2f}x) |",
-        "| a CUDA GPU | `auto`: bf16 | unverified: no GPU run is committed |"])
+    others = [_json(root, path) for path in OTHER_HOST_PIPELINES]
+    lines = ["| host | precision | the default pipeline, end to end |", "|---|---|---|",
+             f"| {_host(host)} | `auto`: bf16 | {minutes[0]:.1f} min |",
+             f"| the same host, as one without native bf16 runs it | fp32 (forced) | "
+             f"{minutes[1]:.1f} min ({minutes[1] / minutes[0]:.2f}x) |"]
+    lines += [f"| {_host(run['host'])} | `auto`: "
+              f"{'bf16' if {'avx512_bf16', 'amx_bf16'} & set(run['host']['flags']) else 'fp32'} | "
+              f"{run['total_seconds'] / 60:.1f} min |" for run in others]
+    lines.append("| a CUDA GPU | `auto`: bf16 | unverified: no GPU run is committed |")
+    if others:
+        committed = {stage: _json(root, f"metrics/{stage}.json") for stage, _, _ in HOST_HEADLINES}
+        lines += ["", "Results are bit-identical only on the same kind of host. The committed "
+                  "metrics (`dvc repro` on the first row's kind of host) beside those runs':", "",
+                  "| metric | committed | " + " | ".join(
+                      f"{run['host']['cpu']}, commit `{run['commit'][:7]}`" for run in others)
+                  + " |", "|---|---|" + "---|" * len(others)]
+        lines += [f"| {label} | {committed[stage][key]:.4f} | " + " | ".join(
+            f"{run['metrics'][stage][key]:.4f}" for run in others) + " |"
+            for stage, key, label in HOST_HEADLINES]
+    return "\n".join(lines)
 
 
 def shared_cores_block(root: Path) -> str:
