@@ -33,6 +33,7 @@ import yaml
 if __package__ in (None, ""):  # run as `python tools/docs.py`: the repository on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from xai.devices import NATIVE_BF16_FLAGS  # noqa: E402
 from xai.evaluation.table import construction_note, interval_cell, markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -535,7 +536,7 @@ def hosts_block(root: Path) -> str:
              f"| the same host, as one without native bf16 runs it | fp32 (forced) | "
              f"{minutes[1]:.1f} min ({minutes[1] / minutes[0]:.2f}x) |"]
     lines += [f"| {_host(run['host'])} | `auto`: "
-              f"{'bf16' if {'avx512_bf16', 'amx_bf16'} & set(run['host']['flags']) else 'fp32'} | "
+              f"{'bf16' if NATIVE_BF16_FLAGS & set(run['host']['flags']) else 'fp32'} | "
               f"{run['total_seconds'] / 60:.1f} min |" for run in others]
     lines.append("| a CUDA GPU | `auto`: bf16 | unverified: no GPU run is committed |")
     if others:

@@ -33,6 +33,9 @@ def select_device(name: str = "auto") -> torch.device:
 #: Set to 0 to treat this CPU as one without native bf16 (`precision: auto` then runs fp32, as
 #: on most laptops): how the suite and the pipeline are checked for such hosts on one that has it.
 CPU_BF16_VARIABLE = "XAI_CPU_BF16"
+#: CPU flags of native bf16 arithmetic (AVX512-BF16, AMX): `precision: auto` runs bf16 on a CPU
+#: with any of them.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @functools.cache
@@ -53,7 +56,7 @@ def _cpu_has_native_bf16() -> bool:
     slower than fp32."""
     if os.environ.get(CPU_BF16_VARIABLE) == "0":
         return False
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)
 
 
 def fast_bf16(device: torch.device) -> bool:
