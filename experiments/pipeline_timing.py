@@ -9,7 +9,8 @@ Clones this repository's HEAD into a temporary directory, sets the keys of the s
 runs that stage alone. Prints one JSON object: the setting, the commit and params.yaml it ran
 with, the host, each stage's wall seconds (DVC's own overhead included), the total, and every
 stage's `metrics/*.json`. `--figures DIR` keeps the run's figures for looking at; `--until STAGE` stops
-after that stage.
+after that stage; `--workdir DIR` runs in `DIR` (a new folder) instead and keeps it, models included,
+for probes that read a run's models (`experiments/cifar_probes.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
@@ -60,10 +62,15 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, help="copy the run's figures here")
     parser.add_argument("--until", metavar="STAGE",
                         help="stop after this stage (the stages before it still run)")
+    parser.add_argument("--workdir", type=Path,
+                        help="run in this new folder and keep it (default: a temporary one)")
     args = parser.parse_args()
+    if args.workdir is not None and args.workdir.exists():
+        raise ConfigError(f"--workdir {args.workdir}: exists; name a new folder")
     setting = json.loads(args.setting.read_text())
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
-    with tempfile.TemporaryDirectory(prefix="xai-timing-") as tmp:
+    kept = nullcontext(args.workdir.resolve()) if args.workdir else None
+    with kept or tempfile.TemporaryDirectory(prefix="xai-timing-") as tmp:
         work = Path(tmp) / "xai"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work)], check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, check=True,

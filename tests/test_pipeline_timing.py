@@ -27,7 +27,8 @@ def test_a_key_params_yaml_does_not_have_is_refused():
 
 
 def test_the_committed_settings_name_only_existing_keys():
-    for name in ("cifar_cpu_setting.json", "cifar_airbench_setting.json", "default_setting.json"):
+    for name in ("cifar_cpu_setting.json", "cifar_airbench_setting.json",
+                 "cifar_airbench_chunk2_setting.json", "default_setting.json"):
         setting = json.loads((ROOT / "experiments" / name).read_text())
         experiment("pipeline_timing").configured(_params(), setting["params"])
 
@@ -37,3 +38,12 @@ def test_until_keeps_the_stages_up_to_the_named_one():
     assert until(["a", "b", "c"], "b") == ["a", "b"] and until(["a", "b"], None) == ["a", "b"]
     with pytest.raises(ConfigError, match="no such stage; allowed: a, b"):
         until(["a", "b"], "x")
+
+
+def test_a_workdir_that_exists_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["pipeline_timing.py", str(ROOT / "experiments" /
+                                                            "default_setting.json"),
+                                     "--data-root", str(tmp_path), "--workdir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--workdir .*exists; name a new folder"):
+        experiment("pipeline_timing").main()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,124 @@
+"""Judge fidelity of explanation methods against random chunks on a CIFAR-10 run (issue 28): does a
+method keep the black box's prediction, as the judge reads it, better than random pixels?
+
+    python experiments/cifar_fidelity_probe.py --workspace DIR [--judge NAME=PATH ...] \
+        [--images 1000] [--budgets 16 64 128 256] > experiments/cifar_fidelity_probe.json
+
+`DIR` is a checkout whose params.yaml holds a CIFAR-10 setting and in which the models exist
+(`dvc repro train_vibi train_judge`). On `--images` seeded test images (more than the setting's
+`evaluate.num_images`, to narrow the intervals), for the workspace's judge and every `--judge` file
+(for example one trained by `python -m stages.train_judge` with more epochs): each method's
+judge fidelity at every budget (the top-k chunks kept, the rest 0, as `evaluate` measures it) and
+its paired difference to random chunks, with 95 % bootstrap intervals over the images. Methods:
+random chunks, LIME and KernelSHAP (the setting's samples), VIBI and L2X, gradient saliency; the
+black box's and the judges' passes in bf16 where the setting's `evaluate.precision` runs them so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xai.chunks import chunk_scores, expand, top_k_mask
+from xai.data.prepared import load_dataset
+from xai.devices import use_bf16
+from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
+from xai.explain.attribution import (
+    ExplainerDistribution,
+    GradientSaliency,
+    KernelShap,
+    Lime,
+    RandomChunks,
+)
+from xai.models.blackbox import load_blackbox
+from xai.models.judge import load_judge
+from xai.models.vibi import load_vibi
+from xai.pipeline.bench import host
+from xai.pipeline.config import load_config
+from xai.tensors import Autocast, to_unit
+
+RESAMPLES = 1000
+BATCH = 250
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--judge", type=_named_path, nargs="*", default=[], metavar="NAME=PATH")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[16, 64, 128, 256])
+    args = parser.parse_args()
+    ws = args.workspace
+    cfg = load_config(ws / "params.yaml")
+    ev = cfg.evaluate
+    device = torch.device("cpu")
+    amp = use_bf16(ev.precision, device)
+    data = load_dataset(ws / "data/prepared/images.pt")
+    blackbox = load_blackbox(ws / "models/blackbox.pt")
+    blackbox = Autocast(blackbox) if amp else blackbox
+    vibi, l2x = load_vibi(ws / "models/vibi.pt"), load_vibi(ws / "models/l2x.pt")
+    chunk = vibi.spec.chunk
+    pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(ev.seed))
+    x = to_unit(data.test.x[pick[:args.images].sort().values])
+    with torch.no_grad():
+        predicted = torch.cat([blackbox(x[i:i + BATCH]).argmax(1)
+                               for i in range(0, len(x), BATCH)])
+    methods = {"random": RandomChunks(blackbox, chunk, ev.seed),
+               "lime": Lime(blackbox, chunk, ev.lime_samples, ev.seed),
+               "kernel_shap": KernelShap(blackbox, chunk, ev.lime_samples, ev.seed),
+               "vibi": ExplainerDistribution("vibi", vibi, blackbox),
+               "l2x": ExplainerDistribution("l2x", l2x, blackbox),
+               "saliency": GradientSaliency(blackbox)}
+    scores = {name: torch.cat([chunk_scores(method.attribute(x[i:i + BATCH],
+                                                             predicted[i:i + BATCH]).float(),
+                                            chunk) for i in range(0, len(x), BATCH)])
+              for name, method in methods.items()}
+    indices = resample_indices(len(x), RESAMPLES, ev.seed)
+    shape = tuple(x.shape[1:])
+    judges = {f"the run's ({cfg.judge.epochs} epochs)": ws / "models/judge.pt", **dict(args.judge)}
+    fidelity: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
+    for judge_name, path in judges.items():
+        judge = load_judge(path)
+        if amp:
+            judge.net = Autocast(judge.net)
+        fidelity[judge_name] = {}
+        for b in args.budgets:
+            kept = {}
+            for name, s in scores.items():
+                keep = expand(top_k_mask(s, b), shape, chunk)
+                with torch.inference_mode():
+                    judged = torch.cat([judge(x[i:i + BATCH] * keep[i:i + BATCH],
+                                              keep[i:i + BATCH]).argmax(1)
+                                        for i in range(0, len(x), BATCH)])
+                kept[name] = (judged == predicted).float()
+            fidelity[judge_name][f"k{b}"] = {
+                name: {"fidelity": list(asdict(bootstrap(v, indices)).values()),
+                       "minus_random": list(asdict(paired_difference(v, kept["random"],
+                                                                     indices)).values())}
+                for name, v in kept.items()}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True,
+                            text=True, check=False).stdout.strip() or None
+    print(json.dumps({"workspace_commit": commit, "host": host(), "images": len(x),
+                      "chunk": chunk, "samples": ev.lime_samples,
+                      "judges": {name: str(path) for name, path in judges.items()},
+                      "fidelity": fidelity}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
