@@ -43,7 +43,7 @@ from xai.models.judge import load_judge
 from xai.models.vibi import load_vibi
 from xai.pipeline.bench import host
 from xai.pipeline.config import load_config
-from xai.tensors import Autocast, to_unit
+from xai.tensors import Autocast, predict, to_unit
 
 RESAMPLES = 1000
 BATCH = 250
@@ -76,9 +76,8 @@ def main() -> None:
     chunk = vibi.spec.chunk
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(ev.seed))
     x = to_unit(data.test.x[pick[:args.images].sort().values])
-    with torch.no_grad():
-        predicted = torch.cat([blackbox(x[i:i + BATCH]).argmax(1)
-                               for i in range(0, len(x), BATCH)])
+    with torch.inference_mode():
+        predicted = predict(blackbox, x, BATCH).argmax(1)
     methods = {"random": RandomChunks(blackbox, chunk, ev.seed),
                "lime": Lime(blackbox, chunk, ev.lime_samples, ev.seed),
                "kernel_shap": KernelShap(blackbox, chunk, ev.lime_samples, ev.seed),

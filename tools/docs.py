@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as `python tools/docs.py`: the repository o
 
 from xai.devices import NATIVE_BF16_FLAGS  # noqa: E402
 from xai.evaluation.table import construction_note, interval_cell, markdown  # noqa: E402
+from xai.pipeline.bench import percent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the blocks read; `snapshot` takes these from git.
@@ -317,16 +318,11 @@ def bench_block(root: Path) -> str:
         lines += [f"| {c['name']} | {c['batch']} | {c['precision']} | "
                   f"{c['images_per_second']:.0f} | {c['mflop_per_image']:.3g} | "
                   f"{c['gflops']:.1f} | {c['share_of_ceiling']:.0%} |"
-                  + (f" {_share(c.get('gemm_share_of_ceiling'))} | "
-                     f"{_share(c.get('gemm_time_share'))} |" if gemms else "")
+                  + (f" {percent(c.get('gemm_share_of_ceiling'))} | "
+                     f"{percent(c.get('gemm_time_share'))} |" if gemms else "")
                   for c in run["cases"]]
         lines.append("")
     return "\n".join(lines[:-1])
-
-
-def _share(share: float | None) -> str:
-    """A bench share as a percentage, or a dash where the run did not measure it."""
-    return "-" if share is None else f"{share:.0%}"
 
 
 def _host(host: dict) -> str:
@@ -351,8 +347,8 @@ def bench_fp32_block(root: Path) -> str:
             continue  # no counted FLOPs: no share of a ceiling
         lines.append(f"| {c['name']} | {c['batch']} | {c['images_per_second']:.0f} | "
                      f"{c['gflops']:.1f} | {shares[c['name']]:.0%} | "
-                     f"{c['share_of_ceiling']:.0%} | {_share(c.get('gemm_share_of_ceiling'))} | "
-                     f"{_share(c.get('gemm_time_share'))} |")
+                     f"{c['share_of_ceiling']:.0%} | {percent(c.get('gemm_share_of_ceiling'))} | "
+                     f"{percent(c.get('gemm_time_share'))} |")
     return "\n".join(lines)
 
 
@@ -373,8 +369,8 @@ def bench_fp32_repeats_block(root: Path) -> str:
             continue  # no counted FLOPs: no share of a ceiling
         cases = [run["cases"][i] for run in runs]
         lines.append(f"| {case['name']} | {case['batch']} | "
-                     f"{' / '.join(_share(c['share_of_ceiling']) for c in cases)} | "
-                     f"{' / '.join(_share(c.get('gemm_share_of_ceiling')) for c in cases)} |")
+                     f"{' / '.join(percent(c['share_of_ceiling']) for c in cases)} | "
+                     f"{' / '.join(percent(c.get('gemm_share_of_ceiling')) for c in cases)} |")
     return "\n".join(lines)
 
 

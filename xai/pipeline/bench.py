@@ -391,14 +391,16 @@ def render_table(ceilings: dict[str, float], results: list[Result]) -> str:
     for r in results:
         lines.append(f"{r.name:<44} {r.batch:>6} {r.precision:>5} {r.images_per_second:>10.0f} "
                      f"{r.mflop_per_image:>10.2f} {r.gflops:>8.1f} {r.share_of_ceiling:>7.0%} "
-                     f"{r.peak_memory_mb:>8.0f} {_percent(r.gemm_share_of_ceiling):>6} "
-                     f"{_percent(r.gemm_time_share):>8}")
+                     f"{r.peak_memory_mb:>8.0f} {percent(r.gemm_share_of_ceiling):>6} "
+                     f"{percent(r.gemm_time_share):>8}")
     lines += ["", "GEMMs: the share of the ceiling the convolutions and matrix products reach on "
               "their own (the bound on the step); of time: the part of the step inside them"]
     return "\n".join(lines)
 
 
-def _percent(share: float | None) -> str:
+def percent(share: float | None) -> str:
+    """A share as a percentage, or a dash where the run did not measure it (the bench table and
+    the docs' bench blocks)."""
     return "-" if share is None else f"{share:.0%}"
 
 
