@@ -121,6 +121,28 @@ def test_whitening_decorrelates_the_patches_it_was_set_from():
     assert torch.equal(out[:, 12:], -out[:, :12])
 
 
+
+def test_whitening_runs_in_fp32_under_bf16_autocast():
+    """Nearly grey 8-bit images (little colour detail, as in a JPEG with subsampled chroma) give
+    the patch covariance tiny eigenvalues, hence large filters whose sum the bias mostly cancels:
+    rounded to bf16, inputs and weights alone move some outputs by a large share of their spread
+    (the control below; on the CIFAR-10 JPEG copy 0.23 where the spread is 0.4-0.75); the layer
+    keeps them in fp32."""
+    torch.manual_seed(0)
+    grey = torch.rand(64, 1, 16, 16).expand(-1, 3, -1, -1)
+    images = ((grey + 0.004 * torch.randn(64, 3, 16, 16)).clamp(0, 1) * 255).round() / 255
+    net = Airbench(3, 4, 8).eval()
+    net.init_whitening(images)
+    with torch.no_grad():
+        exact = net.whitened(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_bf16 = net.whitened(images)
+        rounded = torch.nn.functional.conv2d(images.bfloat16().float(),
+                                             net.whiten.weight.bfloat16().float(),
+                                             net.whiten.bias.bfloat16().float())
+    assert under_bf16.dtype == torch.float32 and torch.allclose(under_bf16, exact, atol=1e-5)
+    assert (rounded - exact).pow(2).mean(dim=(0, 2, 3)).sqrt().max() > 0.1  # the control
+
 def test_airbench_shapes_identity_start_and_size_check(params):
     net = Airbench(3, 10, 8).eval()
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)

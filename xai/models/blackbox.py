@@ -157,8 +157,16 @@ class Airbench(nn.Module):
         self.head = nn.Linear(widths[2], num_classes, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.groups(F.gelu(self.whiten(x)))
-        return self.head(F.adaptive_max_pool2d(x, 1).flatten(1)) * self.LOGIT_SCALE
+        return self.head(F.adaptive_max_pool2d(self.groups(F.gelu(self.whitened(x))), 1)
+                         .flatten(1)) * self.LOGIT_SCALE
+
+    def whitened(self, x: torch.Tensor) -> torch.Tensor:
+        """`whiten`'s output, always in fp32: its filters are large (the inverse square roots of
+        small eigenvalues, over the channels' spread) and its bias cancels most of their sum, so
+        under bf16 autocast the rounding of inputs and weights alone moved the smallest-eigenvalue
+        outputs by a third of their spread, in training but not in an fp32 evaluation."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.whiten(x.float())
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
