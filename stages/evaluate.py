@@ -9,7 +9,7 @@ import time
 import torch
 
 from xai.data.prepared import load_dataset
-from xai.devices import channels_last_copy, select_device, use_bf16
+from xai.devices import CONV_LAYOUT, channels_last_copy, select_device, use_bf16
 from xai.errors import ConfigError, DataError
 from xai.evaluation.controls import ClassInPosition, FixedChunks
 from xai.evaluation.table import (
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         judge = load_judge(args.judge, device)
         vibi, l2x = load_vibi(args.vibi, device), load_vibi(args.l2x, device)
         invertible = load_classifier(args.invertible, IMAGE_KIND, device).eval()
-        if use_bf16(ev.precision, device):  # the black box's and the judge's passes in bf16
-            blackbox, judge.net = Autocast(blackbox), Autocast(judge.net)
+        if use_bf16(ev.precision, device):  # the black box's and the judge's passes in bf16,
+            blackbox = Autocast(blackbox.to(memory_format=CONV_LAYOUT))  # in its fastest layout
+            judge.net = Autocast(judge.net.to(memory_format=CONV_LAYOUT))
         chunk = vibi.spec.chunk
         if judge.chunk != chunk:
             raise DataError(f"{args.judge} was trained on {judge.chunk}-pixel chunks, the explainer "

@@ -115,7 +115,8 @@ def test_budget_above_the_chunk_count_is_rejected(tiny_images, models, params, t
 
 def test_colour_images_with_pixel_chunks_evaluate_completely(tmp_path, params):
     """The CIFAR-10 shape of the problem (3 channels, `Unet` 1-pixel chunks shared by the
-    channels) once crashed Captum's max-sensitivity on a non-contiguous map."""
+    channels, the black box's and the judge's passes in bf16 and channels-last, as the CIFAR-10
+    settings run them) once crashed Captum's max-sensitivity on a non-contiguous map."""
     from tests.conftest import separable
     from xai.data.prepared import Dataset, save_dataset
 
@@ -133,7 +134,7 @@ def test_colour_images_with_pixel_chunks_evaluate_completely(tmp_path, params):
                            kernel=[3, 1])
     save_classifier(net, paths["invertible"], IMAGE_KIND)
     p = params({**TINY_EVAL, "vibi.k": 4, "vibi.explainer_type": "Unet",
-                "evaluate.budgets": [2, 8]})
+                "evaluate.budgets": [2, 8], "evaluate.precision": "bf16"})
     out = run_evaluate(p, data, paths, tmp_path / "out")
     table = json.loads(out["metrics"].read_text())["methods"]
     assert set(table) == METHODS

@@ -51,6 +51,25 @@ def test_judge_starts_as_the_black_box_and_round_trips(tmp_path):
     assert again.chunk == 2 and torch.equal(again(x, keep), judge(x, keep))
 
 
+
+def test_a_judge_trained_in_bf16_runs_channels_last_and_saves_its_weights_unchanged(tmp_path):
+    spec = Architecture("small_cnn", 3, 3, 8, 4)
+    torch.manual_seed(0)
+    x = (torch.rand(64, 3, 8, 8) * 255).to(torch.uint8)
+    probs = torch.softmax(torch.randn(64, 3), 1)
+    judge = Judge(spec, chunk=2)
+    train_judge(judge, x, probs, JudgeConfig(epochs=1, batch_size=16, precision="bf16"),
+                torch.Generator().manual_seed(0), History(), show_progress=False)
+    convs = [m.weight for m in judge.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    path = tmp_path / "judge.pt"
+    save_judge(judge, path)
+    again = load_judge(path)
+    xs, keep = torch.rand(5, 3, 8, 8), torch.ones(5, 3, 8, 8)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 judge.state_dict().values()))
+    assert torch.allclose(again(xs, keep), judge(xs, keep), atol=1e-6)
+
 def _cheating_setup(n: int = 600, side: int = 8, chunk: int = 2, seed: int = 0):
     """Images whose class is a bright quadrant (4 classes); a black box that reads it exactly."""
     g = torch.Generator().manual_seed(seed)

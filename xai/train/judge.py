@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from xai.chunks import num_chunks, random_chunk_masks
 from xai.data.imputation import fill
-from xai.devices import use_bf16
+from xai.devices import CONV_LAYOUT, use_bf16
 from xai.models.judge import Judge, agreement
 from xai.settings import bounded
 from xai.tensors import autocast, to_unit
@@ -37,7 +37,9 @@ def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: Ju
     """Train `judge` in place on uint8 images `x` against the black box's probabilities `probs`,
     each batch with fresh random chunk subsets (a share of them filled by ROAD's imputation with
     `noise_std`); a history row per epoch (validation agreement on random masks when `val` =
-    (images, probabilities) is given). `settings.start_from_blackbox` is the caller's to apply."""
+    (images, probabilities) is given). `settings.start_from_blackbox` is the caller's to apply.
+    In bf16 the judge is left channels-last (`xai.devices.CONV_LAYOUT`), the layout the CPU's bf16
+    convolutions run fastest in."""
     device = x.device
     shape = tuple(x.shape[1:])
     d = num_chunks(shape, judge.chunk)
@@ -46,6 +48,8 @@ def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: Ju
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr,
                                                 total_steps=steps * settings.epochs, pct_start=0.2)
     amp = use_bf16(settings.precision, device)
+    if amp:
+        judge.to(memory_format=CONV_LAYOUT)
     mask_gen = torch.Generator(device=device).manual_seed(int(torch.randint(
         0, 2 ** 31 - 1, (1,), generator=generator)))
     for epoch in range(1, settings.epochs + 1):
