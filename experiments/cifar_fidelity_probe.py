@@ -5,8 +5,10 @@ method keep the black box's prediction, as the judge reads it, better than rando
         [--images 1000] [--budgets 16 64 128 256] > experiments/cifar_fidelity_probe.json
 
 `DIR` is a checkout whose params.yaml holds a CIFAR-10 setting and in which the models exist
-(`dvc repro train_vibi train_judge`). On `--images` seeded test images (more than the setting's
-`evaluate.num_images`, to narrow the intervals), for the workspace's judge and every `--judge` file
+(`dvc repro train_vibi train_judge`); what those stages measured (accuracy, agreement, post-hoc
+accuracy, training seconds) is copied into the output. Budgets count chunks (of the explainer's
+size). On `--images` seeded test images (more than the setting's `evaluate.num_images`, to
+narrow the intervals), for the workspace's judge and every `--judge` file
 (for example one trained by `python -m stages.train_judge` with more epochs): each method's
 judge fidelity at every budget (the top-k chunks kept, the rest 0, as `evaluate` measures it) and
 its paired difference to random chunks, with 95 % bootstrap intervals over the images. Methods:
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xai.chunks import chunk_scores, expand, top_k_mask
 from xai.data.prepared import load_dataset
-from xai.devices import use_bf16
+from xai.devices import CONV_LAYOUT, use_bf16
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 from xai.explain.attribution import (
     ExplainerDistribution,
@@ -56,6 +58,23 @@ def _named_path(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _run_summary(ws: Path) -> dict:
+    """What the workspace's own stages measured: the black box's test accuracy, the judge's
+    agreement by budget, VIBI's and L2X's post-hoc accuracy at their k, and each of those
+    stages' training seconds."""
+    def read(name: str) -> dict:
+        return json.loads((ws / name).read_text())
+
+    judge = read("metrics/judge.json")
+    return {"blackbox_test_accuracy": read("metrics/blackbox.json")["test_accuracy"],
+            "judge_agreement": {k.removeprefix("test_agreement_"): v for k, v in judge.items()
+                                if k.startswith("test_agreement_")},
+            "posthoc_accuracy": {m: read(f"metrics/{m}.json")["posthoc_accuracy"]
+                                 for m in ("vibi", "l2x")},
+            "train_seconds": {m: read(f"timings/{m}.json")["train_seconds"]
+                              for m in ("blackbox", "judge", "l2x", "vibi")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,12 +90,12 @@ def main() -> None:
     amp = use_bf16(ev.precision, device)
     data = load_dataset(ws / "data/prepared/images.pt")
     blackbox = load_blackbox(ws / "models/blackbox.pt")
-    blackbox = Autocast(blackbox) if amp else blackbox
+    blackbox = Autocast(blackbox.to(memory_format=CONV_LAYOUT)) if amp else blackbox  # as evaluate
     vibi, l2x = load_vibi(ws / "models/vibi.pt"), load_vibi(ws / "models/l2x.pt")
     chunk = vibi.spec.chunk
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(ev.seed))
     x = to_unit(data.test.x[pick[:args.images].sort().values])
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: saliency takes these as targets under autograd
         predicted = predict(blackbox, x, BATCH).argmax(1)
     methods = {"random": RandomChunks(blackbox, chunk, ev.seed),
                "lime": Lime(blackbox, chunk, ev.lime_samples, ev.seed),
@@ -95,7 +114,7 @@ def main() -> None:
     for judge_name, path in judges.items():
         judge = load_judge(path)
         if amp:
-            judge.net = Autocast(judge.net)
+            judge.net = Autocast(judge.net.to(memory_format=CONV_LAYOUT))
         fidelity[judge_name] = {}
         for b in args.budgets:
             kept = {}
@@ -113,7 +132,8 @@ def main() -> None:
                 for name, v in kept.items()}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True,
                             text=True, check=False).stdout.strip() or None
-    print(json.dumps({"workspace_commit": commit, "host": host(), "images": len(x),
+    print(json.dumps({"workspace_commit": commit, "host": host(), "run": _run_summary(ws),
+                      "images": len(x),
                       "chunk": chunk, "samples": ev.lime_samples,
                       "judges": {name: str(path) for name, path in judges.items()},
                       "fidelity": fidelity}, indent=1))

@@ -75,7 +75,8 @@ def test_a_missing_or_doubled_block_is_named():
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
                            "cifar-airbench", "scaling", "shared-cores", "hosts",
-                           "bench-fp32", "bench-fp32-repeats", "cifar-probes"}
+                           "bench-fp32", "bench-fp32-repeats", "cifar-probes",
+                           "cifar-airbench-chunk2", "cifar-fidelity"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
@@ -112,6 +113,29 @@ def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-airbench"](source)
     assert "| 0.877 |" in changed and "+0.012" in changed and "0.9877" in changed
+
+
+def test_the_cifar_chunk2_block_counts_chunks_and_follows_its_run(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar_airbench_chunk2_pipeline.json"
+    run = json.loads(path.read_text())
+    run["metrics"]["judge"]["test_agreement_k64"] = 0.876543
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-airbench-chunk2"](source)
+    assert "| 0.877 |" in changed and "of 256 chunks of 2x2 = 1024 pixels" in changed
+    assert "k = 16 (16 chunks of 2x2 = 64 pixels)" in changed
+
+
+def test_the_cifar_fidelity_block_follows_its_run(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar_fidelity_probe.json"
+    run = json.loads(path.read_text())
+    judge = next(iter(run["fidelity"]))
+    run["fidelity"][judge]["k16"]["lime"]["minus_random"] = [0.054321, 0.01, 0.09]
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-fidelity"](source)
+    assert "| lime minus random |" in changed and "+0.054 [+0.010, +0.090]" in changed
+    assert "16 chunks (64 pixels) kept" in changed
 
 
 def test_the_hosts_block_compares_runs_from_one_machine(tmp_path):

@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as `python tools/docs.py`: the repository o
 
 from xai.devices import NATIVE_BF16_FLAGS  # noqa: E402
 from xai.evaluation.table import construction_note, interval_cell, markdown  # noqa: E402
+from xai.models.explainers import CHUNK_SIZE  # noqa: E402
 from xai.pipeline.bench import percent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,9 @@ VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
 JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
+CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
+CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
 #: The defaults' `auto` runs on other kinds of host (`experiments/pipeline_timing.py`).
 OTHER_HOST_PIPELINES = ["experiments/default_pipeline_epyc.json"]
@@ -235,7 +238,8 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
                f"{run['total_seconds'] / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
                f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
                f"{params['evaluate']['num_images']} evaluation images); black box test accuracy "
-               f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} on "
+               f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} "
+               f"({_chunks(params, k)}) on "
                f"the test set {m['vibi']['posthoc_accuracy']:.3f} "
                f"(L2X {m['l2x']['posthoc_accuracy']:.3f}).")
     header = (f"| method (evaluation, {params['evaluate']['num_images']} test images) | "
@@ -271,30 +275,68 @@ def cifar_probes_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-def cifar_airbench_block(root: Path) -> str:
-    """The CIFAR-10 airbench setting's pipeline run: the black box, the judge's agreement with it
+def cifar_fidelity_block(root: Path) -> str:
+    """`experiments/cifar_fidelity_probe.json`: per judge, random chunks' judge fidelity and every
+    method minus random, by budget, paired 95 % intervals over the images."""
+    run = _json(root, CIFAR_FIDELITY)
+    c = run["chunk"]
+
+    def kept(budget: str) -> str:
+        b = int(budget.removeprefix("k"))
+        return f"{b} pixels kept" if c == 1 else f"{b} chunks ({b * c * c} pixels) kept"
+
+    lines = [f"The run at workspace commit `{run['workspace_commit'][:7]}`, on "
+             f"{_host(run['host'])}; {run['images']:,} test images, {c}x{c}-pixel chunks, LIME "
+             f"and KernelSHAP with {run['samples']} samples; judge fidelity of random chunks, and "
+             "each method minus random (paired 95 % intervals over the images):"]
+    for judge, by_budget in run["fidelity"].items():
+        budgets = list(by_budget)
+        methods = [m for m in by_budget[budgets[0]] if m != "random"]
+        lines += ["", f"Judge: {judge}.", "",
+                  "| | " + " | ".join(kept(b) for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets),
+                  "| random chunks, fidelity | " + " | ".join(
+                      _interval(*by_budget[b]["random"]["fidelity"]) for b in budgets) + " |"]
+        lines += [f"| {m} minus random | " + " | ".join(
+            _interval(*by_budget[b][m]["minus_random"], fmt="+.3f") for b in budgets) + " |"
+            for m in methods]
+    return "\n".join(lines)
+
+
+def _chunks(params: dict, count: int | None = None) -> str:
+    """What a budget counts in a run: pixels, or chunks of c x c pixels (`count` of them)."""
+    c = CHUNK_SIZE[params["vibi"]["explainer_type"]]
+    if c == 1:
+        return "pixels" if count is None else f"{count} pixels"
+    return (f"chunks of {c}x{c} pixels" if count is None
+            else f"{count} chunks of {c}x{c} = {count * c * c} pixels")
+
+
+def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
+    """A CIFAR-10 airbench setting's pipeline run: the black box, the judge's agreement with it
     by budget, the stage seconds and the methods' table (as `cifar_cpu_block`), and every method's
     paired difference to VIBI at `vibi.k`."""
-    run = _json(root, CIFAR_AIRBENCH)
+    run = _json(root, results)
     m, params = run["metrics"], run["params"]
     judge = m["judge"]
     d = int(judge["num_chunks"])
     budgets = sorted(int(key.rsplit("_k", 1)[1]) for key in judge
                      if key.startswith("test_agreement_k"))
     lines = [f"Run at commit `{run['commit'][:7]}`. The judge's agreement with the black box on "
-             f"random subsets of the test images ({params['judge']['epochs']} epochs; of {d} "
-             "pixels):", "",
-             "| kept pixels | " + " | ".join(str(b) for b in budgets) + " |",
+             f"random subsets of the test images ({params['judge']['epochs']} epochs; of "
+             f"{_chunks(params, d)}):", "",
+             f"| kept {_chunks(params)} | " + " | ".join(str(b) for b in budgets) + " |",
              "|---|" + "---|" * len(budgets),
              "| 0-filled | " + " | ".join(f"{judge[f'test_agreement_k{b}']:.3f}"
                                          for b in budgets) + " |",
              "| ROAD-imputed | " + " | ".join(f"{judge[f'test_agreement_imputed_k{b}']:.3f}"
                                              for b in budgets) + " |", "",
-             cifar_cpu_block(root, CIFAR_AIRBENCH)]
+             cifar_cpu_block(root, results)]
     k = params["vibi"]["k"]
     fidelity = f"fidelity_k{k}"
-    lines += ["", f"VIBI minus each method, {fidelity}, paired 95 % interval over the same "
-              "images:", "", "| method | difference | interval |", "|---|---|---|"]
+    lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(params, k)}), paired 95 % "
+              "interval over the same images:", "", "| method | difference | interval |",
+              "|---|---|---|"]
     for name, row in sorted(m["evaluation_differences"].items(),
                             key=lambda item: -item[1][fidelity]["difference"]):
         cell = row[fidelity]
@@ -635,7 +677,9 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "bench-fp32": bench_fp32_block,
     "bench-fp32-repeats": bench_fp32_repeats_block,
     "cifar-airbench": cifar_airbench_block,
+    "cifar-airbench-chunk2": functools.partial(cifar_airbench_block, results=CIFAR_CHUNK2),
     "cifar-probes": cifar_probes_block,
+    "cifar-fidelity": cifar_fidelity_block,
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
     "counterfactual-measures": counterfactual_measures_block,
