@@ -22,7 +22,9 @@ def test_bench_writes_every_case(params, tmp_path):
         assert case["images_per_second"] > 0
         if "imputation" not in case["name"]:  # the imputation's convolutions-by-hand count 0 FLOPs
             assert case["mflop_per_image"] > 0 and 0 < case["share_of_ceiling"]
-            assert case["gemm_share_of_ceiling"] > 0 and 0 < case["gemm_time_share"] < 1.5
+            # positive, not bounded: two separate timings on a shared host can put the GEMMs'
+            # profiled time above the step's; what it counts is checked on a controlled step below
+            assert case["gemm_share_of_ceiling"] > 0 and case["gemm_time_share"] > 0
     assert report["host"]["cores"] >= 1 and isinstance(report["host"]["flags"], list)
 
 
