@@ -45,11 +45,12 @@ def test_matmul_ceiling_counts_flops():
 
 
 def test_gemm_seconds_count_the_products_and_nothing_else():
-    """A step of one matrix product and the same step with a 20 ms sleep after it: the time
-    inside the products is the same, and far below the sleep."""
-    a = torch.rand(256, 256)
+    """A step of one small matrix product (microseconds alone; milliseconds where another
+    process holds the cores) and the same step with a 100 ms sleep after it: the time inside
+    the products stays under half the sleep, so the sleep is not counted."""
+    a = torch.rand(64, 64)
     alone = bench.gemm_seconds(lambda: a @ a)
-    padded = bench.gemm_seconds(lambda: (a @ a, time.sleep(0.02)))
-    assert 0 < alone < 0.01 and 0 < padded < 0.01
+    padded = bench.gemm_seconds(lambda: (a @ a, time.sleep(0.1)))
+    assert 0 < alone < 0.05 and 0 < padded < 0.05
     assert bench._is_gemm("aten::mkldnn_convolution") and bench._is_gemm("aten::addmm")
     assert not bench._is_gemm("aten::relu") and not bench._is_gemm("aten::threshold_backward")
