@@ -135,7 +135,7 @@ def test_the_cifar_fidelity_block_follows_its_run(tmp_path):
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-fidelity"](source)
     assert "| lime minus random |" in changed and "+0.054 [+0.010, +0.090]" in changed
-    assert "16 chunks (64 pixels) kept" in changed
+    assert "16 chunks of 2x2 = 64 pixels kept" in changed
 
 
 def test_the_hosts_block_compares_runs_from_one_machine(tmp_path):

@@ -239,7 +239,7 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
                f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
                f"{params['evaluate']['num_images']} evaluation images); black box test accuracy "
                f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} "
-               f"({_chunks(params, k)}) on "
+               f"({_chunks(_chunk_size(params), k)}) on "
                f"the test set {m['vibi']['posthoc_accuracy']:.3f} "
                f"(L2X {m['l2x']['posthoc_accuracy']:.3f}).")
     header = (f"| method (evaluation, {params['evaluate']['num_images']} test images) | "
@@ -282,8 +282,7 @@ def cifar_fidelity_block(root: Path) -> str:
     c = run["chunk"]
 
     def kept(budget: str) -> str:
-        b = int(budget.removeprefix("k"))
-        return f"{b} pixels kept" if c == 1 else f"{b} chunks ({b * c * c} pixels) kept"
+        return f"{_chunks(c, int(budget.removeprefix('k')))} kept"
 
     lines = [f"The run at workspace commit `{run['workspace_commit'][:7]}`, on "
              f"{_host(run['host'])}; {run['images']:,} test images, {c}x{c}-pixel chunks, LIME "
@@ -303,13 +302,18 @@ def cifar_fidelity_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-def _chunks(params: dict, count: int | None = None) -> str:
-    """What a budget counts in a run: pixels, or chunks of c x c pixels (`count` of them)."""
-    c = CHUNK_SIZE[params["vibi"]["explainer_type"]]
+def _chunks(c: int, count: int | None = None) -> str:
+    """What a budget counts in a run whose chunks are c x c pixels: pixels, or chunks (`count`
+    of them)."""
     if c == 1:
         return "pixels" if count is None else f"{count} pixels"
     return (f"chunks of {c}x{c} pixels" if count is None
             else f"{count} chunks of {c}x{c} = {count * c * c} pixels")
+
+
+def _chunk_size(params: dict) -> int:
+    """The side, in pixels, of a run's chunks (its VIBI explainer's)."""
+    return CHUNK_SIZE[params["vibi"]["explainer_type"]]
 
 
 def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
@@ -318,14 +322,14 @@ def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
     paired difference to VIBI at `vibi.k`."""
     run = _json(root, results)
     m, params = run["metrics"], run["params"]
-    judge = m["judge"]
+    judge, c = m["judge"], _chunk_size(params)
     d = int(judge["num_chunks"])
     budgets = sorted(int(key.rsplit("_k", 1)[1]) for key in judge
                      if key.startswith("test_agreement_k"))
     lines = [f"Run at commit `{run['commit'][:7]}`. The judge's agreement with the black box on "
              f"random subsets of the test images ({params['judge']['epochs']} epochs; of "
-             f"{_chunks(params, d)}):", "",
-             f"| kept {_chunks(params)} | " + " | ".join(str(b) for b in budgets) + " |",
+             f"{_chunks(c, d)}):", "",
+             f"| kept {_chunks(c)} | " + " | ".join(str(b) for b in budgets) + " |",
              "|---|" + "---|" * len(budgets),
              "| 0-filled | " + " | ".join(f"{judge[f'test_agreement_k{b}']:.3f}"
                                          for b in budgets) + " |",
@@ -334,7 +338,7 @@ def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
              cifar_cpu_block(root, results)]
     k = params["vibi"]["k"]
     fidelity = f"fidelity_k{k}"
-    lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(params, k)}), paired 95 % "
+    lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(c, k)}), paired 95 % "
               "interval over the same images:", "", "| method | difference | interval |",
               "|---|---|---|"]
     for name, row in sorted(m["evaluation_differences"].items(),
