@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xai.chunks import chunk_scores, expand, top_k_mask
 from xai.data.prepared import load_dataset
-from xai.devices import CONV_LAYOUT, use_bf16
+from xai.devices import bf16_passes, use_bf16
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 from xai.explain.attribution import (
     ExplainerDistribution,
@@ -45,7 +45,7 @@ from xai.models.judge import load_judge
 from xai.models.vibi import load_vibi
 from xai.pipeline.bench import host
 from xai.pipeline.config import load_config
-from xai.tensors import Autocast, predict, to_unit
+from xai.tensors import predict, to_unit
 
 RESAMPLES = 1000
 BATCH = 250
@@ -90,7 +90,7 @@ def main() -> None:
     amp = use_bf16(ev.precision, device)
     data = load_dataset(ws / "data/prepared/images.pt")
     blackbox = load_blackbox(ws / "models/blackbox.pt")
-    blackbox = Autocast(blackbox.to(memory_format=CONV_LAYOUT)) if amp else blackbox  # as evaluate
+    blackbox = bf16_passes(blackbox) if amp else blackbox  # as evaluate
     vibi, l2x = load_vibi(ws / "models/vibi.pt"), load_vibi(ws / "models/l2x.pt")
     chunk = vibi.spec.chunk
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(ev.seed))
@@ -114,7 +114,7 @@ def main() -> None:
     for judge_name, path in judges.items():
         judge = load_judge(path)
         if amp:
-            judge.net = Autocast(judge.net.to(memory_format=CONV_LAYOUT))
+            judge.net = bf16_passes(judge.net)
         fidelity[judge_name] = {}
         for b in args.budgets:
             kept = {}

@@ -9,7 +9,7 @@ import time
 import torch
 
 from xai.data.prepared import load_dataset
-from xai.devices import CONV_LAYOUT, channels_last_copy, select_device, use_bf16
+from xai.devices import bf16_passes, channels_last_copy, select_device, use_bf16
 from xai.errors import ConfigError, DataError
 from xai.evaluation.controls import ClassInPosition, FixedChunks
 from xai.evaluation.table import (
@@ -40,7 +40,7 @@ from xai.models.judge import load_judge
 from xai.models.vibi import load_vibi
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import CHUNK_KEYS, SHAP_BASELINES, flatten, load_config
-from xai.tensors import Autocast, to_unit
+from xai.tensors import to_unit
 from xai.train.loop import seed_everything
 from xai.viz.figures import (
     cost_figure,
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         vibi, l2x = load_vibi(args.vibi, device), load_vibi(args.l2x, device)
         invertible = load_classifier(args.invertible, IMAGE_KIND, device).eval()
         if use_bf16(ev.precision, device):  # the black box's and the judge's passes in bf16,
-            blackbox = Autocast(blackbox.to(memory_format=CONV_LAYOUT))  # in its fastest layout
-            judge.net = Autocast(judge.net.to(memory_format=CONV_LAYOUT))
+            blackbox = bf16_passes(blackbox)  # in their fastest layout
+            judge.net = bf16_passes(judge.net)
         chunk = vibi.spec.chunk
         if judge.chunk != chunk:
             raise DataError(f"{args.judge} was trained on {judge.chunk}-pixel chunks, the explainer "
