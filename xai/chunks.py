@@ -4,6 +4,8 @@ pick top-k chunks and draw random chunk subsets, batched over images."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -64,14 +66,30 @@ def ranking(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
+def random_budgets(n: int, chunks: int, generator: torch.Generator, low: int = 0,
+                   scale: str = "linear") -> torch.Tensor:
+    """`n` subset sizes in `low`..`chunks`: uniform (`linear`), or uniform in their logarithm
+    (`log`, from max(`low`, 1)), which gives every doubling of the budget the same weight."""
+    if scale == "linear":
+        return torch.randint(low, chunks + 1, (n,), generator=generator, device=generator.device)
+    if scale != "log":
+        raise ValueError(f"scale = {scale!r} is not allowed; use linear or log")
+    lo = max(low, 1)
+    u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
+    sizes = (math.log(lo) + u * (math.log(chunks + 1) - math.log(lo))).exp().floor()
+    return sizes.long().clamp_(lo, chunks)
+
+
 def random_chunk_masks(n: int, chunks: int, generator: torch.Generator,
                        budget: int | torch.Tensor | None = None,
-                       device: torch.device | str = "cpu") -> torch.Tensor:
+                       device: torch.device | str = "cpu", low: int = 0,
+                       scale: str = "linear") -> torch.Tensor:
     """N x `chunks` boolean masks: `budget` chunks kept per row (a number, one per row, or None:
-    uniform over 0..chunks), the kept subset uniform among those of that size."""
+    drawn by `random_budgets` over `low`..chunks on `scale`), the kept subset uniform among
+    those of that size."""
     noise = torch.rand(n, chunks, generator=generator, device=generator.device)
     if budget is None:
-        budget = torch.randint(0, chunks + 1, (n,), generator=generator, device=generator.device)
+        budget = random_budgets(n, chunks, generator, low, scale)
     budget = torch.as_tensor(budget, device=noise.device).reshape(-1, 1)
     rank = noise.argsort(1).argsort(1)  # a uniformly random permutation of 0..chunks-1 per row
     return (rank < budget).to(device)

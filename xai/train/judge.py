@@ -3,6 +3,7 @@ images, against the black box's stored probabilities."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,10 @@ class JudgeConfig:
     batch_size: int = bounded(128, ge=1)
     lr: float = bounded(1e-3, gt=0)  # Adam, one-cycle schedule
     imputed_fraction: float = bounded(0.5, ge=0, le=1)  # share of each batch filled by ROAD
+    # subset sizes: from this share of the chunks to all of them, uniform on `budget_scale`
+    # (linear; log: each doubling alike, where the evaluation's budgets lie)
+    min_share: float = bounded(0.0, ge=0, le=1)
+    budget_scale: Literal["linear", "log"] = "linear"
     start_from_blackbox: bool = True  # `Judge.start_from` the black box's weights before training
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the training steps (`xai.devices`)
 
@@ -43,13 +48,14 @@ def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: Ju
     device = x.device
     shape = tuple(x.shape[1:])
     d = num_chunks(shape, judge.chunk)
+    low = math.ceil(settings.min_share * d)
+    amp = use_bf16(settings.precision, device)
+    if amp:
+        judge.to(memory_format=CONV_LAYOUT)
     opt = torch.optim.Adam(judge.parameters(), lr=settings.lr)
     steps = max(len(x) // settings.batch_size, 1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr,
                                                 total_steps=steps * settings.epochs, pct_start=0.2)
-    amp = use_bf16(settings.precision, device)
-    if amp:
-        judge.to(memory_format=CONV_LAYOUT)
     mask_gen = torch.Generator(device=device).manual_seed(int(torch.randint(
         0, 2 ** 31 - 1, (1,), generator=generator)))
     for epoch in range(1, settings.epochs + 1):
@@ -59,7 +65,8 @@ def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: Ju
         for step, idx in enumerate(index_batches(len(x), settings.batch_size, generator, device,
                                                  drop_last=True)[:steps]):
             xb, pb = to_unit(x[idx]), probs[idx]
-            keep = judge.chunk_keep(random_chunk_masks(len(idx), d, mask_gen, device=device),
+            keep = judge.chunk_keep(random_chunk_masks(len(idx), d, mask_gen, device=device,
+                                                       low=low, scale=settings.budget_scale),
                                     shape)
             imputed = torch.rand(len(idx), generator=mask_gen, device=device) \
                 < settings.imputed_fraction
