@@ -1,7 +1,7 @@
 """Probes of a CIFAR-10 run (issue 28): what test-time augmentation adds to the black box, and how
 the judge's agreement depends on its learning rate and epochs.
 
-    python experiments/cifar_probes.py --workspace DIR --judges 0.0003:5 0.001:10 \
+    python experiments/cifar_probes.py --workspace DIR --judges lr=0.0003,epochs=5 epochs=10 \
         > experiments/cifar_probes.json
 
 `DIR` is a checkout whose params.yaml holds a CIFAR-10 setting (for example
@@ -12,8 +12,9 @@ Measures on the test set, with 95 % bootstrap intervals over images:
   (the image and its mirror, and both shifted by one pixel up-left and down-right, reflect-padded;
   the shifted views weigh half), each as one model would answer;
 - the judge's agreement with the black box on random subsets of `--budgets` pixels (0-filled,
-  the evaluation's fill): the workspace's judge, and one judge per `--judges` LR:EPOCHS trained as
-  `train_judge` trains it (the workspace's params, that learning rate and number of epochs).
+  the evaluation's fill): the workspace's judge, and one judge per `--judges` variant trained as
+  `train_judge` trains it: the workspace's `judge` params with the variant's KEY=VALUE,... set
+  (`epochs=10`, `budget_scale=log,min_share=0.015625`), checked as params.yaml is.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,9 +38,9 @@ from xai.evaluation.uncertainty import bootstrap, resample_indices
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.judge import Judge, agreement, load_judge
 from xai.pipeline.bench import host
-from xai.pipeline.config import load_config
+from xai.pipeline.config import load_config, parse_section
 from xai.tensors import predict, to_unit
-from xai.train.judge import train_judge
+from xai.train.judge import JudgeConfig, train_judge
 from xai.train.loop import History, seed_everything
 
 RESAMPLES = 1000
@@ -69,11 +71,20 @@ def _interval(values: torch.Tensor, indices: torch.Tensor) -> list[float]:
     return [ci.mean, ci.low, ci.high]
 
 
+def _overrides(text: str) -> dict[str, object]:
+    """`KEY=VALUE,...` -> {KEY: VALUE} (values read as YAML: numbers, words, booleans)."""
+    pairs = [item.partition("=") for item in text.split(",")]
+    if not all(key and sep and value for key, sep, value in pairs):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE,..., got {text!r}")
+    return {key: yaml.safe_load(value) for key, _, value in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", type=Path, required=True)
-    parser.add_argument("--judges", nargs="*", default=[], metavar="LR:EPOCHS")
+    parser.add_argument("--judges", type=_overrides, nargs="*", default=[],
+                        metavar="KEY=VALUE,...")
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 256, 512, 1024])
     args = parser.parse_args()
     ws = args.workspace
@@ -98,14 +109,16 @@ def main() -> None:
     judges = {f"the run's (lr {cfg.judge.lr:g}, {cfg.judge.epochs} epochs)":
               agreements(load_judge(ws / "models/judge.pt"))}
     probs = load_probabilities(ws / "models/blackbox_probs.pt")
-    for variant in args.judges:
-        lr, epochs = float(variant.split(":")[0]), int(variant.split(":")[1])
+    for overrides in args.judges:
+        settings = parse_section(JudgeConfig, {**asdict(cfg.judge), **overrides}, "judge")
         generator = seed_everything(cfg.seed, device)
         judge = Judge(blackbox.architecture, load_judge(ws / "models/judge.pt").chunk)
         judge.start_from(blackbox)
-        train_judge(judge, data.train.x, probs["train"], replace(cfg.judge, lr=lr, epochs=epochs),
-                    generator, History(), noise_std=cfg.road_noise_std)
-        judges[f"lr {lr:g}, {epochs} epochs"] = agreements(judge)
+        history = History()
+        train_judge(judge, data.train.x, probs["train"], settings, generator, history,
+                    noise_std=cfg.road_noise_std)
+        judges[", ".join(f"{key} {value}" for key, value in overrides.items())] = {
+            **agreements(judge), "train_seconds": round(history.elapsed, 1)}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True,
                             text=True, check=False).stdout.strip() or None
     print(json.dumps({"workspace_commit": commit,

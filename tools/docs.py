@@ -257,21 +257,27 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
     return "\n".join(lines)
 
 
-def cifar_probes_block(root: Path) -> str:
-    """`experiments/cifar_probes.json`: the black box with test-time augmentation, and the judge's
-    agreement by learning rate."""
-    run = _json(root, CIFAR_PROBES)
+def cifar_probes_block(root: Path, results: str = CIFAR_PROBES) -> str:
+    """`experiments/cifar_probes.py`'s output: the black box with test-time augmentation, and the
+    judge's agreement by budget for the run's judge and each variant (with its training seconds
+    where the file has them)."""
+    run = _json(root, results)
     views = {"none": "the image alone", "mirror": "the image and its mirror (2 passes)",
              "airbench": "airbench's six views (6 passes)"}
     lines = [f"On {_host(run['host'])}, {run['test_images']:,} test images, 95 % intervals:", "",
              "| black box answers from | test accuracy |", "|---|---|"]
     lines += [f"| {views[v]} | {_interval(*ci)} |" for v, ci in run["blackbox_accuracy"].items()]
-    budgets = list(next(iter(run["judge_agreement"].values())))
+    rows = run["judge_agreement"]
+    budgets = [b for b in next(iter(rows.values())) if b.startswith("k")]
+    timed = any("train_seconds" in row for row in rows.values())
     lines += ["", "| judge | " + " | ".join(f"agreement, {b.removeprefix('k')} pixels kept"
-                                           for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for name, row in run["judge_agreement"].items():
-        lines.append(f"| {name} | " + " | ".join(_interval(*row[b]) for b in budgets) + " |")
+                                           for b in budgets)
+              + (" | training seconds |" if timed else " |"),
+              "|---|" + "---|" * (len(budgets) + timed)]
+    for name, row in rows.items():
+        seconds = f" {row['train_seconds']:.0f} |" if "train_seconds" in row else " |"
+        lines.append(f"| {name} | " + " | ".join(_interval(*row[b]) for b in budgets) + " |"
+                     + (seconds if timed else ""))
     return "\n".join(lines)
 
 
