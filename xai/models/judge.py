@@ -3,8 +3,9 @@
 A surrogate of the black box trained once on inputs of which a *random* subset of chunks is kept,
 against the black box's stored probabilities. The subset size is drawn uniformly over the whole
 range (0 to every chunk; `JudgeConfig` can narrow it or draw it log-uniformly), the subset
-uniformly among those of that size, independently of the image, so the judge learns what partial images mean and nothing about where an explainer looks:
-it cannot reward a method for encoding the class in the position of its chunks.
+uniformly among those of that size, independently of the image, so the judge learns what partial
+images mean and nothing about where an explainer looks: it cannot reward a method for encoding
+the class in the position of its chunks.
 
 The judge sees the filled image and the keep-mask as one more input channel, so it can tell a
 removed chunk from a dark one. Removed pixels are filled with 0 or, for a share of each batch,
