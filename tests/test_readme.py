@@ -103,6 +103,19 @@ def test_the_cifar_probes_block_follows_its_run(tmp_path):
     assert "| lr 0.0003, 5 epochs |" in changed and "0.877 [0.800, 0.900]" in changed
 
 
+def test_the_cifar_judge_budgets_block_follows_its_run(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar_judge_budgets.json"
+    run = json.loads(path.read_text())
+    variant = list(run["judge_agreement"])[1]
+    run["judge_agreement"][variant]["k256"] = [0.876543, 0.8, 0.9]
+    run["judge_agreement"][variant]["train_seconds"] = 4321.2
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-judge-budgets"](source)
+    assert f"| {variant} |" in changed and "0.877 [0.800, 0.900]" in changed
+    assert "| 4321 |" in changed and "training seconds" in changed
+
+
 def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):
     source = _copy_sources(tmp_path)
     path = source / "experiments" / "cifar_airbench_pipeline.json"

@@ -50,6 +50,7 @@ CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
+CIFAR_JUDGE_BUDGETS = "experiments/cifar_judge_budgets.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
 #: The defaults' `auto` runs on other kinds of host (`experiments/pipeline_timing.py`).
 OTHER_HOST_PIPELINES = ["experiments/default_pipeline_epyc.json"]
@@ -689,6 +690,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-airbench": cifar_airbench_block,
     "cifar-airbench-chunk2": functools.partial(cifar_airbench_block, results=CIFAR_CHUNK2),
     "cifar-probes": cifar_probes_block,
+    "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-fidelity": cifar_fidelity_block,
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
