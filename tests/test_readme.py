@@ -76,7 +76,8 @@ def test_a_missing_or_doubled_block_is_named():
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
                            "cifar-airbench", "scaling", "shared-cores", "hosts",
                            "bench-fp32", "bench-fp32-repeats", "cifar-probes",
-                           "cifar-airbench-chunk2", "cifar-fidelity", "cifar-judge-budgets"}
+                           "cifar-airbench-chunk2", "cifar-fidelity", "cifar-judge-budgets",
+                           "cifar-vibi-published"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
@@ -114,6 +115,17 @@ def test_the_cifar_judge_budgets_block_follows_its_run(tmp_path):
     changed = BLOCKS["cifar-judge-budgets"](source)
     assert f"| {variant} |" in changed and "0.877 [0.800, 0.900]" in changed
     assert "| 4321 |" in changed and "training seconds" in changed
+
+
+def test_the_cifar_vibi_published_block_follows_its_run(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar_vibi_published.json"
+    run = json.loads(path.read_text())
+    run["vibi"]["posthoc_accuracy"] = 0.0654321
+    run["history"][-1]["val_approximator_fidelity"] = 0.987654
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-vibi-published"](source)
+    assert "keeps its prediction on 0.065" in changed and "| 0.988 |" in changed
 
 
 def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):

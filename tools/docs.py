@@ -51,6 +51,7 @@ CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_JUDGE_BUDGETS = "experiments/cifar_judge_budgets.json"
+CIFAR_VIBI_PUBLISHED = "experiments/cifar_vibi_published.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
 #: The defaults' `auto` runs on other kinds of host (`experiments/pipeline_timing.py`).
 OTHER_HOST_PIPELINES = ["experiments/default_pipeline_epyc.json"]
@@ -280,6 +281,22 @@ def cifar_probes_block(root: Path, results: str = CIFAR_PROBES) -> str:
         lines.append(f"| {name} | " + " | ".join(_interval(*row[b]) for b in budgets) + " |"
                      + (seconds if timed else ""))
     return "\n".join(lines)
+
+
+def cifar_vibi_published_block(root: Path) -> str:
+    """`experiments/cifar_vibi_published.json`: VIBI trained with the published objective, its
+    approximator's agreement with the black box against the black box's own on the same pixels."""
+    run = _json(root, CIFAR_VIBI_PUBLISHED)
+    v, history = run["vibi"], run["history"]
+    return "\n".join([
+        f"On {_host(run['host'])}, {len(history)} epochs ({run['train_seconds']:.0f} s), k = "
+        f"{v['k']} of {v['num_chunks']} pixels, test set: the approximator agrees with the black box "
+        f"on {v['approximator_fidelity']:.3f} of the images; the black box itself, shown the same "
+        f"{v['k']} pixels (the rest 0), keeps its prediction on {v['posthoc_accuracy']:.3f}.", "",
+        "| epoch | " + " | ".join(str(row["epoch"]) for row in history) + " |",
+        "|---|" + "---|" * len(history),
+        "| approximator's agreement, validation | "
+        + " | ".join(f"{row['val_approximator_fidelity']:.3f}" for row in history) + " |"])
 
 
 def cifar_fidelity_block(root: Path) -> str:
@@ -691,6 +708,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-airbench-chunk2": functools.partial(cifar_airbench_block, results=CIFAR_CHUNK2),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
+    "cifar-vibi-published": cifar_vibi_published_block,
     "cifar-fidelity": cifar_fidelity_block,
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
