@@ -51,6 +51,7 @@ CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_JUDGE_BUDGETS = "experiments/cifar_judge_budgets.json"
+CIFAR_JUDGE_LR = "experiments/cifar_judge_lr.json"
 CIFAR_VIBI_PUBLISHED = "experiments/cifar_vibi_published.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
 #: The defaults' `auto` runs on other kinds of host (`experiments/pipeline_timing.py`).
@@ -708,6 +709,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-airbench-chunk2": functools.partial(cifar_airbench_block, results=CIFAR_CHUNK2),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
+    "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
     "cifar-vibi-published": cifar_vibi_published_block,
     "cifar-fidelity": cifar_fidelity_block,
     "vibi-variants-judged": judged_variants_block,
