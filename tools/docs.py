@@ -291,9 +291,10 @@ def cifar_vibi_published_block(root: Path) -> str:
     v, history = run["vibi"], run["history"]
     return "\n".join([
         f"On {_host(run['host'])}, {len(history)} epochs ({run['train_seconds']:.0f} s), k = "
-        f"{v['k']} of {v['num_chunks']} pixels, test set: the approximator agrees with the black box "
-        f"on {v['approximator_fidelity']:.3f} of the images; the black box itself, shown the same "
-        f"{v['k']} pixels (the rest 0), keeps its prediction on {v['posthoc_accuracy']:.3f}.", "",
+        f"{v['k']} of {v['num_chunks']} pixels, test set: the approximator agrees with the black "
+        f"box on {v['approximator_fidelity']:.3f} of the images; the black box itself, shown the "
+        f"same {v['k']} pixels (the rest 0), keeps its prediction on "
+        f"{v['posthoc_accuracy']:.3f}.", "",
         "| epoch | " + " | ".join(str(row["epoch"]) for row in history) + " |",
         "|---|" + "---|" * len(history),
         "| approximator's agreement, validation | "
