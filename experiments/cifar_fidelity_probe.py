@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xai.chunks import chunk_scores, expand, top_k_mask
 from xai.data.prepared import load_dataset
-from xai.devices import bf16_passes, use_bf16
+from xai.devices import use_bf16
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 from xai.explain.attribution import (
     ExplainerDistribution,
@@ -45,7 +45,7 @@ from xai.models.judge import load_judge
 from xai.models.vibi import load_vibi
 from xai.pipeline.bench import host
 from xai.pipeline.config import load_config
-from xai.tensors import predict, to_unit
+from xai.tensors import bf16_passes, predict, to_unit
 
 RESAMPLES = 1000
 BATCH = 250

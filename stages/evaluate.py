@@ -9,7 +9,7 @@ import time
 import torch
 
 from xai.data.prepared import load_dataset
-from xai.devices import bf16_passes, channels_last_copy, select_device, use_bf16
+from xai.devices import channels_last_copy, select_device, use_bf16
 from xai.errors import ConfigError, DataError
 from xai.evaluation.controls import ClassInPosition, FixedChunks
 from xai.evaluation.table import (
@@ -40,7 +40,7 @@ from xai.models.judge import load_judge
 from xai.models.vibi import load_vibi
 from xai.pipeline import cli, tracking
 from xai.pipeline.config import CHUNK_KEYS, SHAP_BASELINES, flatten, load_config
-from xai.tensors import to_unit
+from xai.tensors import bf16_passes, to_unit
 from xai.train.loop import seed_everything
 from xai.viz.figures import (
     cost_figure,

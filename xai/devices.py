@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from xai.errors import ConfigError
-from xai.tensors import Autocast
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -85,9 +84,3 @@ def channels_last_copy(model: torch.nn.Module) -> torch.nn.Module:
     many passes through it (integrated gradients: ~1.4x in fp32 on a CPU), leaving the model
     itself, and every other method's arithmetic, as it was."""
     return copy.deepcopy(model).to(memory_format=CONV_LAYOUT)
-
-
-def bf16_passes(model: torch.nn.Module) -> torch.nn.Module:
-    """`model` (moved in place to `CONV_LAYOUT`, the layout the CPU's bf16 convolutions run
-    fastest in) wrapped to run its passes under bf16 autocast with fp32 outputs."""
-    return Autocast(model.to(memory_format=CONV_LAYOUT))

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from xai.devices import CONV_LAYOUT
+
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float inputs pass through."""
@@ -54,6 +56,12 @@ class Autocast(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["module"], name)
+
+
+def bf16_passes(model: nn.Module) -> nn.Module:
+    """`model` (moved in place to `CONV_LAYOUT`, the layout the CPU's bf16 convolutions run
+    fastest in) wrapped in `Autocast`: its passes in bf16, its outputs in fp32."""
+    return Autocast(model.to(memory_format=CONV_LAYOUT))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
