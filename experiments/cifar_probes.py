@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,7 +36,7 @@ from xai.devices import use_bf16
 from xai.evaluation.uncertainty import bootstrap, resample_indices
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.judge import Judge, agreement, load_judge
-from xai.pipeline.bench import host
+from xai.pipeline.bench import host, key_value
 from xai.pipeline.config import load_config, parse_section
 from xai.tensors import predict, to_unit
 from xai.train.judge import JudgeConfig, train_judge
@@ -73,10 +72,7 @@ def _interval(values: torch.Tensor, indices: torch.Tensor) -> list[float]:
 
 def _overrides(text: str) -> dict[str, object]:
     """`KEY=VALUE,...` -> {KEY: VALUE} (values read as YAML: numbers, words, booleans)."""
-    pairs = [item.partition("=") for item in text.split(",")]
-    if not all(key and sep and value for key, sep, value in pairs):
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE,..., got {text!r}")
-    return {key: yaml.safe_load(value) for key, _, value in pairs}
+    return dict(key_value(item) for item in text.split(","))
 
 
 def main() -> None:
@@ -106,13 +102,13 @@ def main() -> None:
                                              amp=amp), indices)
                 for b in args.budgets}
 
-    judges = {f"the run's (lr {cfg.judge.lr:g}, {cfg.judge.epochs} epochs)":
-              agreements(load_judge(ws / "models/judge.pt"))}
+    run_judge = load_judge(ws / "models/judge.pt")
+    judges = {f"the run's (lr {cfg.judge.lr:g}, {cfg.judge.epochs} epochs)": agreements(run_judge)}
     probs = load_probabilities(ws / "models/blackbox_probs.pt")
     for overrides in args.judges:
         settings = parse_section(JudgeConfig, {**asdict(cfg.judge), **overrides}, "judge")
         generator = seed_everything(cfg.seed, device)
-        judge = Judge(blackbox.architecture, load_judge(ws / "models/judge.pt").chunk)
+        judge = Judge(blackbox.architecture, run_judge.chunk)
         judge.start_from(blackbox)
         history = History()
         train_judge(judge, data.train.x, probs["train"], settings, generator, history,

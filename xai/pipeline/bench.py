@@ -422,7 +422,7 @@ def host() -> dict[str, object]:
     return {"cpu": name, "cores": psutil.cpu_count(), "flags": [f for f in SIMD_FLAGS if f in flags]}
 
 
-def _setting(text: str) -> tuple[str, object]:
+def key_value(text: str) -> tuple[str, object]:
     """`key=value` with the value read as YAML (`vibi.k=8`, `blackbox.precision=fp32`)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing per case")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this")
-    parser.add_argument("--set", type=_setting, nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", type=key_value, nargs="*", default=[], metavar="KEY=VALUE",
                         help="params changed for this run, as dvc exp run -S takes them")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("C", "H", "W"),
                         help="image shape (default: the configured data set's)")
