@@ -2,7 +2,8 @@
 method keep the black box's prediction, as the judge reads it, better than random pixels?
 
     python experiments/cifar_fidelity_probe.py --workspace DIR [--judge NAME=PATH ...] \
-        [--images 1000] [--budgets 16 64 128 256] > experiments/cifar_fidelity_probe.json
+        [--images 1000] [--budgets 16 64 128 256] [--fills zero road] \
+        > experiments/cifar_fidelity_probe.json
 
 `DIR` is a checkout whose params.yaml holds a CIFAR-10 setting and in which the models exist
 (`dvc repro train_vibi train_judge`); what those stages measured (accuracy, agreement, post-hoc
@@ -11,7 +12,10 @@ size). On `--images` seeded test images (more than the setting's `evaluate.num_i
 narrow the intervals), for the workspace's judge and every `--judge` file
 (for example one trained by `python -m stages.train_judge` with more epochs): each method's
 judge fidelity at every budget (the top-k chunks kept, the rest 0, as `evaluate` measures it) and
-its paired difference to random chunks, with 95 % bootstrap intervals over the images. Methods:
+its paired difference to random chunks, with 95 % bootstrap intervals over the images. With
+`--fills ... road`, the same with the removed pixels ROAD-imputed (`fidelity_road`, as
+`evaluate.road_budgets` measures it), and, for every fill, the black box's own post-hoc accuracy
+(`posthoc`, `posthoc_road`). Methods:
 random chunks, LIME and KernelSHAP (the setting's samples), VIBI and L2X, gradient saliency; the
 black box's and the judges' passes in bf16 where the setting's `evaluate.precision` runs them so.
 """
@@ -30,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xai.chunks import chunk_scores, expand, top_k_mask
+from xai.data.imputation import noisy_linear_impute
 from xai.data.prepared import load_dataset
 from xai.devices import use_bf16
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
@@ -75,6 +80,23 @@ def _run_summary(ws: Path) -> dict:
                               for m in ("blackbox", "judge", "l2x", "vibi")}}
 
 
+def _versus_random(answers: dict[str, dict[str, torch.Tensor]], predicted: torch.Tensor,
+                   indices: torch.Tensor, measure: str) -> dict[str, dict[str, dict]]:
+    """Per budget and method: how often `answers` (the black box's or a judge's class on the kept
+    chunks) match the black box's prediction, and the paired difference to random chunks', each
+    [mean, low, high] over the bootstrap `indices`."""
+    out: dict[str, dict[str, dict]] = {}
+    for budget, by_method in answers.items():
+        random = (by_method["random"] == predicted).float()
+        out[budget] = {}
+        for name, answer in by_method.items():
+            hits = (answer == predicted).float()
+            out[budget][name] = {measure: list(asdict(bootstrap(hits, indices)).values()),
+                                 "minus_random": list(asdict(paired_difference(
+                                     hits, random, indices)).values())}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +104,7 @@ def main() -> None:
     parser.add_argument("--judge", type=_named_path, nargs="*", default=[], metavar="NAME=PATH")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 64, 128, 256])
+    parser.add_argument("--fills", nargs="+", choices=("zero", "road"), default=["zero"])
     args = parser.parse_args()
     ws = args.workspace
     cfg = load_config(ws / "params.yaml")
@@ -110,33 +133,45 @@ def main() -> None:
     indices = resample_indices(len(x), RESAMPLES, ev.seed)
     shape = tuple(x.shape[1:])
     judges = {f"the run's ({cfg.judge.epochs} epochs)": ws / "models/judge.pt", **dict(args.judge)}
-    fidelity: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}
-    for judge_name, path in judges.items():
-        judge = load_judge(path)
-        if amp:
+    loaded = {name: load_judge(path) for name, path in judges.items()}
+    if amp:
+        for judge in loaded.values():
             judge.net = bf16_passes(judge.net)
-        fidelity[judge_name] = {}
+    measured: dict[str, dict] = {}
+    for fill in args.fills:
+        suffix = "" if fill == "zero" else f"_{fill}"
+        road = torch.Generator().manual_seed(ev.seed)
+        agree: dict[str, dict[str, dict[str, torch.Tensor]]] = {"posthoc": {}} | {
+            judge_name: {} for judge_name in loaded}
         for b in args.budgets:
-            kept = {}
+            for table in agree.values():
+                table[f"k{b}"] = {}
             for name, s in scores.items():
                 keep = expand(top_k_mask(s, b), shape, chunk)
                 with torch.inference_mode():
-                    judged = torch.cat([judge(x[i:i + BATCH] * keep[i:i + BATCH],
-                                              keep[i:i + BATCH]).argmax(1)
-                                        for i in range(0, len(x), BATCH)])
-                kept[name] = (judged == predicted).float()
-            fidelity[judge_name][f"k{b}"] = {
-                name: {"fidelity": list(asdict(bootstrap(v, indices)).values()),
-                       "minus_random": list(asdict(paired_difference(v, kept["random"],
-                                                                     indices)).values())}
-                for name, v in kept.items()}
+                    filled = torch.cat([
+                        x[i:i + BATCH] * keep[i:i + BATCH] if fill == "zero" else
+                        noisy_linear_impute(x[i:i + BATCH], keep[i:i + BATCH] > 0.5,
+                                            cfg.road_noise_std, road)
+                        for i in range(0, len(x), BATCH)])
+                    agree["posthoc"][f"k{b}"][name] = predict(blackbox, filled, BATCH).argmax(1)
+                    for judge_name, judge in loaded.items():
+                        agree[judge_name][f"k{b}"][name] = torch.cat([
+                            judge(filled[i:i + BATCH], keep[i:i + BATCH]).argmax(1)
+                            for i in range(0, len(x), BATCH)])
+        for table_name, table in agree.items():
+            if table_name == "posthoc":
+                measured[f"posthoc{suffix}"] = _versus_random(table, predicted, indices, "accuracy")
+            else:
+                measured.setdefault(f"fidelity{suffix}", {})[table_name] = _versus_random(
+                    table, predicted, indices, "fidelity")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True,
                             text=True, check=False).stdout.strip() or None
     print(json.dumps({"workspace_commit": commit, "host": host(), "run": _run_summary(ws),
                       "images": len(x),
                       "chunk": chunk, "samples": ev.lime_samples,
                       "judges": {name: str(path) for name, path in judges.items()},
-                      "fidelity": fidelity}, indent=1))
+                      **measured}, indent=1))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,21 @@ def test_every_method_times_every_measure_reproducibly(tiny_images, models, para
     assert second["metrics"].read_text() == first["metrics"].read_text()
 
 
+def test_road_budgets_add_their_measures_and_change_no_other(tiny_images, models, params,
+                                                            tmp_path):
+    plain = run_evaluate(params(TINY_EVAL), tiny_images, models, tmp_path / "plain")
+    road = run_evaluate(params({**TINY_EVAL, "evaluate.road_budgets": True}), tiny_images, models,
+                        tmp_path / "road")
+    plain_rows = json.loads(plain["metrics"].read_text())["methods"]
+    road_rows = json.loads(road["metrics"].read_text())["methods"]
+    for name, row in road_rows.items():
+        added = {k for k in row if "_road_k" in k}
+        assert added == {f"{m}_road_k{b}{s}" for m in ("posthoc_accuracy", "fidelity")
+                         for b in (1, 2) for s in ("", "_ci_low", "_ci_high")}
+        assert 0 <= row["posthoc_accuracy_road_k1"] <= 1 and 0 <= row["fidelity_road_k2"] <= 1
+        assert {k: v for k, v in row.items() if k not in added} == plain_rows[name]
+
+
 def test_tracked_evaluation_logs_the_table_and_figures(tiny_images, models, params, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xai.data.imputation import NEIGHBOUR_WEIGHTS, linear_impute, noisy_linear_impute
+from xai.data.imputation import NEIGHBOUR_WEIGHTS, linear_impute, noisy_linear_impute, smooth_fill
 
 
 def _neighbour_mean_residual(filled: torch.Tensor, removed: torch.Tensor) -> float:
@@ -87,3 +87,44 @@ def test_each_image_stops_on_its_own_so_its_fill_does_not_depend_on_its_batch():
     capped = linear_impute(x, keep, max_iterations=3)  # unconverged images still come back
     assert torch.isfinite(capped).all() and torch.equal(capped[keep.expand_as(x)],
                                                         x[keep.expand_as(x)])
+
+
+# ----------------------------------------------------------------------------- smooth_fill
+
+
+def _ramp(n: int = 2, size: int = 16) -> torch.Tensor:
+    """Smooth images (a diagonal ramp, one direction per channel), where interpolation is easy."""
+    t = torch.linspace(0, 1, size)
+    return torch.stack([(t[:, None] + t[None, :]) / 2, t[:, None].expand(size, size),
+                        t[None, :].expand(size, size)])[None].expand(n, -1, -1, -1).clone()
+
+
+def test_smooth_fill_keeps_kept_pixels_and_fills_a_constant_with_it():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 10, 12, generator=g)
+    keep = (torch.rand(3, 1, 10, 12, generator=g) > 0.8).float()
+    filled = smooth_fill(x, keep)
+    kept = keep.bool().expand_as(x)
+    assert torch.equal(filled[kept], x[kept])
+    constant = torch.full((3, 3, 10, 12), 0.4)
+    torch.testing.assert_close(smooth_fill(constant, keep), constant)
+    assert torch.equal(smooth_fill(x, torch.zeros_like(keep)), torch.zeros_like(x))  # as 0-fill
+
+
+def test_smooth_fill_is_close_to_roads_imputation_and_far_from_zeros():
+    """The control that passes: ROAD's own fill; the one that fails: zeros in the removed pixels."""
+    x = _ramp()
+    keep = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.9
+    smooth, road = smooth_fill(x, keep.float()), linear_impute(x, keep, tolerance=1e-6)
+    removed = ~keep.expand_as(x)
+    assert (smooth - road)[removed].abs().mean() < 0.05 < (x * keep - road)[removed].abs().mean()
+
+
+def test_smooth_fill_takes_soft_masks_and_passes_gradients_to_them():
+    x = torch.rand(2, 3, 8, 8)
+    keep = torch.rand(2, 1, 8, 8, requires_grad=True)
+    smooth_fill(x, keep).square().sum().backward()
+    assert torch.isfinite(keep.grad).all() and keep.grad.abs().sum() > 0
+    per_channel = (torch.rand(2, 3, 8, 8) > 0.5).float()  # each channel its own chunks
+    filled = smooth_fill(x, per_channel)
+    assert torch.equal(filled[per_channel.bool()], x[per_channel.bool()])

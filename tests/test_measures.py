@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from xai.chunks import chunk_areas, chunk_scores, expand, top_k_mask
+from xai.data.imputation import noisy_linear_impute
 from xai.evaluation.measures import (
+    agrees_on,
     auc,
     deletion_insertion,
     posthoc_agreement,
@@ -118,3 +120,33 @@ def test_partial_chunks_match_the_explainer_grid():
     attr = ExplainerDistribution("vibi", vibi, vibi).attribute(x)
     p = vibi.chunk_logits(x).softmax(1)
     torch.testing.assert_close(chunk_scores(attr, 8), p)  # the map sums back to p(z | x)
+
+
+def test_posthoc_with_roads_fill_keeps_the_prediction_on_the_evidence_only():
+    """The model reads which of 9 chunks holds a bright patch. Kept with the rest ROAD-imputed,
+    the patch's chunk and a dim one (the control built to pass) keep every prediction: the fill
+    lies between them, below the patch; two dim chunks (built to fail) almost none, since
+    imputation fills the removed patch from its dim surroundings."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 9, (90,), generator=g)
+    x = 0.3 * torch.rand(90, 1, 12, 12, generator=g)
+    for i, label in enumerate(labels.tolist()):
+        x[i, 0, label // 3 * 4:label // 3 * 4 + 4, label % 3 * 4:label % 3 * 4 + 4] = 1.0
+
+    def model(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(images, 4).flatten(1)
+
+    def road(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return noisy_linear_impute(images, keep > 0.5, 0.01, torch.Generator().manual_seed(1))
+
+    pred = model(x).argmax(1)
+    assert torch.equal(pred, labels)
+    def kept(*chunks: torch.Tensor) -> torch.Tensor:
+        chunk_mask = sum(torch.nn.functional.one_hot(c, 9).float() for c in chunks)
+        return expand(chunk_mask, (1, 12, 12), 4)
+
+    evidence, elsewhere = kept(labels, (labels + 4) % 9), kept((labels + 2) % 9, (labels + 4) % 9)
+    assert agrees_on(model, road(x, evidence), pred).float().mean() == 1.0
+    assert agrees_on(model, road(x, elsewhere), pred).float().mean() < 0.2
+    assert agrees_on(model, x * evidence, pred).float().mean() == 1.0  # 0-fill: both pass ...
+    assert agrees_on(model, x * elsewhere, pred).float().mean() < 0.2  # ... and fail

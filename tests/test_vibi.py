@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xai.data.imputation import smooth_fill
 from xai.data.prepared import Split
 from xai.errors import CheckpointError, ConfigError
 from xai.io import save_torch
@@ -184,7 +185,8 @@ def tiny_settings(params, **overrides):
 
 def tiny_model(settings) -> VibiModel:
     torch.manual_seed(0)
-    return VibiModel(VibiSpec(settings.explainer_type, 1, settings.width_multiplier, 1, 12, 12, 9, settings.k))
+    return VibiModel(VibiSpec(settings.explainer_type, 1, settings.width_multiplier, 1, 12, 12, 9,
+                              settings.k, settings.fill))
 
 
 def test_training_learns_input_dependent_non_uniform_explanations(params):
@@ -244,6 +246,22 @@ def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(para
     assert summarize(expl, val_set.y)["posthoc_accuracy"] > 0.9
     chosen = expl.top_k.float().argmax(-1)
     assert (chosen == val_set.y.argmax(-1)).float().mean() > 0.9  # the patch
+
+
+def test_smooth_fill_learns_to_keep_the_chunk_the_black_box_reads(params):
+    """With the removed pixels interpolated from the kept ones, one kept chunk would fill the whole
+    image with itself; with two, the patch stays the brightest chunk only if it is one of them."""
+    settings = tiny_settings(params, objective="blackbox", epochs=6, warmup_steps=0, k=2,
+                             fill="smooth", lr=0.01, tau_end=0.1)
+    train_set, val_set = position_task(512, 0), position_task(256, 1)
+    blackbox = PatchReader()
+    model = tiny_model(settings)
+    train(model, settings, train_set, val_set, seed=0, history=History(),
+          show_progress=False, blackbox=blackbox)
+    expl = explain_split(model, val_set.x, blackbox)
+    assert summarize(expl, val_set.y)["posthoc_accuracy"] > 0.9
+    patch = val_set.y.argmax(-1)
+    assert expl.top_k[torch.arange(len(patch)), patch].float().mean() > 0.9
 
 
 def test_interrupted_training_resumes_from_the_saved_step(params, tmp_path, monkeypatch):
@@ -309,6 +327,16 @@ def test_model_round_trips_with_weights_only(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     for a, b in zip(model.explain(x), loaded.explain(x)):
         torch.testing.assert_close(a, b)
+    assert "fill" not in loaded.spec.to_state()  # the default: saved as before the field existed
+    smooth = VibiModel(VibiSpec("Unet", 1, 0.25, 3, 32, 32, 10, 64, "smooth")).eval()
+    save_vibi(smooth, tmp_path / "smooth.pt")
+    assert load_vibi(tmp_path / "smooth.pt").spec.fill == "smooth"
+    mask = hard_top_k(torch.randn(2, smooth.spec.num_chunks), 64)
+    torch.testing.assert_close(smooth.masked(x, mask), smooth_fill(x, smooth.pixel_mask(mask)))
+    save_torch({"kind": "xai.vibi", "spec": {**smooth.spec.to_state(), "fill": "blur"},
+                "state_dict": smooth.state_dict()}, tmp_path / "blur.pt")
+    with pytest.raises(CheckpointError, match="fill 'blur'"):
+        load_vibi(tmp_path / "blur.pt")
     save_torch({"kind": "xai.vibi", "spec": {"explainer_type": "nope"}, "state_dict": {}},
                tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="this code can rebuild"):
@@ -321,6 +349,7 @@ def test_model_round_trips_with_weights_only(tmp_path):
     ({"vibi.k": 0}, r"vibi\.k = 0 is out of range"),
     ({"vibi.beta": -0.1}, r"vibi\.beta = -0\.1 is out of range"),
     ({"vibi.tau_start": 0.5, "vibi.tau_end": 1.0}, r"vibi\.tau_end = 1\.0 is above"),
+    ({"vibi.fill": "blur"}, r"vibi\.fill = 'blur'.*smooth"),
 ])
 def test_bad_vibi_params_are_rejected(params, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -301,30 +301,41 @@ def cifar_vibi_published_block(root: Path) -> str:
         + " | ".join(f"{row['val_approximator_fidelity']:.3f}" for row in history) + " |"])
 
 
-def cifar_fidelity_block(root: Path) -> str:
-    """`experiments/cifar_fidelity_probe.json`: per judge, random chunks' judge fidelity and every
-    method minus random, by budget, paired 95 % intervals over the images."""
-    run = _json(root, CIFAR_FIDELITY)
+def cifar_fidelity_block(root: Path, results: str = CIFAR_FIDELITY) -> str:
+    """`experiments/cifar_fidelity_probe.py`'s output: per judge (and the black box itself, when
+    measured) and per fill of the removed pixels, random chunks' agreement with the black box and
+    every method minus random, by budget, paired 95 % intervals over the images."""
+    run = _json(root, results)
     c = run["chunk"]
+    fills = {"": "the removed pixels 0", "_road": "the removed pixels ROAD-imputed"}
 
     def kept(budget: str) -> str:
         return f"{_chunks(c, int(budget.removeprefix('k')))} kept"
 
-    lines = [f"The run at workspace commit `{run['workspace_commit'][:7]}`, on "
-             f"{_host(run['host'])}; {run['images']:,} test images, {c}x{c}-pixel chunks, LIME "
-             f"and KernelSHAP with {run['samples']} samples; judge fidelity of random chunks, and "
-             "each method minus random (paired 95 % intervals over the images):"]
-    for judge, by_budget in run["fidelity"].items():
+    def table(title: str, by_budget: dict, measure: str) -> list[str]:
         budgets = list(by_budget)
         methods = [m for m in by_budget[budgets[0]] if m != "random"]
-        lines += ["", f"Judge: {judge}.", "",
-                  "| | " + " | ".join(kept(b) for b in budgets) + " |",
-                  "|---|" + "---|" * len(budgets),
-                  "| random chunks, fidelity | " + " | ".join(
-                      _interval(*by_budget[b]["random"]["fidelity"]) for b in budgets) + " |"]
-        lines += [f"| {m} minus random | " + " | ".join(
-            _interval(*by_budget[b][m]["minus_random"], fmt="+.3f") for b in budgets) + " |"
-            for m in methods]
+        return ["", title, "",
+                "| | " + " | ".join(kept(b) for b in budgets) + " |",
+                "|---|" + "---|" * len(budgets),
+                f"| random chunks, {measure} | " + " | ".join(
+                    _interval(*by_budget[b]["random"][measure]) for b in budgets) + " |",
+                *(f"| {m} minus random | " + " | ".join(
+                    _interval(*by_budget[b][m]["minus_random"], fmt="+.3f") for b in budgets)
+                  + " |" for m in methods)]
+
+    lines = [f"The run at workspace commit `{run['workspace_commit'][:7]}`, on "
+             f"{_host(run['host'])}; {run['images']:,} test images, {c}x{c}-pixel chunks, LIME "
+             f"and KernelSHAP with {run['samples']} samples; how often random chunks keep the "
+             "black box's prediction, as the judge (fidelity) or the black box itself (post-hoc "
+             "accuracy) reads them, and each method minus random (paired 95 % intervals over the "
+             "images):"]
+    for suffix, fill in fills.items():
+        for judge, by_budget in run.get(f"fidelity{suffix}", {}).items():
+            lines += table(f"Judge: {judge}; {fill}.", by_budget, "fidelity")
+    for suffix, fill in fills.items():
+        if f"posthoc{suffix}" in run:
+            lines += table(f"The black box itself; {fill}.", run[f"posthoc{suffix}"], "accuracy")
     return "\n".join(lines)
 
 

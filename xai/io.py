@@ -402,10 +402,15 @@ class SavedFields:
     bytes, and the files already written, as they are."""
 
     SAVED_NAMES: ClassVar[dict[str, str]] = {}
+    #: Fields added later, written only when they differ from their default, so files saved before
+    #: they existed load as they did and a default model saves to the same bytes as before.
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def to_state(self) -> dict[str, Any]:
         """The fields, in order, as a saved file holds them."""
-        return {self.SAVED_NAMES.get(k, k): v for k, v in dataclasses.asdict(self).items()}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {self.SAVED_NAMES.get(k, k): v for k, v in dataclasses.asdict(self).items()
+                if k not in self.LATER_FIELDS or v != defaults[k]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:

@@ -9,8 +9,14 @@ only. The means form a sparse linear system per image and channel (a graph Lapla
 pixels, with the kept pixels as boundary values); it is solved here for a whole batch at once by
 Jacobi-preconditioned conjugate gradients with a 3x3 neighbour sum as the operator, so no
 pixel or image is looped over in Python.
+
+`smooth_fill` is its differentiable stand-in for training (VIBI's `fill: smooth`): each removed
+pixel gets a distance-weighted mean of the kept ones (normalized convolution), which takes a soft
+mask, so gradients reach the explainer's relaxed selection.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -104,3 +110,41 @@ def fill(x: torch.Tensor, keep: torch.Tensor, imputed: torch.Tensor | bool = Fal
         out = out.index_copy(0, idx, noisy_linear_impute(x[idx], keep[idx] > 0.5, noise_std,
                                                          generator))
     return out
+
+
+SMOOTH_SCALES = (1.0, 2.0, 4.0, 8.0)  # Gaussian widths (pixels) of `smooth_fill`'s weights
+
+
+def _gaussian_1d(sigma: float, size: int, like: torch.Tensor) -> torch.Tensor:
+    """A normalised 1-D Gaussian of width `sigma`, cut at 3 sigma or at the image's `size`."""
+    radius = min(math.ceil(3 * sigma), size - 1)
+    t = torch.arange(-radius, radius + 1, device=like.device, dtype=torch.float32)
+    g = torch.exp(-t.square() / (2 * sigma * sigma))
+    return (g / g.sum()).to(like.dtype)
+
+
+def _multiscale_blur(z: torch.Tensor) -> torch.Tensor:
+    """Sum over `SMOOTH_SCALES` of z blurred by a Gaussian of each width, weighted 1 / width^2
+    (its peak height), zero outside the image: nearer pixels weigh more, and a pixel far from every
+    kept one still gets the wide scales' weight. Separable, per channel."""
+    n, c, h, w = z.shape
+    flat = z.reshape(n * c, 1, h, w)
+    out = torch.zeros_like(flat)
+    for sigma in SMOOTH_SCALES:
+        row, col = _gaussian_1d(sigma, w, z), _gaussian_1d(sigma, h, z)
+        y = F.conv2d(flat, row.view(1, 1, 1, -1), padding=(0, len(row) // 2))
+        out = out + F.conv2d(y, col.view(1, 1, -1, 1), padding=(len(col) // 2, 0)) / sigma ** 2
+    return out.reshape(n, c, h, w)
+
+
+def smooth_fill(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`x` (N x C x H x W) kept where `keep` (N x 1 or C x H x W, in [0, 1], soft masks allowed) is
+    1, elsewhere the kept pixels' mean weighted by `_multiscale_blur` (normalized convolution):
+    `keep * x + (1 - keep) * blur(keep * x) / blur(keep)`. Close to `linear_impute` on natural
+    images (both interpolate smoothly from the kept pixels) and differentiable in `keep`; an
+    all-removed image becomes 0, as with the zero fill."""
+    kept = x * keep
+    blurred = _multiscale_blur(torch.cat([kept, keep], 1))
+    values, weights = blurred[:, :x.shape[1]], blurred[:, x.shape[1]:]
+    # a pixel beyond every kept one's reach has weight 0 and value 0: it stays 0
+    return kept + (1 - keep) * values / weights.clamp_min(1e-12)

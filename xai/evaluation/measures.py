@@ -28,7 +28,14 @@ Fill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, 0/1 keep
 def posthoc_agreement(model: Model, x: torch.Tensor, keep: torch.Tensor,
                       reference: torch.Tensor) -> torch.Tensor:
     """Per image: does the model's argmax on `x * keep` equal `reference` (its own prediction)?"""
-    return model(x * keep).argmax(1) == reference
+    return agrees_on(model, x * keep, reference)
+
+
+@torch.inference_mode()
+def agrees_on(model: Model, filled: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image: does the model's argmax on `filled` (images with chunks removed, filled with 0 or
+    otherwise, e.g. by ROAD's imputation) equal `reference`?"""
+    return model(filled).argmax(1) == reference
 
 
 @torch.inference_mode()

@@ -6,6 +6,9 @@ s x s patches, shared by the channels); a budget is a number of chunks kept. Per
   with its own prediction on the whole image;
 - `fidelity_k<b>`: the neutral judge (`xai.models.judge`, trained on random chunk subsets, never on an
   explainer's) shown the same chunks agrees with the black box;
+- with `road_budgets`, both again with the rest filled by ROAD's noisy linear imputation instead of
+  0 (an image the model can read rather than a sparse pattern on black; the judge learnt both
+  fills): `posthoc_accuracy_road_k<b>`, `fidelity_road_k<b>`;
 - `deletion_auc` / `insertion_auc`: the explained model's probability of its prediction as the
   top chunks are removed (lower is better) / as only they are kept (higher is better), removed
   pixels set to 0; `deletion_auc_road` / `insertion_auc_road`: the same with ROAD's noisy linear
@@ -46,9 +49,9 @@ from xai.chunks import chunk_areas, chunk_scores, expand, spread, top_k_mask
 from xai.data.imputation import noisy_linear_impute
 from xai.evaluation.encoding import encoding_gain, paired_images
 from xai.evaluation.measures import (
+    agrees_on,
     auc,
     deletion_insertion,
-    posthoc_agreement,
     sparseness,
 )
 from xai.evaluation.sanity import randomised, spearman
@@ -80,6 +83,7 @@ class MeasureConfig:
     sensitivity_radius: float = bounded(0.02, gt=0)
     noise_std: float = bounded(0.1, gt=0)
     road_noise_std: float = bounded(0.01, ge=0)
+    road_budgets: bool = False  # also posthoc_accuracy_road_k<b>, fidelity_road_k<b> (ROAD fill)
     encoding_folds: int = bounded(5, ge=2)
     bootstrap: int = bounded(1000, ge=10)
     batch_size: int = bounded(1024, ge=1)
@@ -286,13 +290,16 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
     clock.lap("attribute")
     shape = tuple(x.shape[1:])
     per_image: dict[str, torch.Tensor] = {}
+    road = _road_fill(s) if s.road_budgets else None
     for b in s.budgets:
         keep = expand(top_k_mask(scores, b), shape, s.chunk)
-        per_image[f"posthoc_accuracy_k{b}"] = posthoc_agreement(model, x, keep, pred).float()
-        if judge is not None:
-            with torch.inference_mode():
-                judged = judge(x * keep, keep)
-            per_image[f"fidelity_k{b}"] = (judged.argmax(1) == blackbox_pred).float()
+        fills = {"": x * keep, **({"_road": road(x, keep)} if road is not None else {})}
+        for suffix, filled in fills.items():
+            per_image[f"posthoc_accuracy{suffix}_k{b}"] = agrees_on(model, filled, pred).float()
+            if judge is not None:
+                with torch.inference_mode():
+                    judged = judge(filled, keep)
+                per_image[f"fidelity{suffix}_k{b}"] = (judged.argmax(1) == blackbox_pred).float()
     curves: dict[str, torch.Tensor] = {}
     for suffix, fill in (("", None), ("_road", _road_fill(s))):
         deletion, insertion, fractions = deletion_insertion(

@@ -53,6 +53,8 @@ class VIBI:
     """An explainer that keeps the `k` chunks of an image from which the black box still makes its
     prediction (Bang et al., 2021), trained by default against the black box itself (objective
     `blackbox`; `published` trains the paper's approximator instead: see the README's VIBI section).
+    `fill="smooth"` shows the predictor the removed pixels interpolated from the kept ones rather
+    than 0 (`xai.data.imputation.smooth_fill`; docs/vibi.md).
 
     >>> import torch, xai
     >>> _ = torch.manual_seed(0)
@@ -73,8 +75,8 @@ class VIBI:
                  objective: str = _DEFAULTS.objective, num_samples: int = _DEFAULTS.num_samples,
                  lr: float = _DEFAULTS.lr, batch_size: int = _DEFAULTS.batch_size,
                  tau: tuple[float, float] = (_DEFAULTS.tau_start, _DEFAULTS.tau_end),
-                 warmup_steps: int = _DEFAULTS.warmup_steps, seed: int = 0,
-                 device: torch.device | str | None = None) -> None:
+                 warmup_steps: int = _DEFAULTS.warmup_steps, fill: str = _DEFAULTS.fill,
+                 seed: int = 0, device: torch.device | str | None = None) -> None:
         self.blackbox = blackbox if isinstance(blackbox, nn.Module) else _Callable(blackbox)
         self.device = torch.device(device) if device is not None else next(
             (p.device for p in self.blackbox.parameters()), torch.device("cpu"))
@@ -83,7 +85,7 @@ class VIBI:
             _DEFAULTS, objective=objective, explainer_type=explainer, xpl_channels=xpl_channels,
             width_multiplier=width_multiplier, k=k, beta=beta, num_samples=num_samples, evals_per_epoch=1,
             batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, tau_start=tau[0],
-            tau_end=tau[1], precision="fp32", resume=False))
+            tau_end=tau[1], fill=fill, precision="fp32", resume=False))
         self.seed = seed
         self.model: VibiModel | None = None
 
@@ -108,7 +110,7 @@ class VIBI:
                    "the images")
         train_probs = self._probabilities(x_train)
         spec = VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width_multiplier, c, h, w,
-                        train_probs.shape[1], settings.k)
+                        train_probs.shape[1], settings.k, settings.fill)
         torch.manual_seed(self.seed)
         self.model = VibiModel(spec).to(self.device)
         train(self.model, settings, Split(x_train.to(self.device), train_probs),
@@ -157,7 +159,8 @@ class VIBI:
                    xpl_channels=spec.xpl_channels, width_multiplier=spec.width_multiplier,
                    objective=s["objective"], num_samples=s["num_samples"], lr=s["lr"],
                    batch_size=s["batch_size"], tau=(s["tau_start"], s["tau_end"]),
-                   warmup_steps=s["warmup_steps"], seed=int(state.get("seed", 0)), device=device)
+                   warmup_steps=s["warmup_steps"], fill=spec.fill, seed=int(state.get("seed", 0)),
+                   device=device)
         # in the layout training leaves it in, so a loaded VIBI explains to the bit as the fitted one
         vibi.model = model.to(vibi.device, memory_format=CONV_LAYOUT)
         return vibi

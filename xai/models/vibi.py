@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from xai.chunks import chunk_grid, chunks_to_pixels
+from xai.data.imputation import smooth_fill
 from xai.devices import CONV_LAYOUT
 from xai.errors import CheckpointError
 from xai.io import SavedFields, load_torch, save_torch
@@ -34,6 +35,7 @@ from xai.models.explainers import CHUNK_SIZE, build_explainer
 from xai.tensors import autocast, state_dict_cpu, to_unit
 
 KIND = "xai.vibi"
+FILLS = ("zero", "smooth")  # what the predictor sees in the removed pixels (`VibiModel.masked`)
 
 
 # ----------------------------------------------------------------------------- the math
@@ -134,9 +136,11 @@ class VibiSpec(SavedFields):
     width_px: int
     num_classes: int
     k: int
+    fill: str = "zero"  # removed pixels: 0 | smooth (`xai.data.imputation.smooth_fill`)
 
     #: Field names as saved files spell them (older name, kept so saved models stay byte-identical).
     SAVED_NAMES: ClassVar[dict[str, str]] = {"width_multiplier": "width"}
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("fill",)
 
     @property
     def chunk(self) -> int:
@@ -157,6 +161,8 @@ class VibiModel(nn.Module):
 
     def __init__(self, spec: VibiSpec) -> None:
         super().__init__()
+        if spec.fill not in FILLS:
+            raise ValueError(f"fill {spec.fill!r} is not one of {FILLS}")
         self.spec = spec
         self.explainer = build_explainer(spec.explainer_type, spec.in_channels,
                                          spec.xpl_channels, spec.width_multiplier)
@@ -174,10 +180,15 @@ class VibiModel(nn.Module):
                                 (s.height, s.width_px))
 
     def masked(self, x: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
-        """Inputs times their masks: x (B x C x H x W), masks B x d or B x S x d -> (B*S) x C x H x W."""
+        """Inputs with only their masks' chunks kept, the rest filled as `spec.fill` says (0, or
+        smoothly from the kept pixels): x (B x C x H x W), masks B x d or B x S x d -> (B*S) x C x
+        H x W."""
         mask = self.pixel_mask(chunk_mask.to(x.dtype))
         if mask.dim() == 5:  # S samples per input
-            return (x[:, None] * mask).flatten(0, 1)
+            x = x[:, None].expand(-1, mask.shape[1], -1, -1, -1).flatten(0, 1)
+            mask = mask.flatten(0, 1)
+        if self.spec.fill == "smooth":
+            return smooth_fill(x, mask)
         return x * mask
 
     def forward(self, x: torch.Tensor, tau: float, num_samples: int,
@@ -213,7 +224,7 @@ def vibi_from_state(obj: dict[str, Any], path: str | Path = "<memory>") -> VibiM
     try:
         model = VibiModel(VibiSpec.from_state(obj["spec"]))
         model.load_state_dict(obj["state_dict"])
-    except (TypeError, KeyError, RuntimeError) as exc:
+    except (TypeError, KeyError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not hold a VIBI model this code can rebuild ({first})"
                               ) from None

@@ -68,6 +68,7 @@ class VibiConfig:
     save_best: bool = True
     resume: bool = True
     jump_start: bool = False
+    fill: Literal["zero", "smooth"] = 'zero'  # removed pixels, for whoever predicts from the kept
 
     def __post_init__(self) -> None:
         if self.tau_end > self.tau_start:
@@ -108,7 +109,7 @@ def spec_for(settings: VibiConfig, data: Dataset) -> VibiSpec:
                data.name, owner=VibiConfig)
     c, h, w = data.input_shape
     return VibiSpec(settings.explainer_type, settings.xpl_channels, settings.width_multiplier, c, h, w,
-                    data.num_classes, settings.k)
+                    data.num_classes, settings.k, settings.fill)
 
 
 # ----------------------------------------------------------------------------- evaluation
