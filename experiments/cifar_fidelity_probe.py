@@ -169,7 +169,7 @@ def main() -> None:
                             text=True, check=False).stdout.strip() or None
     print(json.dumps({"workspace_commit": commit, "host": host(), "run": _run_summary(ws),
                       "images": len(x),
-                      "chunk": chunk, "samples": ev.lime_samples,
+                      "chunk": chunk, "samples": ev.lime_samples, "vibi_fill": vibi.spec.fill,
                       "judges": {name: str(path) for name, path in judges.items()},
                       **measured}, indent=1))
 
