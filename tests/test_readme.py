@@ -77,7 +77,7 @@ def test_a_missing_or_doubled_block_is_named():
                            "cifar-airbench", "scaling", "shared-cores", "hosts",
                            "bench-fp32", "bench-fp32-repeats", "cifar-probes",
                            "cifar-airbench-chunk2", "cifar-fidelity", "cifar-judge-budgets",
-                           "cifar-judge-lr", "cifar-vibi-published"}
+                           "cifar-judge-lr", "cifar-vibi-published", "cifar-smooth"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
@@ -161,6 +161,20 @@ def test_the_cifar_fidelity_block_follows_its_run(tmp_path):
     changed = BLOCKS["cifar-fidelity"](source)
     assert "| lime minus random |" in changed and "+0.054 [+0.010, +0.090]" in changed
     assert "16 chunks of 2x2 = 64 pixels kept" in changed
+
+
+def test_the_cifar_smooth_block_shows_every_fill_and_reader(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar_smooth_probe.json"
+    run = json.loads(path.read_text())
+    judge = next(iter(run["fidelity_road"]))
+    run["fidelity_road"][judge]["k64"]["vibi"]["minus_random"] = [0.054321, 0.01, 0.09]
+    run["posthoc_road"]["k64"]["random"]["accuracy"] = [0.123456, 0.1, 0.15]
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-smooth"](source)
+    assert "| vibi minus random |" in changed and "+0.054 [+0.010, +0.090]" in changed
+    assert "| random chunks, accuracy |" in changed and "| 0.123 [0.100, 0.150] |" in changed
+    assert "the removed pixels ROAD-imputed" in changed and "The black box itself" in changed
 
 
 def test_the_hosts_block_compares_runs_from_one_machine(tmp_path):

@@ -50,6 +50,7 @@ CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
+CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
 CIFAR_JUDGE_BUDGETS = "experiments/cifar_judge_budgets.json"
 CIFAR_JUDGE_LR = "experiments/cifar_judge_lr.json"
 CIFAR_VIBI_PUBLISHED = "experiments/cifar_vibi_published.json"
@@ -325,11 +326,19 @@ def cifar_fidelity_block(root: Path, results: str = CIFAR_FIDELITY) -> str:
                   + " |" for m in methods)]
 
     lines = [f"The run at workspace commit `{run['workspace_commit'][:7]}`, on "
-             f"{_host(run['host'])}; {run['images']:,} test images, {c}x{c}-pixel chunks, LIME "
+             f"{_host(run['host'])}; {run['images']:,} test images, "
+             f"{'single pixels' if c == 1 else f'{c}x{c}-pixel chunks'}, LIME "
              f"and KernelSHAP with {run['samples']} samples; how often random chunks keep the "
              "black box's prediction, as the judge (fidelity) or the black box itself (post-hoc "
              "accuracy) reads them, and each method minus random (paired 95 % intervals over the "
              "images):"]
+    if run.get("vibi_fill", "zero") != "zero":
+        r = run["run"]
+        lines[0] = (f"VIBI and L2X trained with the removed pixels filled `{run['vibi_fill']}` "
+                    f"({r['train_seconds']['vibi']:.0f} s and {r['train_seconds']['l2x']:.0f} s); "
+                    "the black box, shown their pixels so filled, keeps its prediction on "
+                    f"{r['posthoc_accuracy']['vibi']:.3f} and {r['posthoc_accuracy']['l2x']:.3f} "
+                    "of the test images (as their stage measures it). " + lines[0])
     for suffix, fill in fills.items():
         for judge, by_budget in run.get(f"fidelity{suffix}", {}).items():
             lines += table(f"Judge: {judge}; {fill}.", by_budget, "fidelity")
@@ -724,6 +733,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
     "cifar-vibi-published": cifar_vibi_published_block,
     "cifar-fidelity": cifar_fidelity_block,
+    "cifar-smooth": lambda root: cifar_fidelity_block(root, CIFAR_SMOOTH),
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
     "counterfactual-measures": counterfactual_measures_block,
