@@ -232,20 +232,26 @@ class PatchReader(nn.Module):
         return 30 * F.avg_pool2d(x, 4).flatten(1)
 
 
-@pytest.mark.parametrize("objective", ["blackbox", "realx"])
-def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(params, objective):
-    # realx: the approximator's warm-up on random subsets (2 of 6 epochs), then it is frozen
-    settings = tiny_settings(params, objective=objective, epochs=6,
-                             warmup_steps=32 if objective == "realx" else 0)
+def explained_patches(settings):
+    """`PatchReader` explained by a pair trained on `position_task` at `settings`: (the
+    explanations of the validation images, their one-hot patch positions)."""
     train_set, val_set = position_task(512, 0), position_task(256, 1)
     blackbox = PatchReader()
     model = tiny_model(settings)
     train(model, settings, train_set, val_set, seed=0, history=History(),
           show_progress=False, blackbox=blackbox)
-    expl = explain_split(model, val_set.x, blackbox)
-    assert summarize(expl, val_set.y)["posthoc_accuracy"] > 0.9
+    return explain_split(model, val_set.x, blackbox), val_set.y
+
+
+@pytest.mark.parametrize("objective", ["blackbox", "realx"])
+def test_black_box_and_realx_objectives_learn_the_chunk_the_black_box_reads(params, objective):
+    # realx: the approximator's warm-up on random subsets (2 of 6 epochs), then it is frozen
+    settings = tiny_settings(params, objective=objective, epochs=6,
+                             warmup_steps=32 if objective == "realx" else 0)
+    expl, patches = explained_patches(settings)
+    assert summarize(expl, patches)["posthoc_accuracy"] > 0.9
     chosen = expl.top_k.float().argmax(-1)
-    assert (chosen == val_set.y.argmax(-1)).float().mean() > 0.9  # the patch
+    assert (chosen == patches.argmax(-1)).float().mean() > 0.9  # the patch
 
 
 def test_smooth_fill_learns_to_keep_the_chunk_the_black_box_reads(params):
@@ -253,14 +259,9 @@ def test_smooth_fill_learns_to_keep_the_chunk_the_black_box_reads(params):
     image with itself; with two, the patch stays the brightest chunk only if it is one of them."""
     settings = tiny_settings(params, objective="blackbox", epochs=6, warmup_steps=0, k=2,
                              fill="smooth", lr=0.01, tau_end=0.1)
-    train_set, val_set = position_task(512, 0), position_task(256, 1)
-    blackbox = PatchReader()
-    model = tiny_model(settings)
-    train(model, settings, train_set, val_set, seed=0, history=History(),
-          show_progress=False, blackbox=blackbox)
-    expl = explain_split(model, val_set.x, blackbox)
-    assert summarize(expl, val_set.y)["posthoc_accuracy"] > 0.9
-    patch = val_set.y.argmax(-1)
+    expl, patches = explained_patches(settings)
+    assert summarize(expl, patches)["posthoc_accuracy"] > 0.9
+    patch = patches.argmax(-1)
     assert expl.top_k[torch.arange(len(patch)), patch].float().mean() > 0.9
 
 
