@@ -68,7 +68,7 @@ class VibiConfig:
     save_best: bool = True
     resume: bool = True
     jump_start: bool = False
-    fill: Literal["zero", "smooth"] = 'zero'  # removed pixels, for whoever predicts from the kept
+    fill: Literal["zero", "smooth"] = 'zero'  # the removed pixels, as the predictor sees them
 
     def __post_init__(self) -> None:
         if self.tau_end > self.tau_start:
