@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from xai.data.imputation import NEIGHBOUR_WEIGHTS, linear_impute, noisy_linear_impute, smooth_fill
+from xai.data.imputation import (
+    NEIGHBOUR_WEIGHTS,
+    SMOOTH_SCALES,
+    _gaussian_1d,
+    _multiscale_blur,
+    linear_impute,
+    noisy_linear_impute,
+    smooth_fill,
+)
 
 
 def _neighbour_mean_residual(filled: torch.Tensor, removed: torch.Tensor) -> float:
@@ -97,6 +106,17 @@ def _ramp(n: int = 2, size: int = 16) -> torch.Tensor:
     t = torch.linspace(0, 1, size)
     return torch.stack([(t[:, None] + t[None, :]) / 2, t[:, None].expand(size, size),
                         t[None, :].expand(size, size)])[None].expand(n, -1, -1, -1).clone()
+
+
+def test_the_multiscale_blur_is_the_sum_of_zero_padded_gaussian_convolutions():
+    z = torch.rand(3, 2, 10, 13, dtype=torch.float64)
+    expected = torch.zeros_like(z)
+    for sigma in SMOOTH_SCALES:  # separable, as 1-channel convolutions (slower, plainly right)
+        row, col = _gaussian_1d(sigma, 13, z), _gaussian_1d(sigma, 10, z)
+        y = F.conv2d(z.reshape(6, 1, 10, 13), row.view(1, 1, 1, -1), padding=(0, len(row) // 2))
+        y = F.conv2d(y, col.view(1, 1, -1, 1), padding=(len(col) // 2, 0))
+        expected += y.reshape(3, 2, 10, 13) / sigma ** 2
+    torch.testing.assert_close(_multiscale_blur(z), expected)
 
 
 def test_smooth_fill_keeps_kept_pixels_and_fills_a_constant_with_it():
