@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ from xai.models.explainers import CHUNK_SIZE, build_explainer
 from xai.tensors import autocast, state_dict_cpu, to_unit
 
 KIND = "xai.vibi"
-FILLS = ("zero", "smooth")  # what the predictor sees in the removed pixels (`VibiModel.masked`)
+Fill = Literal["zero", "smooth"]  # what the predictor sees in the removed pixels (`VibiModel.masked`)
+FILLS = get_args(Fill)
 
 
 # ----------------------------------------------------------------------------- the math
@@ -136,7 +137,7 @@ class VibiSpec(SavedFields):
     width_px: int
     num_classes: int
     k: int
-    fill: str = "zero"  # removed pixels: 0 | smooth (`xai.data.imputation.smooth_fill`)
+    fill: Fill = "zero"  # removed pixels: 0 | smooth (`xai.data.imputation.smooth_fill`)
 
     #: Field names as saved files spell them (older name, kept so saved models stay byte-identical).
     SAVED_NAMES: ClassVar[dict[str, str]] = {"width_multiplier": "width"}

@@ -29,7 +29,7 @@ from xai.devices import CONV_LAYOUT, use_bf16
 from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import load_torch, save_torch
 from xai.models.explainers import check_fits
-from xai.models.vibi import Explanations, VibiModel, VibiSpec, explain_split
+from xai.models.vibi import Explanations, Fill, VibiModel, VibiSpec, explain_split
 from xai.settings import TAU_MIN, bounded
 from xai.tensors import autocast, state_dict_cpu, to_unit
 from xai.train.loop import (
@@ -68,7 +68,7 @@ class VibiConfig:
     save_best: bool = True
     resume: bool = True
     jump_start: bool = False
-    fill: Literal["zero", "smooth"] = 'zero'  # the removed pixels, as the predictor sees them
+    fill: Fill = 'zero'  # the removed pixels, as the predictor sees them
 
     def __post_init__(self) -> None:
         if self.tau_end > self.tau_start:
