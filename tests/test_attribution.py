@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from xai.chunks import chunk_areas
-from xai.explain.attribution import KernelShap, Lime, Occlusion
+from xai.chunks import chunk_scores as pixel_sums
+import pytest
+
+from xai.explain.attribution import KernelShap, Lime, Occlusion, occlusion_windows
 
 
 class OneChunkModel(nn.Module):
@@ -74,3 +77,34 @@ def test_surrogates_stay_defined_with_fewer_subsets_than_chunks():
                    KernelShap(net, 1, samples=20, seed=0)):
         maps = method.attribute(x, target)  # 144 chunks, 20 subsets
         assert maps.shape == x.shape and torch.isfinite(maps).all(), method.name
+
+
+def test_sliding_occlusion_scores_each_chunk_by_the_mean_drop_of_the_windows_over_it():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(4 * 9 * 9, 3))
+    x, target = torch.rand(3, 2, 9, 9), torch.tensor([0, 2, 1])
+    chunk, window, stride = 2, 3, 2  # a 5 x 5 grid (edge chunks partial), windows at 0, 2
+    windows = occlusion_windows(5, 5, window, stride)
+    assert windows.shape == (4, 25) and (windows.sum(0) >= 1).all()  # every chunk covered
+    maps = Occlusion(model, chunk, 7, window, stride).attribute(x, target)
+    with torch.no_grad():  # one occluded copy per window, by hand
+        full = model(x).gather(1, target[:, None]).squeeze(1)
+        drops = torch.stack([full - model(x * (1 - _pixels(w, chunk))).gather(
+            1, target[:, None]).squeeze(1) for w in windows], 1)
+    expected = drops @ windows / windows.sum(0)
+    assert torch.allclose(pixel_sums(maps, chunk), expected.abs(), atol=1e-5)
+    corners = maps[:, 0, ::chunk, ::chunk].flatten(1)  # one pixel of each chunk: the sign
+    assert torch.equal(corners.sign(), expected.sign())
+
+
+def test_occlusion_one_chunk_at_a_time_is_the_default_and_a_stride_past_the_window_is_refused():
+    assert torch.equal(occlusion_windows(3, 4, 1, 1), torch.eye(12))
+    with pytest.raises(ValueError, match="stride 3 is out of range; allowed: 1 to the window"):
+        Occlusion(nn.Identity(), 2, window=2, stride=3)
+
+
+def _pixels(window: torch.Tensor, chunk: int) -> torch.Tensor:
+    """A 25-chunk membership row -> 1 x 1 x 9 x 9 pixel mask (edge chunks cropped)."""
+    return window.view(5, 5).repeat_interleave(chunk, 0).repeat_interleave(chunk, 1)[:9, :9][None, None]
+

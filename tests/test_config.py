@@ -98,6 +98,8 @@ def test_a_cpu_can_be_treated_as_one_without_native_bf16():
     ("vibi.tau_end", 2.0, r"vibi\.tau_end = 2\.0 is above vibi\.tau_start"),
     ("tracking.experiment", "", r"tracking\.experiment = '' .*non-empty string"),
     ("seed", 2**40, r"seed = 1099511627776 is out of range; allowed: >= 0 and <= 2147483647"),
+    ("evaluate.occlusion_stride", 3,
+     r"evaluate\.occlusion_stride = 3 is out of range; allowed: <= evaluate\.occlusion_window"),
 ])
 def test_values_that_cannot_work_are_rejected_naming_the_key(params, key, value, message):
     with pytest.raises(ConfigError, match=message):

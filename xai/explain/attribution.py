@@ -209,10 +209,28 @@ class GradientShap:
             target=target).detach()
 
 
+def occlusion_windows(rows: int, cols: int, window: int, stride: int) -> torch.Tensor:
+    """P x (rows * cols) membership of the square windows of `window` x `window` chunks that
+    slide over the chunk grid by `stride` chunks; the last row and column of windows sit on the
+    grid's edge, so every chunk is in at least one window (stride <= window)."""
+    def starts(size: int) -> list[int]:
+        w = min(window, size)
+        return sorted(set(range(0, size - w + 1, stride)) | {size - w})
+
+    rows_in = [torch.zeros(rows).index_fill_(0, torch.arange(r, min(r + window, rows)), 1)
+               for r in starts(rows)]
+    cols_in = [torch.zeros(cols).index_fill_(0, torch.arange(c, min(c + window, cols)), 1)
+               for c in starts(cols)]
+    return torch.stack([torch.outer(r, c).flatten() for r in rows_in for c in cols_in])
+
+
 @dataclass
 class Occlusion:
-    """The drop of the target logit when one chunk is set to 0, for every chunk (occlusion at the
-    chunk size, partial edge chunks included; Zeiler and Fergus, 2014). All images x chunks
+    """The drop of the target logit when a window of chunks is set to 0 (Zeiler and Fergus,
+    2014), sliding over the chunk grid as Captum's occlusion does: each chunk's score is the mean
+    drop of the windows that cover it. `window` = `stride` = 1 (the default) occludes one chunk at
+    a time, partial edge chunks included; larger windows take fewer passes (one per window) and
+    credit evidence that a single chunk's removal leaves to its neighbours. All images x windows
     occluded copies go through the model in batches of `batch_size`.
 
     >>> import torch, xai
@@ -231,24 +249,33 @@ class Occlusion:
     model: nn.Module
     chunk: int
     batch_size: int = 1024
+    window: int = 1  # side of the occluded square, in chunks
+    stride: int = 1  # its step, in chunks (at most `window`)
     name: str = "occlusion"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.stride <= self.window:
+            raise ValueError(f"Occlusion stride {self.stride} is out of range; allowed: 1 to the "
+                             f"window ({self.window}), or some chunks are never occluded")
 
     def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
         target = explained_classes(self.model, inputs, target)
         shape = tuple(inputs.shape[1:])
         _, rows, cols = chunk_grid(shape, self.chunk)
-        d = rows * cols
-        dropped = 1 - expand(torch.eye(d, device=inputs.device), shape, self.chunk)  # d x C x H x W
-        images = max(1, self.batch_size // d)
+        windows = occlusion_windows(rows, cols, self.window, self.stride).to(inputs.device)
+        p = len(windows)
+        dropped = 1 - expand(windows, shape, self.chunk)  # P x C x H x W
+        images = max(1, self.batch_size // p)
         drops = []
         with torch.no_grad():
             for start in range(0, len(inputs), images):
                 x, t = inputs[start:start + images], target[start:start + images]
                 full = self.model(x).gather(1, t[:, None])
                 occluded = self.model((x[:, None] * dropped[None]).flatten(0, 1))
-                drops.append(full - occluded.view(len(x), d, -1).gather(
-                    2, t[:, None, None].expand(-1, d, 1)).squeeze(2))
-        return spread(torch.cat(drops), shape, self.chunk)
+                drops.append(full - occluded.view(len(x), p, -1).gather(
+                    2, t[:, None, None].expand(-1, p, 1)).squeeze(2))
+        scores = torch.cat(drops).float() @ windows / windows.sum(0)  # mean over covering windows
+        return spread(scores, shape, self.chunk)
 
 
 def _surrogate_coefficients(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,

@@ -74,6 +74,8 @@ class EvaluateConfig(MeasureConfig):
     smoothgrad_std: float = bounded(gt=0)
     shap_samples: int = bounded(ge=1)
     lime_samples: int = bounded(ge=2)
+    occlusion_window: int = bounded(1, ge=1)  # occlusion's square, in chunks ...
+    occlusion_stride: int = bounded(1, ge=1)  # ... and its step (at most the window)
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the explained models' passes
 
     def measures(self, budgets: tuple[int, ...], k: int, chunk: int, road_noise_std: float
@@ -87,6 +89,11 @@ class EvaluateConfig(MeasureConfig):
     def __post_init__(self) -> None:
         if not self.budgets:
             raise ConfigError("evaluate.budgets = [] is empty; list at least one number of chunks")
+        if self.occlusion_stride > self.occlusion_window:
+            raise ConfigError(
+                f"evaluate.occlusion_stride = {self.occlusion_stride} is out of range; allowed: "
+                f"<= evaluate.occlusion_window ({self.occlusion_window}), or some chunks are "
+                "never occluded")
         if self.robustness_images > self.num_images:
             raise ConfigError(
                 f"evaluate.robustness_images = {self.robustness_images} is out of range; "
