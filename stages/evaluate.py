@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         evaluation, results = report.evaluation, report.table
         save_json(results, args.metrics)
         save_json(report.differences, args.differences)
-        tables = report.markdown(construction_note(cfg.vibi.objective, settings.k))
+        tables = report.markdown(construction_note(cfg.vibi.objective, settings.k,
+                                                     cfg.vibi.fill))
         write_bytes(args.table, tables.encode())
         curves = {r.name: {"fractions": r.fractions.tolist(),
                            **{k: v.tolist() for k, v in r.curves.items()}}

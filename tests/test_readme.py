@@ -151,6 +151,28 @@ def test_the_cifar_chunk2_block_counts_chunks_and_follows_its_run(tmp_path):
     assert "k = 16 (16 chunks of 2x2 = 64 pixels)" in changed
 
 
+
+def test_an_airbench_block_with_road_budgets_shows_both_fills(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar_airbench_pipeline.json"
+    run = json.loads(path.read_text())
+    run["params"]["evaluate"]["road_budgets"] = True
+    run["params"]["vibi"]["fill"] = "smooth"
+    for row in run["metrics"]["evaluation"]["methods"].values():
+        for measure in ("posthoc_accuracy", "fidelity"):
+            row.update({f"{measure}_road_k64{s}": 0.5 for s in ("", "_ci_low", "_ci_high")})
+    run["metrics"]["evaluation"]["methods"]["vibi"]["posthoc_accuracy_road_k64"] = 0.654321
+    for row in run["metrics"]["evaluation_differences"].values():
+        row["fidelity_road_k64"] = {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    run["metrics"]["evaluation_differences"]["random"]["fidelity_road_k64"]["ci_low"] = 0.0456789
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-airbench"](source)
+    assert "| posthoc_accuracy_k64 | fidelity_k64 | posthoc_accuracy_road_k64 | fidelity_road_k64 |" \
+        in changed and "0.654 [0.500, 0.500]" in changed
+    assert "VIBI minus each method, fidelity_k64" in changed
+    assert "VIBI minus each method, fidelity_road_k64" in changed and "+0.046" in changed
+    assert "fill `smooth`" in changed and "0-filled chunks" not in changed
+
 @pytest.mark.parametrize("block, results, table, budget, kept", [
     ("cifar-fidelity", "cifar_fidelity_probe.json", "fidelity", "k16",
      "16 chunks of 2x2 = 64 pixels kept"),

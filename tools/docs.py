@@ -153,7 +153,8 @@ def evaluation_block(root: Path) -> str:
                      if re.fullmatch(r"judge_agreement_k\d+", k))
     k = params["vibi"]["k"]
     return markdown(table, k, budgets, params["evaluate"]["robustness_images"], diffs,
-                    construction_note(params["vibi"]["objective"], k)).rstrip("\n")
+                    construction_note(params["vibi"]["objective"], k,
+                                      params["vibi"]["fill"])).rstrip("\n")
 
 
 def _runs_by_variant(root: Path, results: str) -> dict[str, list[dict]]:
@@ -237,7 +238,8 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
     m, params, seconds = run["metrics"], run["params"], run["stage_seconds"]
     v = params["vibi"]
     k = v["k"]
-    posthoc, fidelity = f"posthoc_accuracy_k{k}", f"fidelity_k{k}"
+    posthoc = f"posthoc_accuracy_k{k}"
+    columns = _headline_columns(params)
     summary = (f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
                f"{run['total_seconds'] / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
                f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
@@ -247,18 +249,27 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
                f"the test set {m['vibi']['posthoc_accuracy']:.3f} "
                f"(L2X {m['l2x']['posthoc_accuracy']:.3f}).")
     header = (f"| method (evaluation, {params['evaluate']['num_images']} test images) | "
-              f"explains | {posthoc} | {fidelity} |")
+              "explains | " + " | ".join(columns) + " |")
     lines = [summary, "",
              "| stage | " + " | ".join(f"`{s}`" for s in seconds) + " |",
              "|---|" + "---|" * len(seconds),
              "| seconds | " + " | ".join(f"{t:.0f}" for t in seconds.values()) + " |", "",
-             construction_note(v["objective"], k), "",
-             header, "|---|---|---|---|"]
+             construction_note(v["objective"], k, v.get("fill", "zero")), "",
+             header, "|---|---|" + "---|" * len(columns)]
     methods = m["evaluation"]["methods"]
     for name, row in sorted(methods.items(), key=lambda item: -item[1][posthoc]):
-        lines.append(f"| {name} | {row['explains']} | {interval_cell(row, posthoc)} | "
-                     f"{interval_cell(row, fidelity)} |")
+        lines.append(f"| {name} | {row['explains']} | "
+                     + " | ".join(interval_cell(row, c) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def _headline_columns(params: dict) -> list[str]:
+    """A CIFAR-10 run's post-hoc accuracy and judge fidelity at `vibi.k`, and the same with ROAD's
+    fill where its evaluation measured them (`evaluate.road_budgets`)."""
+    k = params["vibi"]["k"]
+    fills = ("", "_road") if params["evaluate"].get("road_budgets", False) else ("",)
+    return [f"{measure}{fill}_k{k}" for fill in fills
+            for measure in ("posthoc_accuracy", "fidelity")]
 
 
 def cifar_probes_block(root: Path, results: str = CIFAR_PROBES) -> str:
@@ -383,15 +394,15 @@ def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
                                              for b in budgets) + " |", "",
              cifar_cpu_block(root, results)]
     k = params["vibi"]["k"]
-    fidelity = f"fidelity_k{k}"
-    lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(c, k)}), paired 95 % "
-              "interval over the same images:", "", "| method | difference | interval |",
-              "|---|---|---|"]
-    for name, row in sorted(m["evaluation_differences"].items(),
-                            key=lambda item: -item[1][fidelity]["difference"]):
-        cell = row[fidelity]
-        lines.append(f"| {name} | {cell['difference']:+.3f} | [{cell['ci_low']:+.3f}, "
-                     f"{cell['ci_high']:+.3f}] |")
+    for fidelity in (c for c in _headline_columns(params) if c.startswith("fidelity")):
+        lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(c, k)}), paired 95 % "
+                  "interval over the same images:", "", "| method | difference | interval |",
+                  "|---|---|---|"]
+        for name, row in sorted(m["evaluation_differences"].items(),
+                                key=lambda item: -item[1][fidelity]["difference"]):
+            cell = row[fidelity]
+            lines.append(f"| {name} | {cell['difference']:+.3f} | [{cell['ci_low']:+.3f}, "
+                         f"{cell['ci_high']:+.3f}] |")
     return "\n".join(lines)
 
 
@@ -663,7 +674,7 @@ def evaluation_headline_block(root: Path) -> str:
     v = yaml.safe_load((root / "params.yaml").read_text())["vibi"]
     k = v["k"]
     posthoc, fidelity = f"posthoc_accuracy_k{k}", f"fidelity_k{k}"
-    lines = [construction_note(v["objective"], k), "",
+    lines = [construction_note(v["objective"], k, v["fill"]), "",
              f"| method | explains | {fidelity} | {posthoc} |", "|---|---|---|---|"]
     methods = table["methods"]
     for name, row in sorted(methods.items(), key=lambda item: -item[1].get(fidelity, -1.0)):

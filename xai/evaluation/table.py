@@ -512,8 +512,15 @@ def headline_key(measure: str, k: int) -> str:
     return f"{measure}_k{k}" if measure in ("posthoc_accuracy", "fidelity") else measure
 
 
-def construction_note(objective: str, k: int) -> str:
-    """What favours VIBI and L2X by construction under their training `objective`."""
+def construction_note(objective: str, k: int, fill: str = "zero") -> str:
+    """What favours VIBI and L2X by construction under their training `objective` and the `fill`
+    of the removed pixels they were trained with (`vibi.fill`)."""
+    if objective == "blackbox" and fill == "smooth":
+        return (f"VIBI and L2X are trained to make the black box keep its prediction on their k "
+                f"chunks with the rest filled smoothly from them (objective `blackbox`, fill "
+                f"`smooth`, close to ROAD's imputation), so `posthoc_accuracy_road_k{k}` and the "
+                f"ROAD curves favour them by construction, `posthoc_accuracy_k{k}` and the 0-fill "
+                f"curves less so; the judge's `fidelity_k{k}` and `fidelity_road_k{k}` do not.")
     if objective == "blackbox":
         return (f"VIBI and L2X are trained to make the black box keep its prediction on their k "
                 f"0-filled chunks (objective `blackbox`), so `posthoc_accuracy_k{k}` and the "
