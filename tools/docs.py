@@ -48,6 +48,7 @@ JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
+CIFAR_SMOOTH_PIPELINE = "experiments/cifar_airbench_smooth_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -233,7 +234,9 @@ def judged_variants_block(root: Path) -> str:
 
 def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
     """A CIFAR-10 setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall seconds
-    per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k`."""
+    per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k` (also with
+    ROAD's fill where the run measured it); sorted by post-hoc accuracy, or by the judge's
+    fidelity with ROAD's fill where there is one (it favours no method by construction)."""
     run = _json(root, results)
     m, params, seconds = run["metrics"], run["params"], run["stage_seconds"]
     v = params["vibi"]
@@ -257,7 +260,8 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
              construction_note(v["objective"], k, v.get("fill", "zero")), "",
              header, "|---|---|" + "---|" * len(columns)]
     methods = m["evaluation"]["methods"]
-    for name, row in sorted(methods.items(), key=lambda item: -item[1][posthoc]):
+    order = columns[-1] if len(columns) > 2 else posthoc
+    for name, row in sorted(methods.items(), key=lambda item: -item[1][order]):
         lines.append(f"| {name} | {row['explains']} | "
                      + " | ".join(interval_cell(row, c) for c in columns) + " |")
     return "\n".join(lines)
@@ -739,6 +743,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "bench-fp32-repeats": bench_fp32_repeats_block,
     "cifar-airbench": cifar_airbench_block,
     "cifar-airbench-chunk2": functools.partial(cifar_airbench_block, results=CIFAR_CHUNK2),
+    "cifar-airbench-smooth": functools.partial(cifar_airbench_block,
+                                               results=CIFAR_SMOOTH_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
