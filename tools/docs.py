@@ -398,7 +398,7 @@ def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
                                              for b in budgets) + " |", "",
              cifar_cpu_block(root, results)]
     k = params["vibi"]["k"]
-    for fidelity in (c for c in _headline_columns(params) if c.startswith("fidelity")):
+    for fidelity in (col for col in _headline_columns(params) if col.startswith("fidelity")):
         lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(c, k)}), paired 95 % "
                   "interval over the same images:", "", "| method | difference | interval |",
                   "|---|---|---|"]
