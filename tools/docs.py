@@ -54,6 +54,7 @@ CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
 CIFAR_JUDGE_BUDGETS = "experiments/cifar_judge_budgets.json"
 CIFAR_JUDGE_LR = "experiments/cifar_judge_lr.json"
+CIFAR_JUDGE_EPOCHS = "experiments/cifar_judge_epochs.json"
 CIFAR_VIBI_PUBLISHED = "experiments/cifar_vibi_published.json"
 FP32_PIPELINE = "experiments/fp32_pipeline.json"
 #: The defaults' `auto` runs on other kinds of host (`experiments/pipeline_timing.py`).
@@ -748,6 +749,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
+    "cifar-judge-epochs": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_EPOCHS),
     "cifar-vibi-published": cifar_vibi_published_block,
     "cifar-fidelity": cifar_fidelity_block,
     "cifar-smooth": lambda root: cifar_fidelity_block(root, CIFAR_SMOOTH),
