@@ -153,7 +153,6 @@ def test_the_cifar_chunk2_block_counts_chunks_and_follows_its_run(tmp_path):
     assert "k = 16 (16 chunks of 2x2 = 64 pixels)" in changed
 
 
-
 def test_an_airbench_block_with_road_budgets_shows_both_fills(tmp_path):
     source = _copy_sources(tmp_path)
     path = source / "experiments" / "cifar_airbench_pipeline.json"
@@ -174,6 +173,7 @@ def test_an_airbench_block_with_road_budgets_shows_both_fills(tmp_path):
     assert "VIBI minus each method, fidelity_k64" in changed
     assert "VIBI minus each method, fidelity_road_k64" in changed and "+0.046" in changed
     assert "fill `smooth`" in changed and "0-filled chunks" not in changed
+
 
 @pytest.mark.parametrize("block, results, table, budget, kept", [
     ("cifar-fidelity", "cifar_fidelity_probe.json", "fidelity", "k16",

@@ -58,6 +58,7 @@ from xai.evaluation.sanity import randomised, spearman
 from xai.evaluation.uncertainty import bootstrap, paired_difference, resample_indices
 from xai.explain.attribution import Attribution
 from xai.models.judge import Judge, agreement
+from xai.models.vibi import Fill
 from xai.settings import SEED_MAX, bounded
 from xai.tensors import predict
 
@@ -512,7 +513,7 @@ def headline_key(measure: str, k: int) -> str:
     return f"{measure}_k{k}" if measure in ("posthoc_accuracy", "fidelity") else measure
 
 
-def construction_note(objective: str, k: int, fill: str = "zero") -> str:
+def construction_note(objective: str, k: int, fill: Fill = "zero") -> str:
     """What favours VIBI and L2X by construction under their training `objective` and the `fill`
     of the removed pixels they were trained with (`vibi.fill`)."""
     if objective == "blackbox" and fill == "smooth":
