@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(ev.seed, device)
         data = load_dataset(args.data)  # on the CPU: only the chosen test images go to the device
         blackbox = load_blackbox(args.blackbox, device)
-        judge = load_judge(args.judge, device)
+        judge = load_judge(args.judge, device, cfg.judge.mirror)
         vibi, l2x = load_vibi(args.vibi, device), load_vibi(args.l2x, device)
         invertible = load_classifier(args.invertible, IMAGE_KIND, device).eval()
         if use_bf16(ev.precision, device):  # the black box's and the judge's passes in bf16,

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         generator = seed_everything(cfg.seed, device)
         data = load_dataset(args.data, device)
         probs = load_probabilities(args.probs, device)
-        judge = Judge(blackbox.architecture, chunk).to(device)
+        judge = Judge(blackbox.architecture, chunk, cfg.judge.mirror).to(device)
         # the user's black box has other weights than the judge's architecture: from scratch
         start = cfg.judge.start_from_blackbox and not isinstance(blackbox, UserModel)
         if start:

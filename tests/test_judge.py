@@ -81,6 +81,27 @@ def test_judge_starts_as_the_black_box_and_round_trips(tmp_path):
 
 
 
+def test_a_mirrored_judge_answers_alike_for_an_image_and_its_mirror(tmp_path):
+    """With `mirror` the judge's answer is the mean over the image and its mirror image (mask
+    mirrored too), so it cannot tell the two apart; without it, it can; training is unchanged,
+    and the readout is chosen at load time, not stored with the weights."""
+    spec = Architecture("small_cnn", 1, 3, 8, 4)
+    torch.manual_seed(0)
+    judge = Judge(spec, chunk=2).eval()
+    x = torch.rand(5, 1, 8, 8)
+    keep = (torch.rand(5, 1, 8, 8) > 0.5).float()
+    plain, mirrored = judge(x, keep), judge(x.flip(-1), keep.flip(-1))
+    assert not torch.allclose(plain, mirrored, atol=1e-4)
+    path = tmp_path / "judge.pt"
+    save_judge(judge, path)
+    mirror = load_judge(path, mirror=True)
+    assert torch.allclose(mirror(x, keep), (plain + mirrored) / 2, atol=1e-6)
+    assert torch.allclose(mirror(x, keep), mirror(x.flip(-1), keep.flip(-1)), atol=1e-6)
+    assert torch.equal(load_judge(path)(x, keep), plain)
+    mirror.train()
+    assert torch.allclose(mirror(x, keep), plain, atol=1e-6)  # training sees one view
+
+
 def test_a_judge_trained_in_bf16_runs_channels_last_and_saves_its_weights_unchanged(tmp_path):
     spec = Architecture("small_cnn", 3, 3, 8, 4)
     torch.manual_seed(0)

@@ -33,6 +33,8 @@ class JudgeConfig:
     budget_scale: Literal["linear", "log"] = "linear"
     start_from_blackbox: bool = True  # `Judge.start_from` the black box's weights before training
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the training steps (`xai.devices`)
+    # answers averaged over the mirror image (`Judge.mirror`): a readout, training is unchanged
+    mirror: bool = False
 
 
 def train_judge(judge: Judge, x: torch.Tensor, probs: torch.Tensor, settings: JudgeConfig,
