@@ -2,7 +2,7 @@
 method keep the black box's prediction, as the judge reads it, better than random pixels?
 
     python experiments/cifar_fidelity_probe.py --workspace DIR [--judge NAME=PATH ...] \
-        [--images 1000] [--budgets 16 64 128 256] [--fills zero road] \
+        [--vibi NAME=PATH ...] [--images 1000] [--budgets 16 64 128 256] [--fills zero road] \
         > experiments/cifar_fidelity_probe.json
 
 `DIR` is a checkout whose params.yaml holds a CIFAR-10 setting and in which the models exist
@@ -10,13 +10,16 @@ method keep the black box's prediction, as the judge reads it, better than rando
 accuracy, training seconds) is copied into the output. Budgets count chunks (of the explainer's
 size). On `--images` seeded test images (more than the setting's `evaluate.num_images`, to
 narrow the intervals), for the workspace's judge and every `--judge` file
-(for example one trained by `python -m stages.train_judge` with more epochs): each method's
+(for example one trained by `python -m stages.train_judge` with more epochs), every judge read as
+the workspace's `judge.mirror` says: each method's
 judge fidelity at every budget (the top-k chunks kept, the rest 0, as `evaluate` measures it) and
 its paired difference to random chunks, with 95 % bootstrap intervals over the images. With
 `--fills ... road`, the same with the removed pixels ROAD-imputed (`fidelity_road`, as
 `evaluate.road_budgets` measures it), and, for every fill, the black box's own post-hoc accuracy
 (`posthoc`, `posthoc_road`). Methods:
-random chunks, LIME and KernelSHAP (the setting's samples), VIBI and L2X, gradient saliency; the
+random chunks, LIME and KernelSHAP (the setting's samples), VIBI and L2X, gradient saliency, and
+`vibi_NAME` for every `--vibi` file (VIBI trained again, for example at another `seed` by
+`dvc repro -s train_vibi` in a copy of the workspace: the spread between trainings); the
 black box's and the judges' passes in bf16 where the setting's `evaluate.precision` runs them so.
 """
 
@@ -102,6 +105,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--judge", type=_named_path, nargs="*", default=[], metavar="NAME=PATH")
+    parser.add_argument("--vibi", type=_named_path, nargs="*", default=[], metavar="NAME=PATH")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 64, 128, 256])
     parser.add_argument("--fills", nargs="+", choices=("zero", "road"), default=["zero"])
@@ -125,15 +129,19 @@ def main() -> None:
                "kernel_shap": KernelShap(blackbox, chunk, ev.lime_samples, ev.seed),
                "vibi": ExplainerDistribution("vibi", vibi, blackbox),
                "l2x": ExplainerDistribution("l2x", l2x, blackbox),
-               "saliency": GradientSaliency(blackbox)}
+               "saliency": GradientSaliency(blackbox),
+               **{f"vibi_{name}": ExplainerDistribution("vibi", load_vibi(path), blackbox)
+                  for name, path in args.vibi}}
     scores = {name: torch.cat([chunk_scores(method.attribute(x[i:i + BATCH],
                                                              predicted[i:i + BATCH]).float(),
                                             chunk) for i in range(0, len(x), BATCH)])
               for name, method in methods.items()}
     indices = resample_indices(len(x), RESAMPLES, ev.seed)
     shape = tuple(x.shape[1:])
-    judges = {f"the run's ({cfg.judge.epochs} epochs)": ws / "models/judge.pt", **dict(args.judge)}
-    loaded = {name: load_judge(path) for name, path in judges.items()}
+    mirrored = ", mirrored" if cfg.judge.mirror else ""
+    judges = {f"the run's ({cfg.judge.epochs} epochs{mirrored})": ws / "models/judge.pt",
+              **dict(args.judge)}
+    loaded = {name: load_judge(path, mirror=cfg.judge.mirror) for name, path in judges.items()}
     if amp:
         for judge in loaded.values():
             judge.net = bf16_passes(judge.net)
@@ -171,6 +179,7 @@ def main() -> None:
                       "images": len(x),
                       "chunk": chunk, "samples": ev.lime_samples, "vibi_fill": vibi.spec.fill,
                       "judges": {name: str(path) for name, path in judges.items()},
+                      "vibis": {name: str(path) for name, path in args.vibi},
                       **measured}, indent=1))
 
 

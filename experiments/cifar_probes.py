@@ -102,13 +102,15 @@ def main() -> None:
                                              amp=amp), indices)
                 for b in args.budgets}
 
-    run_judge = load_judge(ws / "models/judge.pt")
-    judges = {f"the run's (lr {cfg.judge.lr:g}, {cfg.judge.epochs} epochs)": agreements(run_judge)}
+    run_judge = load_judge(ws / "models/judge.pt", mirror=cfg.judge.mirror)
+    mirrored = ", mirrored" if cfg.judge.mirror else ""
+    judges = {f"the run's (lr {cfg.judge.lr:g}, {cfg.judge.epochs} epochs{mirrored})":
+              agreements(run_judge)}
     probs = load_probabilities(ws / "models/blackbox_probs.pt")
     for overrides in args.judges:
         settings = parse_section(JudgeConfig, {**asdict(cfg.judge), **overrides}, "judge")
         generator = seed_everything(cfg.seed, device)
-        judge = Judge(blackbox.architecture, run_judge.chunk)
+        judge = Judge(blackbox.architecture, run_judge.chunk, settings.mirror)
         judge.start_from(blackbox)
         history = History()
         train_judge(judge, data.train.x, probs["train"], settings, generator, history,
