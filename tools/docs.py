@@ -49,6 +49,7 @@ CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
 CIFAR_SMOOTH_PIPELINE = "experiments/cifar_airbench_smooth_pipeline.json"
+CIFAR_MIRROR_PIPELINE = "experiments/cifar_airbench_mirror_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -390,7 +391,8 @@ def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
     budgets = sorted(int(key.rsplit("_k", 1)[1]) for key in judge
                      if key.startswith("test_agreement_k"))
     lines = [f"Run at commit `{run['commit'][:7]}`. The judge's agreement with the black box on "
-             f"random subsets of the test images ({params['judge']['epochs']} epochs; of "
+             f"random subsets of the test images ({params['judge']['epochs']} epochs"
+             f"{', mirrored' if params['judge'].get('mirror') else ''}; of "
              f"{_chunks(c, d)}):", "",
              f"| kept {_chunks(c)} | " + " | ".join(str(b) for b in budgets) + " |",
              "|---|" + "---|" * len(budgets),
@@ -747,6 +749,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-airbench-chunk2": functools.partial(cifar_airbench_block, results=CIFAR_CHUNK2),
     "cifar-airbench-smooth": functools.partial(cifar_airbench_block,
                                                results=CIFAR_SMOOTH_PIPELINE),
+    "cifar-airbench-mirror": functools.partial(cifar_airbench_block,
+                                               results=CIFAR_MIRROR_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
