@@ -80,7 +80,6 @@ def test_judge_starts_as_the_black_box_and_round_trips(tmp_path):
     assert again.chunk == 2 and torch.equal(again(x, keep), judge(x, keep))
 
 
-
 def test_a_mirrored_judge_answers_alike_for_an_image_and_its_mirror(tmp_path):
     """With `mirror` the judge's answer is the mean over the image and its mirror image (mask
     mirrored too), so it cannot tell the two apart; without it, it can; training is unchanged,
