@@ -79,7 +79,8 @@ def test_a_missing_or_doubled_block_is_named():
                            "cifar-airbench-chunk2", "cifar-fidelity", "cifar-judge-budgets",
                            "cifar-judge-lr", "cifar-vibi-published", "cifar-smooth",
                            "cifar-airbench-smooth", "cifar-judge-epochs",
-                           "cifar-smooth-run", "cifar-airbench-mirror"}
+                           "cifar-smooth-run", "cifar-airbench-mirror",
+                           "cifar-mirror-run"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):

@@ -54,6 +54,7 @@ CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
 CIFAR_SMOOTH_RUN = "experiments/cifar_smooth_run_probe.json"
+CIFAR_MIRROR_RUN = "experiments/cifar_mirror_run_probe.json"
 CIFAR_JUDGE_BUDGETS = "experiments/cifar_judge_budgets.json"
 CIFAR_JUDGE_LR = "experiments/cifar_judge_lr.json"
 CIFAR_JUDGE_EPOCHS = "experiments/cifar_judge_epochs.json"
@@ -759,6 +760,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-fidelity": cifar_fidelity_block,
     "cifar-smooth": lambda root: cifar_fidelity_block(root, CIFAR_SMOOTH),
     "cifar-smooth-run": lambda root: cifar_fidelity_block(root, CIFAR_SMOOTH_RUN),
+    "cifar-mirror-run": lambda root: cifar_fidelity_block(root, CIFAR_MIRROR_RUN),
     "vibi-variants-judged": judged_variants_block,
     "counterfactual-sweep": counterfactual_sweep_block,
     "counterfactual-measures": counterfactual_measures_block,
