@@ -264,7 +264,8 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
              construction_note(v["objective"], k, v.get("fill", "zero")), "",
              header, "|---|---|" + "---|" * len(columns)]
     methods = m["evaluation"]["methods"]
-    order = columns[-1] if len(columns) > 2 else posthoc
+    road_fidelity = f"fidelity_road_k{k}"
+    order = road_fidelity if road_fidelity in columns else posthoc
     for name, row in sorted(methods.items(), key=lambda item: -item[1][order]):
         lines.append(f"| {name} | {row['explains']} | "
                      + " | ".join(interval_cell(row, c) for c in columns) + " |")
