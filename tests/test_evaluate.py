@@ -108,6 +108,26 @@ def test_road_budgets_add_their_measures_and_change_no_other(tiny_images, models
         assert {k: v for k, v in row.items() if k not in added} == plain_rows[name]
 
 
+def test_random_draws_add_each_methods_gain_over_random_and_change_nothing_else(
+        tiny_images, models, params, tmp_path):
+    plain = run_evaluate(params(TINY_EVAL), tiny_images, models, tmp_path / "plain")
+    drawn = run_evaluate(params({**TINY_EVAL, "evaluate.random_draws": 4}), tiny_images, models,
+                         tmp_path / "drawn")
+    plain_rows = json.loads(plain["metrics"].read_text())["methods"]
+    drawn_rows = json.loads(drawn["metrics"].read_text())["methods"]
+    for name, row in drawn_rows.items():
+        added = {k for k in row if "_over_random_" in k}
+        assert added == {f"fidelity_over_random_k{b}{s}" for b in (1, 2)
+                         for s in ("", "_ci_low", "_ci_high")}
+        assert -1 <= row["fidelity_over_random_k1"] <= 1
+        assert {k: v for k, v in row.items() if k not in added} == plain_rows[name]
+    assert drawn["differences"].read_text() == plain["differences"].read_text()
+    assert "### Gain over random chunks" in drawn["table"].read_text()
+    with pytest.raises(ConfigError, match=r"evaluate\.random_draws"):
+        run_evaluate(params({**TINY_EVAL, "evaluate.random_draws": -1}), tiny_images, models,
+                     tmp_path / "bad")
+
+
 def test_tracked_evaluation_logs_the_table_and_figures(tiny_images, models, params, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -11,6 +11,7 @@ from torch import nn
 
 import xai
 from tests.conftest import separable
+from xai.chunks import expand
 from xai.tensors import to_unit
 
 SMALL = {"chunk": 4, "k": 1, "budgets": (1, 2), "curve_points": 5, "robustness_images": 8,
@@ -99,6 +100,76 @@ def test_evaluate_with_two_models_and_a_judge():
         xai.evaluate({"a": (xai.GradientSaliency(blackbox), "nobody")}, blackbox, x, **SMALL)
     with pytest.raises(ValueError, match="at most the 4 chunks"):
         xai.evaluate({"a": xai.GradientSaliency(blackbox)}, blackbox, x, budgets=(8,), chunk=4)
+
+
+class CornerJudge(nn.Module):
+    """A judge that reproduces the black box (class 0) exactly when the top-left chunk is kept:
+    random chunks' expected fidelity at budget b is b / d, known in closed form."""
+
+    chunk = 2
+
+    def forward(self, filled: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        corner = keep[:, 0, 0, 0]
+        return torch.stack([corner, 1 - corner], 1)
+
+    def chunk_keep(self, chunk_mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return expand(chunk_mask, shape, self.chunk)
+
+
+class FromCorner:
+    """Scores falling with the distance from the top-left pixel (`reverse`: rising with it)."""
+
+    def __init__(self, reverse: bool = False) -> None:
+        self.sign = -1.0 if reverse else 1.0
+
+    def attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        h, w = inputs.shape[-2:]
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        score = self.sign * -(rows + cols).float()
+        return (score - score.min() + 1).expand_as(inputs).clone()
+
+
+def test_gain_over_random_is_centred_for_random_and_signed_for_the_controls():
+    # A control built to pass (the corner first), one built to fail (the corner last) and random
+    # chunks themselves, against a judge that only needs the corner: 16 chunks of 2 x 2 pixels.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.0]))  # the black box always says class 0
+    x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    methods = {"corner_first": FromCorner(), "corner_last": FromCorner(reverse=True),
+               "random": xai.RandomChunks(model, 2, seed=0)}
+    settings = SMALL | {"chunk": 2, "budgets": (1, 4), "robustness_images": 0,
+                        "road_budgets": True}
+    report = xai.evaluate(methods, model, x, judge=CornerJudge(), random_draws=64, **settings)
+    rows = report.table["methods"]
+    for b in (1, 4):
+        for fill in ("", "_road"):
+            gain = f"fidelity{fill}_over_random_k{b}"
+            # random chunks' expectation is b / 16: the corner-first map gains all the rest
+            expected = rows["corner_first"][f"fidelity{fill}_k{b}"] - rows["corner_first"][gain]
+            assert expected == pytest.approx(b / 16, abs=0.02)
+            assert rows["corner_first"][f"{gain}_ci_low"] > 0
+            assert rows["corner_last"][f"{gain}_ci_high"] < 0
+            # random chunks' own draw is centred on its expectation (within ~4 standard errors)
+            low, high = rows["random"][f"{gain}_ci_low"], rows["random"][f"{gain}_ci_high"]
+            assert abs(rows["random"][gain]) < high - low
+    # the corner-first map always keeps the corner: only the expectation's own error is left
+    gain = rows["corner_first"]["fidelity_over_random_k4"]
+    width = rows["corner_first"]["fidelity_over_random_k4_ci_high"] - \
+        rows["corner_first"]["fidelity_over_random_k4_ci_low"]
+    assert gain == pytest.approx(0.75, abs=0.02) and width < 0.02
+    text = report.markdown()
+    assert "### Gain over random chunks" in text and "(64 draws)" in text
+    assert "| corner_first | +0.9" in text  # k = 1 first: 1 - 1/16
+    plain = xai.evaluate(methods | {"random": xai.RandomChunks(model, 2, seed=0)}, model, x,
+                         judge=CornerJudge(), **settings)
+    assert not any("over_random" in key for row in plain.table["methods"].values()
+                   for key in row)
+    assert "Gain over random" not in plain.markdown()
+    # the other measures are the same with and without the draws
+    assert {k: v for k, v in rows["random"].items() if "over_random" not in k} == \
+        plain.table["methods"]["random"]
 
 
 class Rotation(nn.Module):

@@ -26,8 +26,13 @@ with fresh randomness, all three from the same call on the same images; a method
 (`sanity_passed`) only where `_all`'s interval lies below its floor's. Per method also the cost of
 an explanation: `model_evaluations_per_image` (forward passes of the explained model while
 attributing; wall seconds per image are in `MethodResult.seconds`). The judge's own agreement
-with the black box on random subsets of each budget is `judge_agreement_k<b>`. Every measure has a 95 % bootstrap interval over images, and every method
-a paired interval of its difference to a reference method.
+with the black box on random subsets of each budget is `judge_agreement_k<b>`. With
+`random_draws` > 0, every method also gets `fidelity_over_random_k<b>` (and
+`fidelity_road_over_random_k<b>`): its judge fidelity on each image minus random chunks' expected
+fidelity on that image, the mean over `random_draws` fresh random selections of b chunks; its
+interval is the paired interval of the method's gain over random chunks, without the noise of a
+single random draw per image. Every measure has a 95 % bootstrap interval over images, and every
+method a paired interval of its difference to a reference method.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class MeasureConfig:
     noise_std: float = bounded(0.1, gt=0)
     road_noise_std: float = bounded(0.01, ge=0)
     road_budgets: bool = False  # also posthoc_accuracy_road_k<b>, fidelity_road_k<b> (ROAD fill)
+    random_draws: int = bounded(0, ge=0)  # > 0: fidelity_over_random_k<b> from this many draws
     encoding_folds: int = bounded(5, ge=2)
     bootstrap: int = bounded(1000, ge=10)
     batch_size: int = bounded(1024, ge=1)
@@ -266,6 +272,14 @@ class _PhaseClock:
         self._last = now
 
 
+def _budget_fills(x: torch.Tensor, keep: torch.Tensor,
+                  road: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+                  ) -> dict[str, torch.Tensor]:
+    """`x` with only `keep` shown, by the measures' key suffix: "" the rest 0, "_road" (with a
+    `road` fill) the rest imputed."""
+    return {"": x * keep, **({"_road": road(x, keep)} if road is not None else {})}
+
+
 def _judged_log_probs(judge: Judge, x: torch.Tensor, chunks: torch.Tensor, s: MeasureConfig
                       ) -> torch.Tensor:
     """The judge's class log-probabilities for `x` with only `chunks` (N x d) kept, 0-filled."""
@@ -294,8 +308,7 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
     road = _road_fill(s) if s.road_budgets else None
     for b in s.budgets:
         keep = expand(top_k_mask(scores, b), shape, s.chunk)
-        fills = {"": x * keep, **({"_road": road(x, keep)} if road is not None else {})}
-        for suffix, filled in fills.items():
+        for suffix, filled in _budget_fills(x, keep, road).items():
             per_image[f"posthoc_accuracy{suffix}_k{b}"] = agrees_on(model, filled, pred).float()
             if judge is not None:
                 with torch.inference_mode():
@@ -330,6 +343,36 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
                         fractions.cpu(), clock.seconds, seen[0] / len(x))
 
 
+def over_random_key(fidelity_key: str) -> str:
+    """`fidelity[_road]_k<b>` -> `fidelity[_road]_over_random_k<b>`: the gain over random chunks."""
+    measure, budget = fidelity_key.rsplit("_k", 1)
+    return f"{measure}_over_random_k{budget}"
+
+
+def random_chunks_fidelity(judge: Judge, x: torch.Tensor, blackbox_pred: torch.Tensor,
+                           s: MeasureConfig) -> dict[str, torch.Tensor]:
+    """Per image, random chunks' expected judge fidelity `fidelity[_road]_k<b>` at every budget:
+    the mean over `s.random_draws` uniformly random selections of b chunks (each draw's budgets
+    nested, as the random method's top-b are), drawn from a generator of their own (seeded
+    `s.seed + 1`, so not the random method's draw), removed pixels 0 or, with `road_budgets`,
+    filled by ROAD's imputation."""
+    shape = tuple(x.shape[1:])
+    d = chunk_areas(shape, s.chunk).shape[1]
+    generator = torch.Generator().manual_seed(s.seed + 1)
+    road = _road_fill(s) if s.road_budgets else None
+    hits: dict[str, torch.Tensor] = {}
+    for _ in tqdm(range(s.random_draws), desc="random chunks", unit="draw", leave=False):
+        scores = torch.rand(len(x), d, generator=generator).to(x.device)
+        for b in s.budgets:
+            keep = expand(top_k_mask(scores, b), shape, s.chunk)
+            for suffix, filled in _budget_fills(x, keep, road).items():
+                with torch.inference_mode():
+                    hit = (judge(filled, keep).argmax(1) == blackbox_pred).float()
+                key = f"fidelity{suffix}_k{b}"
+                hits[key] = hits[key] + hit if key in hits else hit
+    return {key: total / s.random_draws for key, total in hits.items()}
+
+
 def run_methods(entries: Sequence[Explained], x: torch.Tensor, blackbox: nn.Module,
                 judge: Judge | None, s: MeasureConfig) -> Evaluation:
     """Evaluate every method on `x` (float [0, 1]); `blackbox` is the model the judge mimics."""
@@ -347,6 +390,11 @@ def run_methods(entries: Sequence[Explained], x: torch.Tensor, blackbox: nn.Modu
         judged = {f"judge_agreement_k{b}": agreement(judge, x, blackbox_pred, g, b,
                                                      batch_size=s.batch_size).float().cpu()
                   for b in s.budgets}
+        if s.random_draws:
+            expected = random_chunks_fidelity(judge, x, blackbox_pred, s)
+            for r in results:
+                r.per_image.update({over_random_key(key): r.per_image[key] - mean.cpu()
+                                    for key, mean in expected.items()})
     return Evaluation(results, judged)
 
 
@@ -388,7 +436,7 @@ class Report:
         """The tables as Markdown (see `markdown`)."""
         s = self.settings
         return markdown(self.table, s.k, s.budgets, s.robustness_images, self.differences, note,
-                        self.reference or "")
+                        self.reference or "", s.random_draws)
 
 
 def evaluate(methods: Mapping[str, Attribution | tuple[Attribution, str]],
@@ -494,6 +542,8 @@ def differences(ev: Evaluation, s: MeasureConfig, reference: str = "vibi") -> di
         for measure, v in r.per_image.items():
             if measure not in ref:  # e.g. a sanity check one of the two methods cannot run
                 continue
+            if "_over_random_" in measure:  # the same difference as the fidelity's
+                continue
             ci = paired_difference(ref[measure], v, indices)
             rows[measure] = {"difference": ci.mean, "ci_low": ci.low, "ci_high": ci.high}
         out[r.name] = rows
@@ -532,12 +582,12 @@ def construction_note(objective: str, k: int, fill: Fill = "zero") -> str:
 
 
 def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustness_images: int,
-             diffs: Mapping[str, dict] | None = None, note: str = "", reference: str = "vibi"
-             ) -> str:
+             diffs: Mapping[str, dict] | None = None, note: str = "", reference: str = "vibi",
+             random_draws: int = 0) -> str:
     """The tables as Markdown: headline measures at k (under `note`), every budget, the other
-    measures, the judge, and the paired differences to `reference`; each value with its 95 %
-    interval over images; "n/a" where a method lacks a measure, and no fidelity or judge tables
-    without a judge."""
+    measures, the judge, each method's gain over random chunks (with `random_draws` > 0) and the
+    paired differences to `reference`; each value with its 95 % interval over images; "n/a"
+    where a method lacks a measure, and no fidelity or judge tables without a judge."""
     methods = table["methods"]
     judged = bool(table["judge"])
     cols = [headline_key(m, k) for m in HEADLINE
@@ -582,6 +632,19 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
                   "|" + "---|" * len(budgets),
                   "| " + " | ".join(interval_cell(judge, f"judge_agreement_k{b}") for b in budgets)
                   + " |"]
+    gains = [f"fidelity{fill}_over_random_k{b}" for fill in ("", "_road") for b in budgets
+             if any(f"fidelity{fill}_over_random_k{b}" in row for row in methods.values())]
+    if gains:
+        lines += ["", "### Gain over random chunks: judge fidelity minus random chunks' expected "
+                  f"fidelity on the same image ({random_draws} draws); mean [95 % interval]", "",
+                  "| method | " + " | ".join(
+                      f"k = {c.rsplit('_k', 1)[1]}" + (" (ROAD fill)" if "_road_" in c else "")
+                      for c in gains) + " |",
+                  "|---|" + "---|" * len(gains)]
+        for name, row in methods.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{row[c]:+.3f} [{row[c + '_ci_low']:+.3f}, {row[c + '_ci_high']:+.3f}]"
+                if c in row else "n/a" for c in gains) + " |")
     if diffs:
         label = "VIBI" if reference == "vibi" else f"`{reference}`"
         lines += ["", f"### {label} minus each method (paired over images); mean [95 % interval]",
