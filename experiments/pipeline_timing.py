@@ -10,7 +10,11 @@ runs that stage alone. Prints one JSON object: the setting, the commit and param
 with, the host, each stage's wall seconds (DVC's own overhead included), the total, and every
 stage's `metrics/*.json`. `--figures DIR` keeps the run's figures for looking at; `--until STAGE` stops
 after that stage; `--workdir DIR` runs in `DIR` (a new folder) instead and keeps it, models included,
-for probes that read a run's models (`experiments/cifar_probes.py`).
+for probes that read a run's models (`experiments/cifar_probes.py`). `--resume DIR` continues such a
+kept run at this HEAD: its code becomes HEAD's (its params.yaml, dvc.lock and the stages' outputs
+stay), params.yaml is written from HEAD's and the setting as above, and `dvc repro` re-runs only the
+stages a change affects; `resumed` names the run's commit and the stages that ran, the seconds of
+the others are DVC's check alone.
 """
 
 from __future__ import annotations
@@ -54,6 +58,37 @@ def stages_until(stages: list[str], until: str | None) -> list[str]:
     return stages[:stages.index(until) + 1]
 
 
+def dvc_outputs(dvc_yaml: dict) -> set[str]:
+    """Every path a stage of `dvc_yaml` writes (outs, metrics, plots), as written there."""
+    paths = set()
+    for stage in dvc_yaml["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                paths.add(entry if isinstance(entry, str) else next(iter(entry)))
+    return paths
+
+
+def update_code(work: Path) -> tuple[str, str]:
+    """Check out this repository's HEAD in the kept run `work`, all but its params.yaml, dvc.lock
+    and stage outputs (what the run made); return the run's own commit and HEAD's."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=work, check=True, capture_output=True,
+                              text=True).stdout.strip()
+    ran_at = git("rev-parse", "HEAD")
+    git("fetch", "--quiet", str(ROOT), "HEAD")
+    head = git("rev-parse", "FETCH_HEAD")
+    made = {"params.yaml", "dvc.lock",
+            *dvc_outputs(yaml.safe_load((work / "dvc.yaml").read_text()))}
+    changed = [path for path in git("diff", "--name-only", ran_at, head).splitlines()
+               if not any(path == out or path.startswith(out.rstrip("/") + "/") for out in made)]
+    present = set(git("ls-tree", "-r", "--name-only", head).splitlines())
+    if updated := [path for path in changed if path in present]:
+        git("checkout", head, "--", *updated)
+    for path in set(changed) - present:
+        (work / path).unlink(missing_ok=True)
+    return ran_at, head
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,20 +97,34 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, help="copy the run's figures here")
     parser.add_argument("--until", metavar="STAGE",
                         help="stop after this stage (the stages before it still run)")
-    parser.add_argument("--workdir", type=Path,
-                        help="run in this new folder and keep it (default: a temporary one)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workdir", type=Path,
+                       help="run in this new folder and keep it (default: a temporary one)")
+    where.add_argument("--resume", type=Path, metavar="DIR",
+                       help="continue the run kept in DIR (an earlier --workdir) at this HEAD")
     args = parser.parse_args()
     if args.workdir is not None and args.workdir.exists():
         raise ConfigError(f"--workdir {args.workdir}: exists; name a new folder")
+    if args.resume is not None and not (args.resume / "xai" / "dvc.lock").is_file():
+        raise ConfigError(f"--resume {args.resume}: no kept run there (expected "
+                          f"{args.resume / 'xai' / 'dvc.lock'}, as --workdir leaves it)")
     setting = json.loads(args.setting.read_text())
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
-    kept = nullcontext(args.workdir.resolve()) if args.workdir else None
+    folder = args.workdir or args.resume
+    kept = nullcontext(folder.resolve()) if folder else None
+    resumed = None
     with kept or tempfile.TemporaryDirectory(prefix="xai-timing-") as tmp:
         work = Path(tmp) / "xai"
-        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work)], check=True)
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, check=True,
-                                capture_output=True, text=True).stdout.strip()
-        params = configured(yaml.safe_load((work / "params.yaml").read_text()),
+        if args.resume:
+            ran_at, commit = update_code(work)
+            resumed = {"from_commit": ran_at, "stages_run": []}
+        else:
+            subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work)], check=True)
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, check=True,
+                                    capture_output=True, text=True).stdout.strip()
+        committed = subprocess.run(["git", "show", f"{commit}:params.yaml"], cwd=work, check=True,
+                                   capture_output=True, text=True).stdout
+        params = configured(yaml.safe_load(committed),
                             {**setting["params"], "data.root": str(args.data_root.resolve())})
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         stages = stages_until(list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"]),
@@ -83,9 +132,12 @@ def main() -> None:
         seconds: dict[str, float] = {}
         for stage in stages:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=work, env=env,
-                           check=True, stdout=sys.stderr)
+            said = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=work,
+                                  env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+            print(said, file=sys.stderr, end="")
             seconds[stage] = round(time.perf_counter() - start, 1)
+            if resumed is not None and f"'{stage}' didn't change" not in said:
+                resumed["stages_run"].append(stage)
             print(f"{stage}: {seconds[stage]} s", file=sys.stderr, flush=True)
         metrics = {p.stem: json.loads(p.read_text())
                    for p in sorted((work / "metrics").glob("*.json"))}
@@ -94,7 +146,7 @@ def main() -> None:
     print(json.dumps({"setting": setting, "commit": commit, "params": params,
                       "host": host(),
                       "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
-                      "metrics": metrics}, indent=1))
+                      **({"resumed": resumed} if resumed else {}), "metrics": metrics}, indent=1))
 
 
 if __name__ == "__main__":

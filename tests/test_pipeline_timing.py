@@ -29,6 +29,8 @@ def test_a_key_params_yaml_does_not_have_is_refused():
 def test_the_committed_settings_name_only_existing_keys():
     for name in ("cifar_cpu_setting.json", "cifar_airbench_setting.json",
                  "cifar_airbench_chunk2_setting.json", "cifar_airbench_smooth_setting.json",
+                 "cifar_airbench_mirror_setting.json", "cifar_airbench_gain_setting.json",
+                 "cifar_airbench_gain1000_setting.json",
                  "default_setting.json"):
         setting = json.loads((ROOT / "experiments" / name).read_text())
         experiment("pipeline_timing").configured(_params(), setting["params"])
@@ -48,3 +50,19 @@ def test_a_workdir_that_exists_is_refused_before_any_work(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="--workdir .*exists; name a new folder"):
         experiment("pipeline_timing").main()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_without_a_kept_run_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["pipeline_timing.py", str(ROOT / "experiments" /
+                                                               "default_setting.json"),
+                                     "--data-root", str(tmp_path), "--resume", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--resume .*no kept run there"):
+        experiment("pipeline_timing").main()
+
+
+def test_what_a_resumed_run_keeps_is_every_stage_output():
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    made = experiment("pipeline_timing").dvc_outputs(dvc_yaml)
+    assert {"models/blackbox.pt", "metrics/evaluation.json", "plots/judge.csv",
+            "figures/evaluation_curves.png"} <= made
+    assert not any(path.startswith(("xai/", "stages/")) for path in made)
