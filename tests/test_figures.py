@@ -117,3 +117,4 @@ def test_cost_figure_labels_of_close_points_do_not_cover_each_other():
     assert not any(a.overlaps(b) for i, a in enumerate(close) for b in close[i + 1:])
     lone = fig.axes[0].texts[[t.get_text() for t in fig.axes[0].texts].index("random")]
     assert lone.xyann == (5, 4)
+    assert fig.axes[0].get_legend() is None  # the names are on the points; nothing covers them

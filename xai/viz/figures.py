@@ -199,13 +199,13 @@ def cost_figure(points: Mapping[str, Mapping[str, float]], measure: str) -> Figu
         error = [[value - p.get(f"{measure}_ci_low", value)],
                  [p.get(f"{measure}_ci_high", value) - value]]
         ax.errorbar(p["seconds_per_image"], value, yerr=error, fmt="*" if p["amortised"] else "o",
-                    markersize=12 if p["amortised"] else 6, color=colour, capsize=3,
-                    label=name + (" (amortised)" if p["amortised"] else ""))
+                    markersize=12 if p["amortised"] else 6, color=colour, capsize=3)
     ax.set_xscale("log")
     _annotate_apart(ax, [(name, p["seconds_per_image"], p[measure]) for name, p in points.items()])
     ax.set_xlabel("seconds per explained image (log; explaining only, batched)")
     ax.set_ylabel(measure.replace("_", " ") + " (neutral judge)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, loc="lower right")
-    ax.set_title("What an explanation costs and what it is worth", fontsize=10)
+    # every point carries its name; a legend would only repeat them and cover some
+    ax.set_title("What an explanation costs and what it is worth (stars: amortised, a trained "
+                 "explainer)", fontsize=10)
     return fig
