@@ -80,7 +80,8 @@ def test_a_missing_or_doubled_block_is_named():
                            "cifar-judge-lr", "cifar-vibi-published", "cifar-smooth",
                            "cifar-airbench-smooth", "cifar-judge-epochs",
                            "cifar-smooth-run", "cifar-airbench-mirror",
-                           "cifar-mirror-run"}
+                           "cifar-mirror-run", "cifar-airbench-gain",
+                           "cifar-airbench-gain1000", "cifar-airbench-gain-clean"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):

@@ -50,6 +50,9 @@ CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
 CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
 CIFAR_SMOOTH_PIPELINE = "experiments/cifar_airbench_smooth_pipeline.json"
 CIFAR_MIRROR_PIPELINE = "experiments/cifar_airbench_mirror_pipeline.json"
+CIFAR_GAIN_PIPELINE = "experiments/cifar_airbench_gain_pipeline.json"
+CIFAR_GAIN1000_PIPELINE = "experiments/cifar_airbench_gain1000_pipeline.json"
+CIFAR_GAIN_CLEAN_PIPELINE = "experiments/cifar_airbench_gain_clean_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -416,6 +419,42 @@ def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
     return "\n".join(lines)
 
 
+def cifar_gain_block(root: Path, results: str = CIFAR_GAIN_PIPELINE) -> str:
+    """A CIFAR-10 run's gains over random chunks (`evaluate.random_draws`): every method's judge
+    fidelity minus random chunks' expected fidelity on the same image, at `vibi.k` and at a
+    quarter of the image, each fill, best first by the gain at `vibi.k` (ROAD's fill where
+    measured, as the run's table sorts); with the stages a resumed run re-ran and their seconds."""
+    run = _json(root, results)
+    params, rows = run["params"], run["metrics"]["evaluation"]["methods"]
+    c, k, draws = _chunk_size(params), params["vibi"]["k"], params["evaluate"]["random_draws"]
+    quarter = int(run["metrics"]["judge"]["num_chunks"]) // 4
+    fills = ("_road", "") if params["evaluate"].get("road_budgets", False) else ("",)
+    gains = [(f"fidelity{fill}_over_random_k{b}", b, fill) for b in (k, quarter)
+             for fill in fills]
+    ran = f"Run at commit `{run['commit'][:7]}`"
+    if resumed := run.get("resumed"):
+        ran += (f", resuming the run made at commit `{resumed['from_commit'][:7]}`: only "
+                + ", ".join(f"`{s}` ({run['stage_seconds'][s]:.0f} s)"
+                            for s in resumed["stages_run"]) + " ran again")
+    lines = [ran + f"; {len(rows)} methods on "
+             f"{params['evaluate']['num_images']} test images, random chunks' expected fidelity "
+             f"from {draws} draws per image. Random chunks' expected fidelity (mean over the "
+             "images): " + ", ".join(
+                 f"{_chunks(c, b)}{' ROAD fill' if fill else ' 0-filled'} "
+                 f"{rows['random'][f'fidelity{fill}_k{b}'] - rows['random'][key]:.3f}"
+                 for key, b, fill in gains) + ".", "",
+             "Each method's judge fidelity minus random chunks' expected fidelity on the same "
+             "image; mean [95 % interval over images]:", "",
+             "| method | " + " | ".join(f"{_chunks(c, b)}, {'ROAD fill' if fill else '0-filled'}"
+                                      for _, b, fill in gains) + " |",
+             "|---|" + "---|" * len(gains)]
+    for name, row in sorted(rows.items(), key=lambda item: -item[1][gains[0][0]]):
+        lines.append(f"| {name} | " + " | ".join(
+            f"{row[key]:+.3f} [{row[key + '_ci_low']:+.3f}, {row[key + '_ci_high']:+.3f}]"
+            for key, _, _ in gains) + " |")
+    return "\n".join(lines)
+
+
 def bench_block(root: Path) -> str:
     """`python -m xai.pipeline.bench --out ...` runs (`BENCHES`): one table per params file."""
     lines = []
@@ -753,6 +792,11 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                                                results=CIFAR_SMOOTH_PIPELINE),
     "cifar-airbench-mirror": functools.partial(cifar_airbench_block,
                                                results=CIFAR_MIRROR_PIPELINE),
+    "cifar-airbench-gain": cifar_gain_block,
+    "cifar-airbench-gain1000": functools.partial(cifar_gain_block,
+                                                 results=CIFAR_GAIN1000_PIPELINE),
+    "cifar-airbench-gain-clean": functools.partial(cifar_airbench_block,
+                                                   results=CIFAR_GAIN_CLEAN_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
