@@ -53,6 +53,7 @@ CIFAR_MIRROR_PIPELINE = "experiments/cifar_airbench_mirror_pipeline.json"
 CIFAR_GAIN_PIPELINE = "experiments/cifar_airbench_gain_pipeline.json"
 CIFAR_GAIN1000_PIPELINE = "experiments/cifar_airbench_gain1000_pipeline.json"
 CIFAR_GAIN_CLEAN_PIPELINE = "experiments/cifar_airbench_gain_clean_pipeline.json"
+CIFAR_GAIN_AMX_PIPELINE = "experiments/cifar_airbench_gain_amx_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -75,7 +76,9 @@ BENCH_FP32 = {"before": "experiments/bench_fp32_before.json", "after": "experime
 #: The same bench three times in a row on a second host, whose fp32 ceiling is near an AVX2 laptop's.
 BENCH_FP32_REPEATS = [f"experiments/bench_fp32_epyc_{i}.json" for i in (1, 2, 3)]
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
-           "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json"}
+           "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json",
+           "airbench's black box (the CIFAR-10 airbench settings)":
+               "experiments/bench_cifar_airbench.json"}
 
 
 def _json(root: Path, name: str) -> dict:
@@ -797,6 +800,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                                                  results=CIFAR_GAIN1000_PIPELINE),
     "cifar-airbench-gain-clean": functools.partial(cifar_airbench_block,
                                                    results=CIFAR_GAIN_CLEAN_PIPELINE),
+    "cifar-airbench-gain-amx": functools.partial(cifar_airbench_block,
+                                                 results=CIFAR_GAIN_AMX_PIPELINE),
+    "cifar-airbench-gain-amx-gains": functools.partial(cifar_gain_block,
+                                                       results=CIFAR_GAIN_AMX_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
