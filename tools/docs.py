@@ -54,6 +54,7 @@ CIFAR_GAIN_PIPELINE = "experiments/cifar_airbench_gain_pipeline.json"
 CIFAR_GAIN1000_PIPELINE = "experiments/cifar_airbench_gain1000_pipeline.json"
 CIFAR_GAIN_CLEAN_PIPELINE = "experiments/cifar_airbench_gain_clean_pipeline.json"
 CIFAR_GAIN_AMX_PIPELINE = "experiments/cifar_airbench_gain_amx_pipeline.json"
+CIFAR_GAIN1000_AMX_PIPELINE = "experiments/cifar_airbench_gain1000_amx_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -804,6 +805,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                                                  results=CIFAR_GAIN_AMX_PIPELINE),
     "cifar-airbench-gain-amx-gains": functools.partial(cifar_gain_block,
                                                        results=CIFAR_GAIN_AMX_PIPELINE),
+    "cifar-airbench-gain1000-amx": functools.partial(cifar_gain_block,
+                                                     results=CIFAR_GAIN1000_AMX_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
