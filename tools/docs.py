@@ -453,9 +453,8 @@ def cifar_gain_block(root: Path, results: str = CIFAR_GAIN_PIPELINE) -> str:
                                       for _, b, fill in gains) + " |",
              "|---|" + "---|" * len(gains)]
     for name, row in sorted(rows.items(), key=lambda item: -item[1][gains[0][0]]):
-        lines.append(f"| {name} | " + " | ".join(
-            f"{row[key]:+.3f} [{row[key + '_ci_low']:+.3f}, {row[key + '_ci_high']:+.3f}]"
-            for key, _, _ in gains) + " |")
+        lines.append(f"| {name} | " + " | ".join(interval_cell(row, key, signed=True)
+                                                  for key, _, _ in gains) + " |")
     return "\n".join(lines)
 
 

@@ -550,12 +550,14 @@ def differences(ev: Evaluation, s: MeasureConfig, reference: str = "vibi") -> di
     return out
 
 
-def interval_cell(row: Mapping[str, float], measure: str) -> str:
-    """`mean [low, high]` of `measure` in a table row, or "n/a" where the row lacks it."""
+def interval_cell(row: Mapping[str, float], measure: str, signed: bool = False) -> str:
+    """`mean [low, high]` of `measure` in a table row (`signed`: each with its sign, for a
+    difference), or "n/a" where the row lacks it."""
     if measure not in row:
         return "n/a"
-    return (f"{row[measure]:.3f} [{row[measure + '_ci_low']:.3f}, "
-            f"{row[measure + '_ci_high']:.3f}]")
+    f = "+.3f" if signed else ".3f"
+    return (f"{row[measure]:{f}} [{row[measure + '_ci_low']:{f}}, "
+            f"{row[measure + '_ci_high']:{f}}]")
 
 
 def headline_key(measure: str, k: int) -> str:
@@ -642,9 +644,8 @@ def markdown(table: Mapping[str, dict], k: int, budgets: Sequence[int], robustne
                       for c in gains) + " |",
                   "|---|" + "---|" * len(gains)]
         for name, row in methods.items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{row[c]:+.3f} [{row[c + '_ci_low']:+.3f}, {row[c + '_ci_high']:+.3f}]"
-                if c in row else "n/a" for c in gains) + " |")
+            lines.append(f"| {name} | " + " | ".join(interval_cell(row, c, signed=True)
+                                                      for c in gains) + " |")
     if diffs:
         label = "VIBI" if reference == "vibi" else f"`{reference}`"
         lines += ["", f"### {label} minus each method (paired over images); mean [95 % interval]",
