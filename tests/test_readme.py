@@ -71,6 +71,8 @@ def test_a_missing_or_doubled_block_is_named():
         placement(dict(texts, **{"docs/extra.md": "<!-- results:typo -->\n<!-- /results:typo -->\n"}))
     assert set(BLOCKS) == {"stages", "evaluation-headline", "evaluation", "reliability",
                            "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
+                           "cifar-smooth-variants", "cifar-airbench-wide",
+                           "cifar-airbench-wide-gains",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
@@ -132,6 +134,29 @@ def test_the_cifar_vibi_published_block_follows_its_run(tmp_path):
     path.write_text(json.dumps(run))
     changed = BLOCKS["cifar-vibi-published"](source)
     assert "keeps its prediction on 0.065" in changed and "| 0.988 |" in changed
+
+
+def test_a_resumed_runs_block_counts_the_stages_it_did_not_rerun_at_the_first_runs_seconds(
+        tmp_path):
+    """The wide run re-ran L2X, VIBI, render and evaluate on a kept run: its other stages' seconds
+    (DVC's check alone) must not count, the first run's must; a change to either shows."""
+    source = _copy_sources(tmp_path)
+    wide = source / "experiments" / "cifar_airbench_wide_pipeline.json"
+    first = source / "experiments" / "cifar_airbench_gain_amx_pipeline.json"
+    run, base = json.loads(wide.read_text()), json.loads(first.read_text())
+    assert "train_blackbox" not in run["resumed"]["stages_run"]
+    run["stage_seconds"]["train_blackbox"] = 9999.0  # not re-run: must not count
+    run["stage_seconds"]["train_vibi"] = 4321.0  # re-run: counts
+    base["stage_seconds"]["train_blackbox"] = 1234.0
+    wide.write_text(json.dumps(run))
+    first.write_text(json.dumps(base))
+    total = sum(base["stage_seconds"][s] for s in base["stage_seconds"]
+                if s not in run["resumed"]["stages_run"]) + sum(
+        run["stage_seconds"][s] for s in run["resumed"]["stages_run"])
+    changed = BLOCKS["cifar-airbench-wide"](source)
+    assert f"{total / 60:.1f} min in all" in changed
+    assert "| 1234 |" in changed and "| 4321 |" in changed and "9999" not in changed
+    assert "count at its seconds, the others at those of the run it resumed" in changed
 
 
 def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):

@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("metrics", "timings", "experiments", "params.yaml")
 VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
             "cifar-variants": "experiments/cifar_variants.jsonl",
-            "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl"}
+            "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl",
+            "cifar-smooth-variants": "experiments/cifar_smooth_variants.jsonl"}
 JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
@@ -55,6 +56,7 @@ CIFAR_GAIN1000_PIPELINE = "experiments/cifar_airbench_gain1000_pipeline.json"
 CIFAR_GAIN_CLEAN_PIPELINE = "experiments/cifar_airbench_gain_clean_pipeline.json"
 CIFAR_GAIN_AMX_PIPELINE = "experiments/cifar_airbench_gain_amx_pipeline.json"
 CIFAR_GAIN1000_AMX_PIPELINE = "experiments/cifar_airbench_gain1000_amx_pipeline.json"
+CIFAR_WIDE_PIPELINE = "experiments/cifar_airbench_wide_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -243,25 +245,43 @@ def judged_variants_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-def cifar_cpu_block(root: Path, results: str = CIFAR_CPU) -> str:
+def _stage_seconds(root: Path, run: dict, resumed_from: str | None) -> tuple[dict, str]:
+    """A run's seconds per stage and a sentence on how they were made: its own (no sentence), or
+    for a run that resumed the run in `resumed_from` (`pipeline_timing.py --resume`), the stages
+    it re-ran at its seconds and the others at that run's: what the whole pipeline at its
+    setting takes."""
+    seconds, resumed = run["stage_seconds"], run.get("resumed")
+    if resumed is None or resumed_from is None:
+        return seconds, ""
+    base = _json(root, resumed_from)["stage_seconds"]
+    ran = resumed["stages_run"]
+    return ({s: seconds[s] if s in ran else base[s] for s in seconds},
+            " The stages this run re-ran (" + ", ".join(f"`{s}`" for s in ran) + ") count at "
+            f"its seconds, the others at those of the run it resumed (`{resumed_from}`).")
+
+
+def cifar_cpu_block(root: Path, results: str = CIFAR_CPU, resumed_from: str | None = None
+                    ) -> str:
     """A CIFAR-10 setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall seconds
-    per stage, then every method's post-hoc accuracy and judge fidelity at `vibi.k` (also with
-    ROAD's fill where the run measured it); sorted by post-hoc accuracy, or by the judge's
-    fidelity with ROAD's fill where there is one (it favours no method by construction)."""
+    per stage (for a resumed run, as `_stage_seconds` composes them), then every method's
+    post-hoc accuracy and judge fidelity at `vibi.k` (also with ROAD's fill where the run
+    measured it); sorted by post-hoc accuracy, or by the judge's fidelity with ROAD's fill where
+    there is one (it favours no method by construction)."""
     run = _json(root, results)
-    m, params, seconds = run["metrics"], run["params"], run["stage_seconds"]
+    m, params = run["metrics"], run["params"]
+    seconds, made = _stage_seconds(root, run, resumed_from)
     v = params["vibi"]
     k = v["k"]
     posthoc = f"posthoc_accuracy_k{k}"
     columns = _headline_columns(params)
     summary = (f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
-               f"{run['total_seconds'] / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
+               f"{sum(seconds.values()) / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
                f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
                f"{params['evaluate']['num_images']} evaluation images); black box test accuracy "
                f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} "
                f"({_chunks(_chunk_size(params), k)}) on "
                f"the test set {m['vibi']['posthoc_accuracy']:.3f} "
-               f"(L2X {m['l2x']['posthoc_accuracy']:.3f}).")
+               f"(L2X {m['l2x']['posthoc_accuracy']:.3f})." + made)
     header = (f"| method (evaluation, {params['evaluate']['num_images']} test images) | "
               "explains | " + " | ".join(columns) + " |")
     lines = [summary, "",
@@ -389,10 +409,11 @@ def _chunk_size(params: dict) -> int:
     return CHUNK_SIZE[params["vibi"]["explainer_type"]]
 
 
-def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
+def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH,
+                         resumed_from: str | None = None) -> str:
     """A CIFAR-10 airbench setting's pipeline run: the black box, the judge's agreement with it
-    by budget, the stage seconds and the methods' table (as `cifar_cpu_block`), and every method's
-    paired difference to VIBI at `vibi.k`."""
+    by budget, the stage seconds and the methods' table (as `cifar_cpu_block`, `resumed_from`
+    as there), and every method's paired difference to VIBI at `vibi.k`."""
     run = _json(root, results)
     m, params = run["metrics"], run["params"]
     judge, c = m["judge"], _chunk_size(params)
@@ -409,7 +430,7 @@ def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH) -> str:
                                          for b in budgets) + " |",
              "| ROAD-imputed | " + " | ".join(f"{judge[f'test_agreement_imputed_k{b}']:.3f}"
                                              for b in budgets) + " |", "",
-             cifar_cpu_block(root, results)]
+             cifar_cpu_block(root, results, resumed_from)]
     k = params["vibi"]["k"]
     for fidelity in (col for col in _headline_columns(params) if col.startswith("fidelity")):
         lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(c, k)}), paired 95 % "
@@ -806,6 +827,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                                                        results=CIFAR_GAIN_AMX_PIPELINE),
     "cifar-airbench-gain1000-amx": functools.partial(cifar_gain_block,
                                                      results=CIFAR_GAIN1000_AMX_PIPELINE),
+    "cifar-airbench-wide": functools.partial(cifar_airbench_block, results=CIFAR_WIDE_PIPELINE,
+                                             resumed_from=CIFAR_GAIN_AMX_PIPELINE),
+    "cifar-airbench-wide-gains": functools.partial(cifar_gain_block,
+                                                   results=CIFAR_WIDE_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
