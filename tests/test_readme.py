@@ -157,6 +157,8 @@ def test_a_resumed_runs_block_counts_the_stages_it_did_not_rerun_at_the_first_ru
     assert f"{total / 60:.1f} min in all" in changed
     assert "| 1234 |" in changed and "| 4321 |" in changed and "9999" not in changed
     assert "count at its seconds, the others at those of the run it resumed" in changed
+    with pytest.raises(ValueError, match="resumed_from"):
+        BLOCKS["cifar-airbench"](source, results="experiments/cifar_airbench_wide_pipeline.json")
 
 
 def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):

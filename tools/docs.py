@@ -247,12 +247,15 @@ def judged_variants_block(root: Path) -> str:
 
 def _stage_seconds(root: Path, run: dict, resumed_from: str | None) -> tuple[dict, str]:
     """A run's seconds per stage and a sentence on how they were made: its own (no sentence), or
-    for a run that resumed the run in `resumed_from` (`pipeline_timing.py --resume`), the stages
-    it re-ran at its seconds and the others at that run's: what the whole pipeline at its
-    setting takes."""
+    for a run that resumed the run in `resumed_from` (`pipeline_timing.py --resume`; required
+    then), the stages it re-ran at its seconds and the others at that run's: what the whole
+    pipeline at its setting takes."""
     seconds, resumed = run["stage_seconds"], run.get("resumed")
-    if resumed is None or resumed_from is None:
+    if resumed is None:
         return seconds, ""
+    if resumed_from is None:  # its kept stages' seconds are DVC's check alone: no total
+        raise ValueError(f"a resumed run's block needs `resumed_from`: the run it resumed "
+                         f"(from commit {resumed['from_commit'][:7]})")
     base = _json(root, resumed_from)["stage_seconds"]
     ran = resumed["stages_run"]
     return ({s: seconds[s] if s in ran else base[s] for s in seconds},
