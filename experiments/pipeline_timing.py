@@ -68,14 +68,15 @@ def dvc_outputs(dvc_yaml: dict) -> set[str]:
     return paths
 
 
-def update_code(work: Path) -> tuple[str, str]:
-    """Check out this repository's HEAD in the kept run `work`, all but its params.yaml, dvc.lock
-    and stage outputs (what the run made); return the run's own commit and HEAD's."""
+def update_code(work: Path, source: Path = ROOT) -> tuple[str, str]:
+    """Check out `source`'s HEAD in the kept run `work`, all but its params.yaml, dvc.lock and
+    stage outputs (what the run made), and move the run's HEAD there, so a later resume starts
+    from this code; return the commit the run's code was at and the new one."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=work, check=True, capture_output=True,
                               text=True).stdout.strip()
     ran_at = git("rev-parse", "HEAD")
-    git("fetch", "--quiet", str(ROOT), "HEAD")
+    git("fetch", "--quiet", str(source), "HEAD")
     head = git("rev-parse", "FETCH_HEAD")
     made = {"params.yaml", "dvc.lock",
             *dvc_outputs(yaml.safe_load((work / "dvc.yaml").read_text()))}
@@ -86,6 +87,7 @@ def update_code(work: Path) -> tuple[str, str]:
         git("checkout", head, "--", *updated)
     for path in set(changed) - present:
         (work / path).unlink(missing_ok=True)
+    git("reset", "--soft", head)  # else a file changed and changed back stays at the middle version
     return ran_at, head
 
 

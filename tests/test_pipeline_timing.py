@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,7 +32,8 @@ def test_the_committed_settings_name_only_existing_keys():
     for name in ("cifar_cpu_setting.json", "cifar_airbench_setting.json",
                  "cifar_airbench_chunk2_setting.json", "cifar_airbench_smooth_setting.json",
                  "cifar_airbench_mirror_setting.json", "cifar_airbench_gain_setting.json",
-                 "cifar_airbench_gain1000_setting.json",
+                 "cifar_airbench_gain1000_setting.json", "cifar_airbench_wide_setting.json",
+                 "cifar_airbench_jump_setting.json",
                  "default_setting.json"):
         setting = json.loads((ROOT / "experiments" / name).read_text())
         experiment("pipeline_timing").configured(_params(), setting["params"])
@@ -66,3 +69,31 @@ def test_what_a_resumed_run_keeps_is_every_stage_output():
     assert {"models/blackbox.pt", "metrics/evaluation.json", "plots/judge.csv",
             "figures/evaluation_curves.png"} <= made
     assert not any(path.startswith(("xai/", "stages/")) for path in made)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _commit(repo: Path, text: str) -> str:
+    (repo / "code.py").write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "--quiet", "-m", text)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def test_a_run_resumed_twice_has_the_latest_code_and_names_the_code_it_resumed(tmp_path):
+    """A file changed for one resume and changed back for the next must come back: each resume
+    starts from the code the kept run last ran, not the code it was first cloned at."""
+    source, work = tmp_path / "source", tmp_path / "work"
+    source.mkdir()
+    _git(source, "init", "--quiet")
+    (source / "dvc.yaml").write_text("stages: {}\n")
+    first = _commit(source, "first")
+    _git(tmp_path, "clone", "--quiet", str(source), str(work))
+    update = experiment("pipeline_timing").update_code
+    second = _commit(source, "second")
+    assert update(work, source) == (first, second) and (work / "code.py").read_text() == "second"
+    third = _commit(source, "first")
+    assert update(work, source) == (second, third) and (work / "code.py").read_text() == "first"

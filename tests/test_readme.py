@@ -72,7 +72,8 @@ def test_a_missing_or_doubled_block_is_named():
     assert set(BLOCKS) == {"stages", "evaluation-headline", "evaluation", "reliability",
                            "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
                            "cifar-smooth-variants", "cifar-airbench-wide",
-                           "cifar-airbench-wide-gains",
+                           "cifar-airbench-wide-gains", "cifar-airbench-jump",
+                           "cifar-airbench-jump-gains",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
@@ -159,6 +160,27 @@ def test_a_resumed_runs_block_counts_the_stages_it_did_not_rerun_at_the_first_ru
     assert "count at its seconds, the others at those of the run it resumed" in changed
     with pytest.raises(ValueError, match="resumed_from"):
         BLOCKS["cifar-airbench"](source, results="experiments/cifar_airbench_wide_pipeline.json")
+
+
+def test_a_run_resumed_from_a_resumed_run_counts_each_kept_stage_where_it_last_ran(tmp_path):
+    """The jump run resumed the wide run, which resumed the gain run: L2X (last run by the wide
+    run) and the black box (last run by the gain run) count at those runs' seconds."""
+    source = _copy_sources(tmp_path)
+    experiments = source / "experiments"
+    paths = [experiments / f"cifar_airbench_{name}_pipeline.json"
+             for name in ("jump", "wide", "gain_amx")]
+    jump, wide, first = (json.loads(path.read_text()) for path in paths)
+    assert "train_l2x" in wide["resumed"]["stages_run"]
+    assert "train_l2x" not in jump["resumed"]["stages_run"]
+    assert "train_blackbox" not in wide["resumed"]["stages_run"] + jump["resumed"]["stages_run"]
+    wide["stage_seconds"]["train_l2x"] = 4321.0
+    wide["stage_seconds"]["train_blackbox"] = 9999.0  # kept by the wide run: must not count
+    first["stage_seconds"]["train_blackbox"] = 1234.0
+    for path, run in zip(paths, (jump, wide, first)):
+        path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-airbench-jump"](source)
+    assert "| 1234 |" in changed and "| 4321 |" in changed and "9999" not in changed
+    assert "itself composed with `experiments/cifar_airbench_gain_amx_pipeline.json`" in changed
 
 
 def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):

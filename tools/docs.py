@@ -57,6 +57,7 @@ CIFAR_GAIN_CLEAN_PIPELINE = "experiments/cifar_airbench_gain_clean_pipeline.json
 CIFAR_GAIN_AMX_PIPELINE = "experiments/cifar_airbench_gain_amx_pipeline.json"
 CIFAR_GAIN1000_AMX_PIPELINE = "experiments/cifar_airbench_gain1000_amx_pipeline.json"
 CIFAR_WIDE_PIPELINE = "experiments/cifar_airbench_wide_pipeline.json"
+CIFAR_JUMP_PIPELINE = "experiments/cifar_airbench_jump_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -245,25 +246,29 @@ def judged_variants_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-def _stage_seconds(root: Path, run: dict, resumed_from: str | None) -> tuple[dict, str]:
+def _stage_seconds(root: Path, run: dict, resumed_from: tuple[str, ...] = ()
+                   ) -> tuple[dict, str]:
     """A run's seconds per stage and a sentence on how they were made: its own (no sentence), or
-    for a run that resumed the run in `resumed_from` (`pipeline_timing.py --resume`; required
-    then), the stages it re-ran at its seconds and the others at that run's: what the whole
-    pipeline at its setting takes."""
+    for a run that resumed a kept run (`pipeline_timing.py --resume`), the stages it re-ran at
+    its seconds and the others at those of the run it resumed, `resumed_from[0]` (composed in
+    turn from `resumed_from[1:]` when that run resumed another): what the whole pipeline at its
+    setting takes."""
     seconds, resumed = run["stage_seconds"], run.get("resumed")
     if resumed is None:
         return seconds, ""
-    if resumed_from is None:  # its kept stages' seconds are DVC's check alone: no total
+    if not resumed_from:  # its kept stages' seconds are DVC's check alone: no total
         raise ValueError(f"a resumed run's block needs `resumed_from`: the run it resumed "
                          f"(from commit {resumed['from_commit'][:7]})")
-    base = _json(root, resumed_from)["stage_seconds"]
+    first, *earlier = resumed_from
+    base, _ = _stage_seconds(root, _json(root, first), tuple(earlier))
     ran = resumed["stages_run"]
+    composed = "".join(f", itself composed with `{path}`" for path in earlier)
     return ({s: seconds[s] if s in ran else base[s] for s in seconds},
             " The stages this run re-ran (" + ", ".join(f"`{s}`" for s in ran) + ") count at "
-            f"its seconds, the others at those of the run it resumed (`{resumed_from}`).")
+            f"its seconds, the others at those of the run it resumed (`{first}`{composed}).")
 
 
-def cifar_cpu_block(root: Path, results: str = CIFAR_CPU, resumed_from: str | None = None
+def cifar_cpu_block(root: Path, results: str = CIFAR_CPU, resumed_from: tuple[str, ...] = ()
                     ) -> str:
     """A CIFAR-10 setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall seconds
     per stage (for a resumed run, as `_stage_seconds` composes them), then every method's
@@ -279,7 +284,9 @@ def cifar_cpu_block(root: Path, results: str = CIFAR_CPU, resumed_from: str | No
     columns = _headline_columns(params)
     summary = (f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
                f"{sum(seconds.values()) / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
-               f"{v['epochs']} of VIBI, {params['judge']['epochs']} of the judge, "
+               f"{v['epochs']} of VIBI"
+               f"{' started from that L2X' if v.get('jump_start') else ''}, "
+               f"{params['judge']['epochs']} of the judge, "
                f"{params['evaluate']['num_images']} evaluation images); black box test accuracy "
                f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} "
                f"({_chunks(_chunk_size(params), k)}) on "
@@ -413,7 +420,7 @@ def _chunk_size(params: dict) -> int:
 
 
 def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH,
-                         resumed_from: str | None = None) -> str:
+                         resumed_from: tuple[str, ...] = ()) -> str:
     """A CIFAR-10 airbench setting's pipeline run: the black box, the judge's agreement with it
     by budget, the stage seconds and the methods' table (as `cifar_cpu_block`, `resumed_from`
     as there), and every method's paired difference to VIBI at `vibi.k`."""
@@ -831,9 +838,14 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-airbench-gain1000-amx": functools.partial(cifar_gain_block,
                                                      results=CIFAR_GAIN1000_AMX_PIPELINE),
     "cifar-airbench-wide": functools.partial(cifar_airbench_block, results=CIFAR_WIDE_PIPELINE,
-                                             resumed_from=CIFAR_GAIN_AMX_PIPELINE),
+                                             resumed_from=(CIFAR_GAIN_AMX_PIPELINE,)),
     "cifar-airbench-wide-gains": functools.partial(cifar_gain_block,
                                                    results=CIFAR_WIDE_PIPELINE),
+    "cifar-airbench-jump": functools.partial(
+        cifar_airbench_block, results=CIFAR_JUMP_PIPELINE,
+        resumed_from=(CIFAR_WIDE_PIPELINE, CIFAR_GAIN_AMX_PIPELINE)),
+    "cifar-airbench-jump-gains": functools.partial(cifar_gain_block,
+                                                   results=CIFAR_JUMP_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
