@@ -33,7 +33,7 @@ def test_the_committed_settings_name_only_existing_keys():
                  "cifar_airbench_chunk2_setting.json", "cifar_airbench_smooth_setting.json",
                  "cifar_airbench_mirror_setting.json", "cifar_airbench_gain_setting.json",
                  "cifar_airbench_gain1000_setting.json", "cifar_airbench_wide_setting.json",
-                 "cifar_airbench_jump_setting.json",
+                 "cifar_airbench_jump_setting.json", "cifar_airbench_jump1000_setting.json",
                  "default_setting.json"):
         setting = json.loads((ROOT / "experiments" / name).read_text())
         experiment("pipeline_timing").configured(_params(), setting["params"])
