@@ -73,7 +73,7 @@ def test_a_missing_or_doubled_block_is_named():
                            "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
                            "cifar-smooth-variants", "cifar-airbench-wide",
                            "cifar-airbench-wide-gains", "cifar-airbench-jump",
-                           "cifar-airbench-jump-gains",
+                           "cifar-airbench-jump-gains", "cifar-airbench-jump1000",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
