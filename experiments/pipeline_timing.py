@@ -13,8 +13,8 @@ after that stage; `--workdir DIR` runs in `DIR` (a new folder) instead and keeps
 for probes that read a run's models (`experiments/cifar_probes.py`). `--resume DIR` continues such a
 kept run at this HEAD: its code becomes HEAD's (its params.yaml, dvc.lock and the stages' outputs
 stay), params.yaml is written from HEAD's and the setting as above, and `dvc repro` re-runs only the
-stages a change affects; `resumed` names the run's commit and the stages that ran, the seconds of
-the others are DVC's check alone.
+stages a change affects; `resumed` names the commit the kept run's code was at (its last resume's,
+or its clone's) and the stages that ran, the seconds of the others are DVC's check alone.
 """
 
 from __future__ import annotations
