@@ -4,11 +4,12 @@
 
 Needs `dvc repro train_blackbox` first (the prepared data and the black box; `--data`, `--probs`,
 `--blackbox` and `--params` point elsewhere, e.g. at a CIFAR-10 run). Every variant is
-`base` with its overrides, trained from scratch; one JSON line per (variant, seed) goes to stdout:
-the black box's post-hoc accuracy on the top-k chunks, the pair's own approximator's agreement
-(the published measure; for objective `blackbox` the approximator is the black box), the
-cross-fitted accuracy of the class read from the masks' positions alone (random masks: about
-0.11; not encoding, see xai.evaluation.encoding) and mean KL. The committed
+`base` with its overrides, trained from scratch, or with `--init MODEL` from that trained pair
+(e.g. the pipeline's `models/l2x.pt`, as `vibi.jump_start` starts); one JSON line per (variant,
+seed) goes to stdout: the black box's post-hoc accuracy on the top-k chunks, the pair's own
+approximator's agreement (the published measure; for objective `blackbox` the approximator is the
+black box), the cross-fitted accuracy of the class read from the masks' positions alone (random
+masks: about 0.11; not encoding, see xai.evaluation.encoding) and mean KL. The committed
 `experiments/vibi_variants.jsonl` was measured on one H100 (`gpu_seconds`).
 
 With `--measure-images N` the first N validation images are also measured as the `evaluate`
@@ -50,7 +51,7 @@ from xai.explain.attribution import (
 )
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.judge import load_judge
-from xai.models.vibi import VibiModel, explain_split
+from xai.models.vibi import VibiModel, VibiSpec, explain_split, load_vibi
 from xai.pipeline.config import SHAP_BASELINES, Config, load_config
 from xai.pipeline.tracking import NullRun
 from xai.tensors import to_unit
@@ -73,6 +74,16 @@ def references(names: list[str], blackbox: torch.nn.Module, data: Dataset, chunk
             "integrated_gradients": lambda: IntegratedGradients(
                 blackbox, steps=ev.ig_steps, internal_batch_size=ev.batch_size)}
     return {name: made[name]() for name in names}
+
+
+def starting_pair(spec: VibiSpec, init: Path | None, device: torch.device) -> VibiModel:
+    """A new pair for `spec`, or the trained pair at `init`, which must have been built for `spec`."""
+    if init is None:
+        return VibiModel(spec).to(device)
+    model = load_vibi(init, device)
+    if model.spec != spec:
+        raise SystemExit(f"{init} was trained for {model.spec}; this variant needs {spec}")
+    return model
 
 
 def measured(report: Report, method: str, others: Report | None = None) -> dict[str, object]:
@@ -105,6 +116,8 @@ def main() -> None:
     parser.add_argument("--blackbox", default="models/blackbox.pt")
     parser.add_argument("--judge", default="models/judge.pt",
                         help="the neutral judge (dvc repro train_judge), for --measure-images")
+    parser.add_argument("--init", type=Path,
+                        help="a trained pair every variant starts from (as vibi.jump_start)")
     parser.add_argument("--measure-images", type=int, default=0,
                         help="validation images measured as the evaluate stage does (0: none)")
     parser.add_argument("--references", nargs="*", default=[], choices=REFERENCES,
@@ -143,11 +156,11 @@ def main() -> None:
                              f"{name} uses {vibi_spec.chunk}")
         for seed in args.seeds:
             torch.manual_seed(seed)
-            model = VibiModel(vibi_spec).to(device)
+            model = starting_pair(vibi_spec, args.init, device)
             started = time.perf_counter()
             train(model, settings, Split(data.train.x, probs["train"]),
                   Split(data.val.x, probs["val"]), seed=seed, history=History(NullRun()),
-                  show_progress=False, blackbox=blackbox)
+                  show_progress=False, blackbox=blackbox, jump_started=args.init is not None)
             seconds = time.perf_counter() - started
             own = blackbox if settings.objective == "blackbox" else None
             result = explain_split(model, data.val.x, blackbox, approximator=own)
@@ -157,6 +170,7 @@ def main() -> None:
                 result.top_k[:MASK_PROBE_IMAGES].cpu(), predicted, probs["val"].shape[1]
             ).float().mean().item()
             line = {"variant": name, "settings": overrides, "seed": seed,
+                    **({"init": str(args.init)} if args.init else {}),
                     "posthoc_accuracy": round(measures["posthoc_accuracy"], 4),
                     "approximator_fidelity": round(measures["fidelity"], 4),
                     "class_from_mask": round(class_from_mask, 4),

@@ -1,13 +1,18 @@
 """experiments/vibi_variants.py: a variant's line keeps the evaluation's measures with their
-intervals, and VIBI's paired differences to every reference method."""
+intervals, and VIBI's paired differences to every reference method; `--init` starts every variant
+from a trained pair."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 from torch import nn
 
 import xai
 from tests.conftest import experiment, separable
+from xai.models.vibi import VibiModel, VibiSpec, save_vibi
 from xai.tensors import to_unit
 
 
@@ -39,3 +44,18 @@ def test_measured_keeps_every_headline_measure_and_the_paired_differences():
     assert [difference, low, high] == [round(paired[n], 4)
                                        for n in ("difference", "ci_low", "ci_high")]
     assert "minus" not in variants.measured(report, "vibi")
+
+
+def test_a_variant_starts_from_the_given_pair_and_refuses_one_built_otherwise(tmp_path):
+    variants = experiment("vibi_variants")
+    spec = VibiSpec("Unet", 1, 0.25, 3, 32, 32, 10, 64, "smooth")
+    torch.manual_seed(0)
+    trained = VibiModel(spec)
+    save_vibi(trained, tmp_path / "l2x.pt")
+    started = variants.starting_pair(spec, tmp_path / "l2x.pt", torch.device("cpu"))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(started.state_dict()[name], value)
+    fresh = variants.starting_pair(spec, None, torch.device("cpu"))
+    assert not all(torch.equal(fresh.state_dict()[n], v) for n, v in trained.state_dict().items())
+    with pytest.raises(SystemExit, match="l2x.pt was trained for"):
+        variants.starting_pair(replace(spec, k=16), tmp_path / "l2x.pt", torch.device("cpu"))
