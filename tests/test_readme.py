@@ -74,6 +74,7 @@ def test_a_missing_or_doubled_block_is_named():
                            "cifar-smooth-variants", "cifar-jump-variants", "cifar-airbench-wide",
                            "cifar-airbench-wide-gains", "cifar-airbench-jump",
                            "cifar-airbench-jump-gains", "cifar-airbench-jump1000",
+                           "cifar-airbench-tau2", "cifar-airbench-tau2-gains",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
