@@ -71,7 +71,8 @@ def test_a_missing_or_doubled_block_is_named():
         placement(dict(texts, **{"docs/extra.md": "<!-- results:typo -->\n<!-- /results:typo -->\n"}))
     assert set(BLOCKS) == {"stages", "evaluation-headline", "evaluation", "reliability",
                            "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
-                           "cifar-smooth-variants", "cifar-jump-variants", "cifar-airbench-wide",
+                           "cifar-smooth-variants", "cifar-jump-variants", "cifar-tau2-seeds",
+                           "cifar-airbench-wide",
                            "cifar-airbench-wide-gains", "cifar-airbench-jump",
                            "cifar-airbench-jump-gains", "cifar-airbench-jump1000",
                            "cifar-airbench-tau2", "cifar-airbench-tau2-gains",

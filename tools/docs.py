@@ -45,7 +45,8 @@ VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
             "cifar-variants": "experiments/cifar_variants.jsonl",
             "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl",
             "cifar-smooth-variants": "experiments/cifar_smooth_variants.jsonl",
-            "cifar-jump-variants": "experiments/cifar_jump_variants.jsonl"}
+            "cifar-jump-variants": "experiments/cifar_jump_variants.jsonl",
+            "cifar-tau2-seeds": "experiments/cifar_tau2_seeds.jsonl"}
 JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
 CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
 CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
