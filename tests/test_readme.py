@@ -76,6 +76,7 @@ def test_a_missing_or_doubled_block_is_named():
                            "cifar-airbench-wide-gains", "cifar-airbench-jump",
                            "cifar-airbench-jump-gains", "cifar-airbench-jump1000",
                            "cifar-airbench-tau2", "cifar-airbench-tau2-gains",
+                           "cifar-airbench-tau2-1000",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",

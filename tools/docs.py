@@ -61,6 +61,7 @@ CIFAR_GAIN1000_AMX_PIPELINE = "experiments/cifar_airbench_gain1000_amx_pipeline.
 CIFAR_WIDE_PIPELINE = "experiments/cifar_airbench_wide_pipeline.json"
 CIFAR_JUMP_PIPELINE = "experiments/cifar_airbench_jump_pipeline.json"
 CIFAR_TAU2_PIPELINE = "experiments/cifar_airbench_tau2_pipeline.json"
+CIFAR_TAU2_1000_PIPELINE = "experiments/cifar_airbench_tau2_1000_pipeline.json"
 CIFAR_JUMP1000_PIPELINE = "experiments/cifar_airbench_jump1000_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
@@ -858,6 +859,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                       CIFAR_GAIN_AMX_PIPELINE)),
     "cifar-airbench-tau2-gains": functools.partial(cifar_gain_block,
                                                    results=CIFAR_TAU2_PIPELINE),
+    "cifar-airbench-tau2-1000": functools.partial(cifar_gain_block,
+                                                  results=CIFAR_TAU2_1000_PIPELINE),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
