@@ -189,6 +189,8 @@ def test_measurement_models_save_and_load(tmp_path):
     ("measurement.precision", "fp16", "measurement.precision = 'fp16' is not allowed"),
     ("invertible.counterfactual.fid_resamples", 2,
      "invertible.counterfactual.fid_resamples = 2 is out of range"),
+    ("invertible.counterfactual.precision", "fp16",
+     "invertible.counterfactual.precision = 'fp16' is not allowed"),
 ])
 def test_bad_measurement_params_are_rejected_naming_the_key(params, key, value, says):
     with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
@@ -241,6 +243,21 @@ def test_the_stages_write_the_models_and_every_measure(tmp_path, params, capsys)
         metrics["image_counterfactual_validity"])
     assert metrics["runner_up_images"] == 15 and metrics["target_images"] <= 15
     assert metrics["runner_up_unchanged_fid"] == pytest.approx(0, abs=1e-6)
+
+    # the black box's passes in bf16: every measure, the validities near fp32's, the rest equal
+    fast = params({**TINY, **MEASUREMENT_TINY, "render.counterfactual_target": 2,
+                   "invertible.counterfactual.precision": "bf16"})
+    evaluate_counterfactuals.main(["--params", str(fast), "--data", str(tmp_path / "images.pt"),
+                                   "--invertible", out["image-model"], "--blackbox",
+                                   str(blackbox), "--measurement", str(models_path),
+                                   "--metrics", str(tmp_path / "bf16.json")])
+    bf16 = json.loads((tmp_path / "bf16.json").read_text())
+    assert set(bf16) == set(metrics)
+    for key, value in metrics.items():
+        if "validity" in key and "oracle" not in key:
+            assert bf16[key] == pytest.approx(value, abs=0.2)
+        else:
+            assert bf16[key] == pytest.approx(value, rel=1e-6, abs=1e-9)
 
     # experiments/counterfactual_measures_sweep.py on the same models: a line per move and margin
     sweep = experiment("counterfactual_measures_sweep")

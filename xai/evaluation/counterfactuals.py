@@ -50,7 +50,8 @@ class InvertibleCounterfactualConfig:
     """Counterfactuals of the image invertible classifier and how they are measured: `margin`
     logits past the boundary, moving in `direction`; the importance's post-hoc accuracy keeps
     `posthoc_k` chunks of `posthoc_chunk` x `posthoc_chunk` pixels; each FID's interval is over
-    `fid_resamples` bootstrap resamples (`xai.evaluation.counterfactual_measures`)."""
+    `fid_resamples` bootstrap resamples (`xai.evaluation.counterfactual_measures`); the black
+    box, which says whether a counterfactual is valid, runs in `precision` (`xai.devices`)."""
 
     margin: float = bounded(12.5, ge=0)
     direction: Literal["class_centres", "normal", "prototype"] = "prototype"
@@ -59,6 +60,7 @@ class InvertibleCounterfactualConfig:
     posthoc_chunk: int = bounded(4, ge=1)
     batch_size: int = bounded(500, ge=1)
     fid_resamples: int = bounded(200, ge=10)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the black box's passes
 
 
 @torch.no_grad()
