@@ -37,6 +37,7 @@ from xai.devices import NATIVE_BF16_FLAGS  # noqa: E402
 from xai.evaluation.table import construction_note, interval_cell, markdown  # noqa: E402
 from xai.models.explainers import CHUNK_SIZE  # noqa: E402
 from xai.pipeline.bench import percent  # noqa: E402
+from xai.pipeline.config import flatten  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the blocks read; `snapshot` takes these from git.
@@ -62,6 +63,7 @@ CIFAR_WIDE_PIPELINE = "experiments/cifar_airbench_wide_pipeline.json"
 CIFAR_JUMP_PIPELINE = "experiments/cifar_airbench_jump_pipeline.json"
 CIFAR_TAU2_PIPELINE = "experiments/cifar_airbench_tau2_pipeline.json"
 CIFAR_TAU2_1000_PIPELINE = "experiments/cifar_airbench_tau2_1000_pipeline.json"
+CIFAR_HOUR_PIPELINE = "experiments/cifar_airbench_hour_pipeline.json"
 CIFAR_JUMP1000_PIPELINE = "experiments/cifar_airbench_jump1000_pipeline.json"
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
@@ -271,6 +273,34 @@ def _stage_seconds(root: Path, run: dict, resumed_from: tuple[str, ...] = ()
     return ({s: seconds[s] if s in ran else base[s] for s in seconds},
             " The stages this run re-ran (" + ", ".join(f"`{s}`" for s in ran) + ") count at "
             f"its seconds, the others at those of the run it resumed (`{first}`{composed}).")
+
+
+def stage_comparison_block(root: Path, results: str, baseline: str,
+                           baseline_resumed_from: tuple[str, ...] = ()) -> str:
+    """Two runs' seconds stage by stage (`baseline` composed as `_stage_seconds` does), the ratio
+    of each stage and of the totals, and the params in which the runs differ: what a setting's
+    change saved and what the host's speed moved, side by side."""
+    run, base = _json(root, results), _json(root, baseline)
+    seconds, _ = _stage_seconds(root, run)
+    before, _ = _stage_seconds(root, base, baseline_resumed_from)
+    flat_run, flat_base = flatten(run["params"]), flatten(base["params"])
+    changed = sorted(key for key in flat_run.keys() | flat_base.keys()
+                     if flat_run.get(key) != flat_base.get(key) and key != "data.root")
+    lines = [f"| stage | `{baseline}` | `{results}` | ratio |", "|---|---|---|---|"]
+    for stage, t in seconds.items():
+        lines.append(f"| `{stage}` | {before[stage]:.0f} | {t:.0f} | {t / before[stage]:.2f} |")
+    total, total_before = sum(seconds.values()), sum(before.values())
+    lines += [f"| all (minutes) | {total_before / 60:.1f} | {total / 60:.1f} | "
+              f"{total / total_before:.2f} |", "",
+              "Params that differ: " + ", ".join(
+                  f"`{key}` {_shown(flat_base, key)} -> {_shown(flat_run, key)}"
+                  for key in changed) + "."]
+    return "\n".join(lines)
+
+
+def _shown(params: dict[str, object], key: str) -> str:
+    """A param's value as a table shows it, or `absent` where the run's params lacked the key."""
+    return repr(params[key]) if key in params else "absent"
 
 
 def cifar_cpu_block(root: Path, results: str = CIFAR_CPU, resumed_from: tuple[str, ...] = ()
@@ -861,6 +891,13 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                                                    results=CIFAR_TAU2_PIPELINE),
     "cifar-airbench-tau2-1000": functools.partial(cifar_gain_block,
                                                   results=CIFAR_TAU2_1000_PIPELINE),
+    "cifar-airbench-hour": functools.partial(cifar_airbench_block, results=CIFAR_HOUR_PIPELINE),
+    "cifar-airbench-hour-gains": functools.partial(cifar_gain_block,
+                                                   results=CIFAR_HOUR_PIPELINE),
+    "cifar-airbench-hour-stages": functools.partial(
+        stage_comparison_block, results=CIFAR_HOUR_PIPELINE, baseline=CIFAR_TAU2_PIPELINE,
+        baseline_resumed_from=(CIFAR_JUMP1000_PIPELINE, CIFAR_JUMP_PIPELINE,
+                               CIFAR_WIDE_PIPELINE, CIFAR_GAIN_AMX_PIPELINE)),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
