@@ -65,6 +65,9 @@ CIFAR_TAU2_PIPELINE = "experiments/cifar_airbench_tau2_pipeline.json"
 CIFAR_TAU2_1000_PIPELINE = "experiments/cifar_airbench_tau2_1000_pipeline.json"
 CIFAR_HOUR_PIPELINE = "experiments/cifar_airbench_hour_pipeline.json"
 CIFAR_JUMP1000_PIPELINE = "experiments/cifar_airbench_jump1000_pipeline.json"
+#: The runs the tau2 run resumed, newest first (`_stage_seconds` composes its seconds from them).
+CIFAR_TAU2_RESUMED_FROM = (CIFAR_JUMP1000_PIPELINE, CIFAR_JUMP_PIPELINE, CIFAR_WIDE_PIPELINE,
+                           CIFAR_GAIN_AMX_PIPELINE)
 CIFAR_PROBES = "experiments/cifar_probes.json"
 CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
 CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
@@ -885,8 +888,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                                                  results=CIFAR_JUMP1000_PIPELINE),
     "cifar-airbench-tau2": functools.partial(
         cifar_airbench_block, results=CIFAR_TAU2_PIPELINE,
-        resumed_from=(CIFAR_JUMP1000_PIPELINE, CIFAR_JUMP_PIPELINE, CIFAR_WIDE_PIPELINE,
-                      CIFAR_GAIN_AMX_PIPELINE)),
+        resumed_from=CIFAR_TAU2_RESUMED_FROM),
     "cifar-airbench-tau2-gains": functools.partial(cifar_gain_block,
                                                    results=CIFAR_TAU2_PIPELINE),
     "cifar-airbench-tau2-1000": functools.partial(cifar_gain_block,
@@ -896,8 +898,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
                                                    results=CIFAR_HOUR_PIPELINE),
     "cifar-airbench-hour-stages": functools.partial(
         stage_comparison_block, results=CIFAR_HOUR_PIPELINE, baseline=CIFAR_TAU2_PIPELINE,
-        baseline_resumed_from=(CIFAR_JUMP1000_PIPELINE, CIFAR_JUMP_PIPELINE,
-                               CIFAR_WIDE_PIPELINE, CIFAR_GAIN_AMX_PIPELINE)),
+        baseline_resumed_from=CIFAR_TAU2_RESUMED_FROM),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
