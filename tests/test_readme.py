@@ -78,6 +78,7 @@ def test_a_missing_or_doubled_block_is_named():
                            "cifar-airbench-tau2", "cifar-airbench-tau2-gains",
                            "cifar-airbench-tau2-1000", "cifar-airbench-hour",
                            "cifar-airbench-hour-gains", "cifar-airbench-hour-stages",
+                           "cifar-airbench-hour-rerun-stages", "cifar-airbench-sessions",
                            "bench", "vibi-variants-judged", "counterfactual-sweep",
                            "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
                            "counterfactual-measures-sweep", "counterfactual-measures-fashion",
@@ -317,6 +318,40 @@ def test_the_repeated_bench_block_follows_each_run_and_refuses_two_hosts(tmp_pat
     path.write_text(json.dumps(run))
     with pytest.raises(ValueError, match="more than one host"):
         BLOCKS["bench-fp32-repeats"](tmp_path)
+
+
+def test_a_rerun_comparison_names_each_metric_that_moved(tmp_path):
+    """The same setting run twice: the block says every metric is equal, and names the one a
+    change moved (with no params changed, it says so)."""
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
+    block = BLOCKS["cifar-airbench-hour-rerun-stages"]
+    path = tmp_path / "experiments" / "cifar_airbench_hour_rerun_pipeline.json"
+    run = json.loads(path.read_text())
+    base = json.loads((tmp_path / "experiments" / "cifar_airbench_hour_pipeline.json").read_text())
+    run["metrics"], run["params"] = base["metrics"], base["params"]
+    path.write_text(json.dumps(run))
+    same = block(tmp_path)
+    assert "Params that differ: none." in same and "exactly equal." in same
+    assert "differing" not in same
+    run["metrics"]["blackbox"]["test_accuracy"] = 0.5
+    path.write_text(json.dumps(run))
+    assert "; differing: `blackbox.test_accuracy`." in block(tmp_path)
+
+
+def test_the_bench_sessions_block_follows_each_run(tmp_path):
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
+    path = tmp_path / "experiments" / "bench_cifar_airbench_hour_session_2.json"
+    run = json.loads(path.read_text())
+    run["ceiling_gflops"]["bf16"] = 1234.4
+    run["cases"][0]["images_per_second"] = 98765.4
+    path.write_text(json.dumps(run))
+    changed = BLOCKS["cifar-airbench-sessions"](tmp_path)
+    assert "| 1234 |" in changed and "| 98765 |" in changed
+    assert "| 98765 |" not in BLOCKS["cifar-airbench-sessions"](ROOT)
+    run["host"]["cpu"] = "another CPU"
+    path.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="more than one host"):
+        BLOCKS["cifar-airbench-sessions"](tmp_path)
 
 
 def _git(cwd: Path, *args: str) -> None:

@@ -64,6 +64,14 @@ CIFAR_JUMP_PIPELINE = "experiments/cifar_airbench_jump_pipeline.json"
 CIFAR_TAU2_PIPELINE = "experiments/cifar_airbench_tau2_pipeline.json"
 CIFAR_TAU2_1000_PIPELINE = "experiments/cifar_airbench_tau2_1000_pipeline.json"
 CIFAR_HOUR_PIPELINE = "experiments/cifar_airbench_hour_pipeline.json"
+CIFAR_HOUR_RERUN_PIPELINE = "experiments/cifar_airbench_hour_rerun_pipeline.json"
+CIFAR_AIRBENCH_SESSIONS = {
+    "the reference, in the session of the gain setting's AMX run":
+        "experiments/bench_cifar_airbench.json",
+    "after the hour run": "experiments/bench_cifar_airbench_hour_session_1.json",
+    "after the hour run, again": "experiments/bench_cifar_airbench_hour_session_2.json",
+    "before the hour re-run": "experiments/bench_cifar_airbench_hour_rerun_session.json",
+    "after the hour re-run": "experiments/bench_cifar_airbench_hour_rerun_session_after.json"}
 CIFAR_JUMP1000_PIPELINE = "experiments/cifar_airbench_jump1000_pipeline.json"
 #: The runs the tau2 run resumed, newest first (`_stage_seconds` composes its seconds from them).
 CIFAR_TAU2_RESUMED_FROM = (CIFAR_JUMP1000_PIPELINE, CIFAR_JUMP_PIPELINE, CIFAR_WIDE_PIPELINE,
@@ -279,10 +287,12 @@ def _stage_seconds(root: Path, run: dict, resumed_from: tuple[str, ...] = ()
 
 
 def stage_comparison_block(root: Path, results: str, baseline: str,
-                           baseline_resumed_from: tuple[str, ...] = ()) -> str:
+                           baseline_resumed_from: tuple[str, ...] = (),
+                           metrics: bool = False) -> str:
     """Two runs' seconds stage by stage (`baseline` composed as `_stage_seconds` does), the ratio
     of each stage and of the totals, and the params in which the runs differ: what a setting's
-    change saved and what the host's speed moved, side by side."""
+    change saved and what the host's speed moved, side by side. With `metrics`, also which of
+    the runs' metrics differ (a re-run of one setting: does it rebuild every number?)."""
     run, base = _json(root, results), _json(root, baseline)
     seconds, _ = _stage_seconds(root, run)
     before, _ = _stage_seconds(root, base, baseline_resumed_from)
@@ -295,10 +305,22 @@ def stage_comparison_block(root: Path, results: str, baseline: str,
     total, total_before = sum(seconds.values()), sum(before.values())
     lines += [f"| all (minutes) | {total_before / 60:.1f} | {total / 60:.1f} | "
               f"{total / total_before:.2f} |", "",
-              "Params that differ: " + ", ".join(
+              "Params that differ: " + (", ".join(
                   f"`{key}` {_shown(flat_base, key)} -> {_shown(flat_run, key)}"
-                  for key in changed) + "."]
+                  for key in changed) or "none") + "."]
+    if metrics:
+        lines += ["", _metrics_compared(run["metrics"], base["metrics"])]
     return "\n".join(lines)
+
+
+def _metrics_compared(run: dict, base: dict) -> str:
+    """One sentence: how many metric values two runs share exactly, and the keys of the others."""
+    flat_run, flat_base = flatten(run), flatten(base)
+    keys = flat_run.keys() | flat_base.keys()
+    differ = sorted(key for key in keys if flat_run.get(key) != flat_base.get(key))
+    return (f"Metrics compared: {len(keys)} values in `metrics/*.json`, "
+            f"{len(keys) - len(differ)} exactly equal"
+            + (f"; differing: {', '.join(f'`{key}`' for key in differ)}." if differ else "."))
 
 
 def _shown(params: dict[str, object], key: str) -> str:
@@ -595,6 +617,27 @@ def bench_fp32_repeats_block(root: Path) -> str:
         lines.append(f"| {case['name']} | {case['batch']} | "
                      f"{' / '.join(percent(c['share_of_ceiling']) for c in cases)} | "
                      f"{' / '.join(percent(c.get('gemm_share_of_ceiling')) for c in cases)} |")
+    return "\n".join(lines)
+
+
+def bench_sessions_block(root: Path, runs: dict[str, str]) -> str:
+    """One bench command's runs on one kind of host in several sessions (`runs`: what each was,
+    its file): the matmul ceilings and each case's images per second, so a pipeline's seconds
+    can be read beside the speed its session's host had."""
+    benches = {title: _json(root, path) for title, path in runs.items()}
+    hosts = {_host(run["host"]) for run in benches.values()}
+    if len(hosts) != 1:
+        raise ValueError(f"{', '.join(runs.values())} come from more than one host: {hosts}")
+    cases = [c["name"] for c in next(iter(benches.values()))["cases"]]
+    lines = [f"{hosts.pop()}:", "",
+             "| run | bf16 ceiling GFLOP/s | fp32 ceiling GFLOP/s | "
+             + " | ".join(f"{name}, img/s" for name in cases) + " |",
+             "|---|---|---|" + "---|" * len(cases)]
+    for title, run in benches.items():
+        speed = {c["name"]: c["images_per_second"] for c in run["cases"]}
+        lines.append(f"| {title} (`{runs[title]}`) | {run['ceiling_gflops']['bf16']:.0f} | "
+                     f"{run['ceiling_gflops']['fp32']:.0f} | "
+                     + " | ".join(f"{speed[name]:.0f}" for name in cases) + " |")
     return "\n".join(lines)
 
 
@@ -899,6 +942,11 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar-airbench-hour-stages": functools.partial(
         stage_comparison_block, results=CIFAR_HOUR_PIPELINE, baseline=CIFAR_TAU2_PIPELINE,
         baseline_resumed_from=CIFAR_TAU2_RESUMED_FROM),
+    "cifar-airbench-hour-rerun-stages": functools.partial(
+        stage_comparison_block, results=CIFAR_HOUR_RERUN_PIPELINE, baseline=CIFAR_HOUR_PIPELINE,
+        metrics=True),
+    "cifar-airbench-sessions": functools.partial(bench_sessions_block,
+                                                 runs=CIFAR_AIRBENCH_SESSIONS),
     "cifar-probes": cifar_probes_block,
     "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
     "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
