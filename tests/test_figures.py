@@ -118,3 +118,31 @@ def test_cost_figure_labels_of_close_points_do_not_cover_each_other():
     lone = fig.axes[0].texts[[t.get_text() for t in fig.axes[0].texts].index("random")]
     assert lone.xyann == (5, 4)
     assert fig.axes[0].get_legend() is None  # the names are on the points; nothing covers them
+
+
+def test_vibi_grid_titles_do_not_overlap_with_cifar_class_names():
+    """The longest CIFAR-10 class names in every title of a full row: no title runs into its
+    neighbour's or off the figure, and the legend covers no panel (the grid is read by its
+    titles and images)."""
+    from xai.viz.render import VibiPanel, vibi_grid
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+    g = torch.Generator().manual_seed(0)
+    panels = [VibiPanel(torch.rand(3, 32, 32, generator=g), torch.rand(1, 32, 32, generator=g),
+                        torch.rand(1, 32, 32, generator=g) > 0.9, 1, label=1, blackbox=1,
+                        approximator=1, js=0.1, blackbox_on_kept=on_kept)
+              for on_kept in (1, 1, 0, 1, 1, 1)]
+    fig = vibi_grid(panels, classes, k=64, beta=0.001, columns=3)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes
+              if ax.get_visible() and ax.get_title()]
+    assert len(titles) == 3 * len(panels)
+    overlaps = [(a, b) for i, a in enumerate(titles) for b in titles[i + 1:] if a.overlaps(b)]
+    assert not overlaps
+    width = fig.bbox.width
+    assert all(0 <= t.x0 and t.x1 <= width for t in titles)  # none cut by the figure's edge
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert not [ax for ax in fig.axes if ax.get_visible()
+                and ax.get_window_extent(renderer).overlaps(legend)]  # the legend hides no image

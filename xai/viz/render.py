@@ -175,7 +175,7 @@ def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta:
     with 1 - JS(black box, approximator), i.e. with how well the kept chunks carry its decision.
     """
     rows = -(-len(panels) // columns)
-    fig, axes = new_figure(3.3 * columns, 1.35 * rows + 0.6, rows=rows, cols=3 * columns)
+    fig, axes = new_figure(3.8 * columns, 1.35 * rows + 0.6, rows=rows, cols=3 * columns)
     heat = None
     for i, p in enumerate(panels):
         r, c0 = divmod(i, columns)
@@ -208,7 +208,7 @@ def vibi_grid(panels: Sequence[VibiPanel], classes: Sequence[str], k: int, beta:
     legend = [mpatches.Patch(color=RIGHT, label="black box right"),
               mpatches.Patch(color=WRONG, label="black box wrong"),
               mpatches.Patch(color="grey", alpha=0.4, label="faint frame: the predictor on the kept chunks disagrees")]
-    fig.legend(handles=legend, loc="lower center", ncols=3, fontsize=7)
+    fig.legend(handles=legend, loc="outside lower center", ncols=3, fontsize=7)
     fig.suptitle(f"VIBI explanations (k = {k}, beta = {beta:g})")
     return fig
 
