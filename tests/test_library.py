@@ -68,6 +68,31 @@ def test_evaluate_measures_any_methods_on_any_model():
     assert again.table == report.table
 
 
+def test_a_stochastic_methods_numbers_depend_on_the_seed_alone():
+    """SmoothGrad's and GradientShap's noise comes from the global generators: each method's
+    measures are the same whatever methods ran before it and however many images their
+    robustness checks drew, and leave the generators as they found them."""
+    model = HalfBrightness().eval()
+    x = to_unit(separable(32).x)
+
+    def stochastic():
+        return {"smoothgrad": xai.SmoothGrad(model, samples=4, std=0.3),
+                "gradient_shap": xai.GradientShap(model, baselines=x[:8], samples=4)}
+
+    alone = xai.evaluate(stochastic(), model, x, **SMALL).table["methods"]
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    after_others = xai.evaluate({"saliency": xai.GradientSaliency(model),
+                                 "random": xai.RandomChunks(model, 4, seed=0), **stochastic()},
+                                model, x, **(SMALL | {"robustness_images": 5})).table["methods"]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    robustness = ("infidelity", "max_sensitivity", "randomization")
+    for name in stochastic():
+        kept = {k: v for k, v in alone[name].items() if not k.startswith(robustness)}
+        assert kept == {k: v for k, v in after_others[name].items()
+                        if not k.startswith(robustness)}
+
+
 def test_evaluate_without_robustness_images_skips_robustness_and_sanity():
     model = HalfBrightness().eval()
     x = to_unit(separable(16).x)

@@ -162,14 +162,13 @@ def _robustness(entry: Explained, scores: torch.Tensor, x: torch.Tensor,
         noise = torch.randn_like(inputs) * s.noise_std
         return noise, inputs - noise
 
-    torch.manual_seed(s.seed)
-    with torch.no_grad():
+    with _global_generators_at(s.seed), torch.no_grad():
         infid = infidelity(entry.model, perturb, x, spread(unit, shape, s.chunk),
                            target=target, n_perturb_samples=s.perturbations, normalize=True)
-    torch.manual_seed(s.seed)
-    sens = sensitivity_max(_unit_chunk_scores(entry.method, s.chunk), x,
-                           perturb_radius=s.sensitivity_radius,
-                           n_perturb_samples=s.perturbations, target=target)
+    with _global_generators_at(s.seed):
+        sens = sensitivity_max(_unit_chunk_scores(entry.method, s.chunk), x,
+                               perturb_radius=s.sensitivity_radius,
+                               n_perturb_samples=s.perturbations, target=target)
     return {"infidelity": infid.float(), "max_sensitivity": sens.float()}
 
 
@@ -187,9 +186,8 @@ def _scores_with(entry: Explained, model: nn.Module, x: torch.Tensor, target: to
     seeded = {"seed": seed} if any(f.name == "seed" for f in dataclasses.fields(entry.method)) \
         else {}
     method = dataclasses.replace(entry.method, model=model, **seeded)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    return chunk_scores(_batched(method.attribute, x, target, s.batch_size), s.chunk)
+    with _global_generators_at(seed):
+        return chunk_scores(_batched(method.attribute, x, target, s.batch_size), s.chunk)
 
 
 @contextlib.contextmanager
@@ -204,6 +202,17 @@ def _global_generators_kept() -> Iterator[None]:
         np.random.set_state(numpy_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
+
+
+@contextlib.contextmanager
+def _global_generators_at(seed: int) -> Iterator[None]:
+    """torch's and numpy's global generators seeded with `seed` inside, as they were after: what a
+    method draws from them (SmoothGrad's, GradientShap's noise) depends on `seed` alone, not on
+    what the methods and measures before it drew."""
+    with _global_generators_kept():
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        yield
 
 
 def _sanity(entry: Explained, x: torch.Tensor, target: torch.Tensor, s: MeasureConfig
@@ -299,7 +308,7 @@ def evaluate_method(entry: Explained, x: torch.Tensor, pred: torch.Tensor,
     the encoding measure's comparison shows each image under its partner's selection."""
     clock = _PhaseClock()
     model = entry.model
-    with _counting(entry) as seen:
+    with _counting(entry) as seen, _global_generators_at(s.seed):
         scores = chunk_scores(_batched(entry.method.attribute, x, pred, s.batch_size).float(),
                               s.chunk)
     clock.lap("attribute")
