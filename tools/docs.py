@@ -577,6 +577,15 @@ def _host(host: dict) -> str:
     return f"{host['cpu']}, {host['cores']} cores ({flags})"
 
 
+def _one_host(runs: list[dict], names: list[str]) -> str:
+    """The host that ran every one of `runs` (files `names`), as `_host` names it; runs from
+    several kinds of host cannot be read as one host's spread."""
+    hosts = {_host(run["host"]) for run in runs}
+    if len(hosts) != 1:
+        raise ValueError(f"{', '.join(names)} come from more than one host: {hosts}")
+    return hosts.pop()
+
+
 def bench_fp32_block(root: Path) -> str:
     """The bench with `XAI_CPU_BF16=0` before and after a change (`BENCH_FP32`): each case's share
     of the fp32 ceiling, with the host's instruction sets."""
@@ -602,11 +611,8 @@ def bench_fp32_repeats_block(root: Path) -> str:
     """`BENCH_FP32_REPEATS`: each case's share of the fp32 ceiling and its GEMMs' share, run by
     run, so the spread between runs on one host is read beside the shares."""
     runs = [_json(root, path) for path in BENCH_FP32_REPEATS]
-    hosts = {_host(run["host"]) for run in runs}
-    if len(hosts) != 1:
-        raise ValueError(f"{', '.join(BENCH_FP32_REPEATS)} come from more than one host: {hosts}")
     ceilings = " / ".join(f"{run['ceiling_gflops']['fp32']:.0f}" for run in runs)
-    lines = [f"{hosts.pop()}, {runs[0]['threads']} threads; fp32 matmul ceiling {ceilings} "
+    lines = [f"{_one_host(runs, BENCH_FP32_REPEATS)}, {runs[0]['threads']} threads; fp32 matmul ceiling {ceilings} "
              f"GFLOP/s in runs {' / '.join(str(i) for i in range(1, len(runs) + 1))}:", "",
              "| case | batch | of ceiling, run by run | its GEMMs alone, run by run |",
              "|---|---|---|---|"]
@@ -625,11 +631,8 @@ def bench_sessions_block(root: Path, runs: dict[str, str]) -> str:
     its file): the matmul ceilings and each case's images per second, so a pipeline's seconds
     can be read beside the speed its session's host had."""
     benches = {title: _json(root, path) for title, path in runs.items()}
-    hosts = {_host(run["host"]) for run in benches.values()}
-    if len(hosts) != 1:
-        raise ValueError(f"{', '.join(runs.values())} come from more than one host: {hosts}")
     cases = [c["name"] for c in next(iter(benches.values()))["cases"]]
-    lines = [f"{hosts.pop()}:", "",
+    lines = [f"{_one_host(list(benches.values()), list(runs.values()))}:", "",
              "| run | bf16 ceiling GFLOP/s | fp32 ceiling GFLOP/s | "
              + " | ".join(f"{name}, img/s" for name in cases) + " |",
              "|---|---|---|" + "---|" * len(cases)]

@@ -224,13 +224,12 @@ def _sanity(entry: Explained, x: torch.Tensor, target: torch.Tensor, s: MeasureC
     method that cannot be rebuilt on another model."""
     if not _rebuildable(entry.method):
         return {}
-    with _global_generators_kept():
-        base = _scores_with(entry, entry.model, x, target, s, s.seed)
-        again = _scores_with(entry, entry.model, x, target, s, s.seed + 1)
-        out = {"randomization_floor": spearman(base, again).float()}
-        for key, top in (("randomization_spearman_top", 1), ("randomization_spearman_all", None)):
-            other = randomised(entry.model, top, s.seed)
-            out[key] = spearman(base, _scores_with(entry, other, x, target, s, s.seed)).float()
+    base = _scores_with(entry, entry.model, x, target, s, s.seed)
+    again = _scores_with(entry, entry.model, x, target, s, s.seed + 1)
+    out = {"randomization_floor": spearman(base, again).float()}
+    for key, top in (("randomization_spearman_top", 1), ("randomization_spearman_all", None)):
+        other = randomised(entry.model, top, s.seed)
+        out[key] = spearman(base, _scores_with(entry, other, x, target, s, s.seed)).float()
     return out
 
 
