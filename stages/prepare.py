@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     check_writable(args.out)
     with tracking.stage_run(cfg, "prepare", flatten(cfg.data, "data")) as run:
         ds = load_images(cfg.data, resolve_input(cfg.data.root))
+        cfg.check_recipe(ds.input_shape)  # a folder's images: their shape is known only now
         save_dataset(ds, args.out)
         sizes = {f"{s}_size": len(getattr(ds, s)) for s in ("train", "val", "test")}
         run.log_metrics({**sizes, "num_classes": ds.num_classes})

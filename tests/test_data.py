@@ -45,6 +45,19 @@ def test_split_seed_changes_the_split_only(idx_root, params, tmp_path):
     assert torch.equal(a.test.x, b.test.x)
 
 
+def test_subsets_are_seeded_ordered_and_off_by_default(idx_root, params):
+    full = load_images(load_config(params({"data.root": str(idx_root)})).data, idx_root)
+    cfg = load_config(params({"data.root": str(idx_root), "data.train_images": 20,
+                              "data.test_images": 7})).data
+    part, again = load_images(cfg, idx_root), load_images(cfg, idx_root)
+    assert (len(part.train) + len(part.val), len(part.test)) == (20, 7)
+    assert torch.equal(part.test.x, again.test.x) and torch.equal(part.val.x, again.val.x)
+    rows = {bytes(x.numpy()): i for i, x in enumerate(full.test.x)}
+    kept = [rows[bytes(x.numpy())] for x in part.test.x]  # the test images, in their own order
+    assert kept == sorted(kept) and len(set(kept)) == 7
+    assert not any(torch.equal(part.test.x[:7], full.test.x[i:i + 7]) for i in range(14))
+
+
 def test_folder_archive_dir_and_zip_agree(tmp_path):
     files = image_tree()
     tree = tmp_path / "dir"

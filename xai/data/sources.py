@@ -47,6 +47,8 @@ class DataConfig:
     val_fraction: float = bounded(0.1, gt=0, lt=1)
     split_seed: int = bounded(0, ge=0, le=SEED_MAX)
     image_size: int | tuple[int, ...] | None = bounded(None, ge=2, le=4096)
+    train_images: int | None = bounded(None, ge=2)  # a seeded random subset of the training images
+    test_images: int | None = bounded(None, ge=1)  # ... and of the test images (None: all)
 
     def __post_init__(self) -> None:
         if self.dataset == "folder" and not self.folder:
@@ -98,11 +100,23 @@ def load_images(cfg: DataConfig, root: Path) -> Dataset:
         name = _archive_stem(folder)
     else:
         raw, name = read_torchvision(cfg.dataset, root, cfg.download), cfg.dataset
+    train_x, train_y = _subset(raw.train_x, raw.train_y, cfg.train_images, cfg.split_seed)
+    test_x, test_y = _subset(raw.test_x, raw.test_y, cfg.test_images, cfg.split_seed + 1)
     try:
-        train, val = train_val_split(raw.train_x, raw.train_y, cfg.val_fraction, cfg.split_seed)
+        train, val = train_val_split(train_x, train_y, cfg.val_fraction, cfg.split_seed)
     except DataError as exc:
         raise DataError(str(exc), owner=DataConfig, fields=exc.fields) from None
-    return Dataset(name, raw.classes, train, val, Split(raw.test_x, raw.test_y))
+    return Dataset(name, raw.classes, train, val, Split(test_x, test_y))
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random `n` of the images, in their original order (all of them for None or an
+    `n` at least their number)."""
+    if n is None or n >= len(y):
+        return x, y
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[keep], y[keep]
 
 
 def raw_files(cfg: DataConfig, root: Path) -> dict[str, Path]:

@@ -136,6 +136,33 @@ class RenderConfig:
     counterfactual_target: int | None = bounded(ge=0)
 
 
+@dataclass(frozen=True)
+class PresetConfig:
+    """What params.yaml was composed from (`conf/data/`, `conf/recipe/`): names for the runs
+    table and the messages, and the image shapes whose mismatch refuses a recipe for the data."""
+
+    data: str | None
+    images: tuple[int, ...] | None = bounded(None, ge=1)  # a folder's C, H, W; None: once read
+    recipe: str | None = None
+    recipe_images: tuple[int, ...] | None = bounded(None, ge=1)  # what the recipe is made for
+
+    def __post_init__(self) -> None:
+        for key in ("images", "recipe_images"):
+            shape = getattr(self, key)
+            if shape is not None and len(shape) != 3:
+                raise ConfigError(f"preset.{key} = {list(shape)} is not allowed; use null or "
+                                  "[channels, height, width]")
+
+    def names(self) -> str:
+        """The composition as `dvc exp run -S` names it (empty for a hand-made params.yaml)."""
+        return " ".join(f"{group}={name}" for group, name in
+                        (("data", self.data), ("recipe", self.recipe)) if name)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape))
+
+
 #: The params.yaml keys of the explainer-chunk checks' settings (`check_fits`, `evaluation_budgets`).
 CHUNK_KEYS = {"k": "vibi.k", "xpl_channels": "vibi.xpl_channels", "budgets": "evaluate.budgets"}
 
@@ -150,6 +177,7 @@ IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (
 class Config:
     """All of params.yaml."""
 
+    preset: PresetConfig
     seed: int = bounded(ge=0, le=SEED_MAX)
     device: str
     road_noise_std: float = bounded(ge=0)
@@ -170,17 +198,35 @@ class Config:
                 f"device = {self.device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
             )
         shape = IMAGE_SHAPES.get(self.data.dataset)
-        if shape is not None:
+        if shape is None and self.preset.images is not None:  # a folder whose preset knows them
+            shape = tuple(self.preset.images)
+        if shape is not None:  # else `prepare` checks the recipe and training the chunks
+            self.check_recipe(shape)
             self._check_chunks(shape)
 
-    def _check_chunks(self, shape: tuple[int, int, int]) -> None:
+    def check_recipe(self, shape: tuple[int, ...]) -> None:
+        """Refuse a recipe made for images other than `shape`'s, naming the recipe and the data;
+        for a folder of images, `prepare` runs this once it has read them."""
+        made_for = self.preset.recipe_images
+        if made_for is not None and tuple(made_for) != tuple(shape):
+            p = self.preset
+            data = (f"data={p.data} " if p.data else "") + f"(data.dataset = {self.data.dataset})"
+            raise ConfigError(
+                f"recipe={p.recipe} is made for {_shape(made_for)} images and {data} has "
+                f"{_shape(shape)} images: choose a recipe for these images (one whose "
+                "preset.recipe_images is null runs on any) or other data")
+
+    def _check_chunks(self, shape: tuple[int, ...]) -> None:
         """`vibi.k` and `evaluate.budgets` against the explainer's chunks of these images."""
         v = self.vibi
         try:
             chunks = check_fits(v.explainer_type, v.xpl_channels, v.k, shape, self.data.dataset)
             evaluation_budgets(self.evaluate.budgets, v.k, chunks // v.xpl_channels)
         except ConfigError as exc:
-            raise exc.qualified("", CHUNK_KEYS) from None
+            refused = exc.qualified("", CHUNK_KEYS)
+            if self.preset.names():
+                refused = ConfigError(f"{refused} (composed from {self.preset.names()})")
+            raise refused from None
 
 
 # ----------------------------------------------------------------------------- building

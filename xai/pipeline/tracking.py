@@ -55,7 +55,10 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 VIEW_KEY = "xai-pipelines"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 #: Params shown in the view even when every pipeline has the same value.
-VIEW_PARAMS = ("data.dataset", "blackbox.source", "vibi.k", "vibi.beta")
+VIEW_PARAMS = ("preset.data", "preset.recipe", "data.dataset", "blackbox.source", "vibi.k",
+               "vibi.beta")
+#: Tags naming the presets a pipeline's params.yaml was composed from (`conf/`), by param.
+PRESET_TAGS = {"xai.data": "preset.data", "xai.recipe": "preset.recipe"}
 #: Headline metrics of the parent runs shown in the view; {k} is the pipeline's vibi.k.
 VIEW_METRICS = ("train_blackbox.test_accuracy", "train_l2x.posthoc_accuracy",
                 "train_vibi.posthoc_accuracy", "evaluate.vibi.fidelity_k{k}",
@@ -394,6 +397,8 @@ def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any],
         exp_id = experiment_id(client, cfg)
         pipeline = pipeline_id()
         tags = run_tags(stage, pipeline)
+        tags.update({tag: str(pipeline_params[key]) for tag, key in PRESET_TAGS.items()
+                     if (pipeline_params or {}).get(key) is not None})
         parent = _parent_run(client, exp_id, pipeline, tags, pipeline_params or {})
         tags["mlflow.parentRunId"] = parent
         run = Run(client, client.create_run(exp_id, tags=tags, run_name=stage).info.run_id,
