@@ -4,10 +4,10 @@
         -S data.root=../shared/datasets > experiments/cifar10_cpu_epyc_pipeline.json
     python experiments/pipeline_timing.py -S recipe=quick -S data.root=../shared/datasets
 
-Clones this repository's HEAD beside it (so a relative `data.root` such as `../shared/datasets`
-names the same folder in the clone), runs `dvc exp run` there with the given overrides (presets
-and keys, as `dvc exp run -S` takes them; checked first with the pipeline's own config checker,
-so a typo or a recipe that does not fit the data fails before the clone), and prints one JSON
+Clones this repository's HEAD beside it, runs `dvc exp run` there with the given overrides
+(presets and keys, as `dvc exp run -S` takes them, a relative `data.root` made relative to the
+clone; checked first with the pipeline's own config checker, so a typo or a recipe that does not
+fit the data fails before the clone), and prints one JSON
 object: the overrides, the commit, the composed params.yaml, the host, each stage's wall seconds
 (from the moment DVC starts it to the next stage's start, so DVC's own work between stages is
 counted), the total, the experiment's name as `dvc exp show` lists it, and every stage's
@@ -50,6 +50,14 @@ def stage_seconds(lines: list[tuple[float, str]], end: float) -> dict[str, float
     return {name: round(stop - start, 1) for (start, name), stop in zip(starts, ends)}
 
 
+def rooted(overrides: list[str], work: Path) -> list[str]:
+    """`overrides` with a relative `data.root` made relative to the clone `work` instead of this
+    repository, so that it names the same folder wherever the clone is."""
+    return [f"data.root={os.path.relpath(ROOT / o.partition('=')[2], work)}"
+            if o.startswith("data.root=") and not Path(o.partition("=")[2]).is_absolute() else o
+            for o in overrides]
+
+
 def listed_experiment(work: Path, env: dict[str, str]) -> str:
     """The name `dvc exp show` lists for the workspace's newest experiment; ConfigError if none."""
     shown = json.loads(subprocess.run(
@@ -87,7 +95,7 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, check=True,
                                 capture_output=True, text=True).stdout.strip()
         command = [sys.executable, "-m", "dvc", "exp", "run",
-                   *[f"-S{override}" for override in args.overrides],
+                   *[f"-S{override}" for override in rooted(args.overrides, work)],
                    *([args.until] if args.until else [])]
         lines: list[tuple[float, str]] = []
         start = time.perf_counter()
