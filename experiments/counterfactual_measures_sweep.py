@@ -39,7 +39,7 @@ from xai.data.prepared import Split, load_dataset
 from xai.devices import select_device
 from xai.evaluation.counterfactual_measures import make_crossings, measure_crossings
 from xai.evaluation.counterfactuals import guide_for
-from xai.evaluation.uncertainty import resample_indices
+from xai.evaluation.uncertainty import Interval, resample_indices
 from xai.models.blackbox import load_blackbox
 from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.models.measurement import load_measurement_models
@@ -105,6 +105,25 @@ def main(argv: list[str] | None = None) -> None:
             line["real_im1"] = m["cf_real_im1"]
             line["unchanged_im1"] = m["cf_unchanged_im1"]
             print(json.dumps(line), flush=True)
+
+
+def markdown(runs: list[dict]) -> str:
+    """`runs` (this script's JSON lines) as the docs' table: the literature's measures by
+    direction and margin on validation images, the `chosen` run marked."""
+    pick = chosen(runs)
+    lines = [("| direction | neighbours | margin | normalised IM1 | oracle validity | "
+              "black-box validity | pixels out of range | L1 | "
+              "FID (vs real target-class images) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        name = f"**{r['direction']} (chosen)**" if r is pick else r["direction"]
+        lines.append(f"| {name} | {r.get('neighbours', '')} | {r['margin']:g} | "
+                     f"{Interval(*r['im1_normalised']).text('.2f')} | "
+                     f"{Interval(*r['oracle_validity']).text()} | "
+                     f"{Interval(*r['blackbox_validity']).text()} | "
+                     f"{Interval(*r['out_of_range']).text('.4f')} | "
+                     f"{Interval(*r['l1']).text('.1f')} | {Interval(*r['fid_real']).text('.1f')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

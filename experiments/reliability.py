@@ -53,5 +53,14 @@ def main() -> None:
     print(f"{results['cases']} cases, {results['failures']} failures, {seconds:.0f} s")
 
 
+def markdown(results: dict) -> str:
+    """`results` (this script's output) as the docs' table: the cases each test tried."""
+    lines = ["| test | cases tried | failures |", "|---|---|---|"]
+    lines += [f"| `{t['file']}::{t['test']}` | {t['cases']} | {t['failures']} |"
+              for t in results["tests"]]
+    lines.append(f"| all | {results['cases']} | {results['failures']} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

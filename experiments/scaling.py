@@ -33,7 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 from xai.devices import select_device
 from xai.io import save_json
-from xai.pipeline.bench import CASES, PeakMemory, host, matmul_ceiling, run_case
+from xai.pipeline.bench import (
+    CASES,
+    PeakMemory,
+    host,
+    host_label,
+    matmul_ceiling,
+    run_case,
+)
 from xai.pipeline.config import load_config
 
 BATCH_KEYS = ("blackbox.batch_size", "vibi.batch_size", "invertible.image.batch_size",
@@ -137,6 +144,37 @@ def main() -> None:
     results = {"host": host(), "threads": torch.get_num_threads(), "ceiling_gflops": ceilings,
                "axes": axes, "exponents": growth}
     save_json(results, args.out)
+
+
+def markdown(results: dict) -> str:
+    """`results` (this script's output) as the docs' table: seconds per step of every main step
+    at the defaults, and the exponents of its time and of its FLOPs as the images per step, the
+    pixels per image and VIBI's k grow; a time exponent above 1.1 is marked super-linear."""
+    axes, growth = results["axes"], results["exponents"]
+    sides = sorted(axes["size"], key=int)  # the file's keys are sorted as text
+    lines = [f"{host_label(results['host'])}, {results['threads']} threads. Seconds per step at "
+             "the defaults; cost ~ x^e for x = images per step (x1, x2, x4), pixels per image "
+             f"({', '.join(f'{s}x{s}' for s in sides)}) and k "
+             f"({', '.join(sorted(axes['k'], key=int))}), "
+             "each cell the exponent of the time / of the FLOPs (- where the step has none "
+             f"counted); peak memory one step adds at {sides[0]} and {sides[-1]} px.", "",
+             "| step | seconds/step | e (images) | e (pixels) | e (k) | memory MB |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(fit: dict[str, float] | None) -> str:
+        if not fit:
+            return ""
+        time = f"**{fit['seconds']:.2f}**" if fit["seconds"] > 1.1 else f"{fit['seconds']:.2f}"
+        flops = f"{fit['gflop']:.2f}" if "gflop" in fit else "-"
+        return f"{time} / {flops}"
+
+    base = axes["images"]["1"]
+    for name, e in growth.items():
+        memory = [axes["size"][s][name]["peak_memory_mb"] for s in (sides[0], sides[-1])]
+        lines.append(f"| {name} | {base[name]['seconds_per_step']:.3g} | {cell(e.get('images'))} "
+                     f"| {cell(e.get('size'))} | {cell(e.get('k'))} | "
+                     f"{memory[0]:.0f} -> {memory[1]:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -93,5 +93,20 @@ def main() -> None:
         write_bytes(args.out, (json.dumps(results, indent=1) + "\n").encode())  # atomically
 
 
+def markdown(results: dict) -> str:
+    """`results` (this script's output) as the docs' table: the evaluate stage's seconds alone
+    and beside a busy 2-thread torch job, per code version."""
+    lines = [f"{results['host']['cpu']}, {results['host']['cores']} cores; seconds the stage "
+             "reports (`evaluate_seconds`):", "",
+             "| code | alone | beside a busy 2-thread job | ratio |", "|---|---|---|---|"]
+    for label, runs in results["runs"].items():
+        alone, busy = (runs.get(c, {}).get("evaluate_seconds") for c in ("alone", "busy"))
+        ratio = f"{busy / alone:.2f}x" if alone and busy else "-"
+        env = " ".join(f"`{k}={v}`" for k, v in next(iter(runs.values()))["env"].items())
+        lines.append(f"| {label}{' ' + env if env else ''} | {alone or '-'} | {busy or '-'} | "
+                     f"{ratio} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -43,6 +43,7 @@ from xai.evaluation.table import (
     evaluate,
     headline_key,
 )
+from xai.evaluation.uncertainty import Interval
 from xai.explain.attribution import (
     ExplainerDistribution,
     GradientShap,
@@ -181,6 +182,77 @@ def main() -> None:
                                   blackbox, x, judge=judge, settings=how)
                 line |= measured(report, "vibi", measured_refs)
             print(json.dumps(line), flush=True)
+
+
+def by_variant(path: Path) -> dict[str, list[dict]]:
+    """The JSON lines of this script's results in `path`, grouped by variant in their order."""
+    grouped: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        if line:
+            run = json.loads(line)
+            grouped.setdefault(run["variant"], []).append(run)
+    return grouped
+
+
+def markdown(path: Path) -> str:
+    """The variants in `path` as the docs' table: one row per variant, the mean over its seeds
+    with the range when there are several."""
+    def cell(rows: list[dict], key: str) -> str:
+        values = [r[key] for r in rows]
+        mean = sum(values) / len(values)
+        return f"{mean:.3f}" if len(values) == 1 else \
+            f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    lines = ["| variant | changes from the base | seeds | post-hoc accuracy (black box) | own "
+             "approximator's agreement | class from mask position |", "|---|---|---|---|---|---|"]
+    for name, rows in by_variant(path).items():
+        changes = ", ".join(f"{k} {v}" for k, v in rows[0]["settings"].items())
+        seeds = ", ".join(str(r["seed"]) for r in rows)
+        lines.append(f"| {name} | {changes} | {seeds} | {cell(rows, 'posthoc_accuracy')} | "
+                     f"{cell(rows, 'approximator_fidelity')} | {cell(rows, 'class_from_mask')} |")
+    return "\n".join(lines)
+
+
+def judged_markdown(path: Path) -> str:
+    """Variants and reference methods measured as the evaluation measures (`--measure-images N
+    --references ...`) as the docs' table: one row per variant (mean over its seeds, with their
+    range) or reference, and VIBI minus the reference with the highest judge fidelity, paired
+    over images: the union of the seeds' 95 % intervals, and on how many seeds the interval
+    excludes 0 on either side."""
+    rows = by_variant(path)
+    refs = {name: rs[0] for name, rs in rows.items() if rs[0]["seed"] is None}
+    keys = list(next(iter(rows.values()))[0]["measures"])
+    fidelity = next(key for key in keys if key.startswith("fidelity_k"))
+    best = max(refs, key=lambda name: refs[name]["measures"][fidelity][0])
+
+    def cell(rs: list[dict], key: str) -> str:
+        values = [r["measures"][key] for r in rs]
+        if len(values) == 1:
+            return Interval(*values[0]).text()
+        means = [v[0] for v in values]
+        return f"{sum(means) / len(means):.3f} ({min(means):.3f}-{max(means):.3f})"
+
+    def difference(rs: list[dict]) -> str:
+        if best not in rs[0].get("minus", {}):
+            return "-"
+        d = [r["minus"][best][fidelity] for r in rs]
+        below, above = sum(v[2] < 0 for v in d), sum(v[1] > 0 for v in d)
+        return (f"{sum(v[0] for v in d) / len(d):+.3f} [{min(v[1] for v in d):+.3f}, "
+                f"{max(v[2] for v in d):+.3f}]; significantly below on {below}, above on "
+                f"{above} of {len(d)}")
+
+    lines = ["| variant | changes from the base | seeds | " + " | ".join(keys)
+             + f" | VIBI minus {best}, {fidelity} | own approximator's agreement |",
+             "|---|---|---|" + "---|" * (len(keys) + 2)]
+    for name, rs in rows.items():
+        changes = ", ".join(f"{k} {v}" for k, v in rs[0]["settings"].items()) or "(reference)"
+        seeds = ", ".join(str(r["seed"]) for r in rs if r["seed"] is not None) or "-"
+        own = [r["approximator_fidelity"] for r in rs if "approximator_fidelity" in r]
+        lines.append(f"| {name} | {changes} | {seeds} | "
+                     + " | ".join(cell(rs, key) for key in keys)
+                     + f" | {difference(rs)} | "
+                     + (f"{sum(own) / len(own):.3f}" if own else "-") + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

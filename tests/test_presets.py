@@ -133,7 +133,7 @@ def test_a_bad_override_is_refused_in_one_line_naming_it(override, message):
 def test_the_quick_recipe_keeps_subsets_of_the_data_and_changes_no_model():
     _, quick = compose(["recipe=quick"], ROOT)
     _, default = compose([], ROOT)
-    assert (quick.data.train_images, quick.data.test_images) == (3000, 500)
+    assert (quick.data.train_images, quick.data.test_images) == (2000, 300)
     assert (quick.blackbox.arch, quick.vibi.explainer_type, quick.vibi.k) == (
         default.blackbox.arch, default.vibi.explainer_type, default.vibi.k)
 
@@ -149,7 +149,7 @@ def test_presets_module_writes_nothing_when_it_refuses(tmp_path):
     assert re.search(r"^  recipe: cifar10_cpu$", out.read_text(), flags=re.M)
 
 
-def test_dvc_exp_run_composes_presets_and_refuses_a_misfit_before_any_work(project):
+def test_dvc_exp_run_composes_presets_and_refuses_a_misfit_before_any_work(project):  # noqa: F811
     """The real `dvc exp run -S`, with Hydra composition on as the project's .dvc/config has it:
     a refused pair stops in the first stage, before any data is read; a working pair with a
     key on top lands in params.yaml and is listed by `dvc exp show`."""
@@ -173,7 +173,18 @@ def test_dvc_exp_run_composes_presets_and_refuses_a_misfit_before_any_work(proje
          *on_tiny, "prepare"], project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert (params["preset"]["data"], params["preset"]["recipe"], params["vibi"]["beta"],
-            params["data"]["train_images"]) == ("folder", "quick", 0.5, 3000)
+            params["data"]["train_images"]) == ("folder", "quick", 0.5, 2000)
     assert (project / "data" / "prepared" / "images.pt").is_file()
     shown = json.loads(run([DVC, "exp", "show", "--json"], project))
     assert any(exp.get("name") for row in shown for exp in (row.get("experiments") or []))
+
+    run([DVC, "exp", "run", "--no-hydra", "-S", "vibi.beta=0.7", "prepare"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())  # set on top, not recomposed
+    assert (params["preset"]["recipe"], params["vibi"]["beta"]) == ("quick", 0.7)
+
+
+def test_the_presets_page_names_every_preset():
+    page = (ROOT / "docs" / "presets.md").read_text()
+    for group, names in PRESETS.items():
+        for name in names:
+            assert f"| `{group}` | `{name}`" in page, (group, name)

@@ -17,13 +17,28 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tools.docs import BLOCKS, SOURCES, drift, main, pages, placement, render, snapshot
+from tools.docs import (
+    BLOCKS,
+    CIFAR_RERUNS,
+    SOURCES,
+    drift,
+    main,
+    pages,
+    placement,
+    render,
+    snapshot,
+)
 
 README_MAX_LINES = 250
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _copy_sources(dest: Path, root: Path = ROOT) -> Path:
+    """The pages' sources as git holds them at HEAD, copied to `dest` (the workspace's outside a
+    git checkout): a `dvc repro` on another kind of host rewrites the workspace's metrics and
+    timings in their last digits, and the tests must read what the pages were made from."""
+    if snapshot(dest, "HEAD", root) == dest:
+        return dest
     for name in SOURCES:
         if (root / name).is_dir():
             shutil.copytree(root / name, dest / name)
@@ -70,212 +85,104 @@ def test_a_missing_or_doubled_block_is_named():
     with pytest.raises(ValueError, match="unknown block"):
         placement(dict(texts, **{"docs/extra.md": "<!-- results:typo -->\n<!-- /results:typo -->\n"}))
     assert set(BLOCKS) == {"stages", "evaluation-headline", "evaluation", "reliability",
-                           "vibi-variants", "cifar-variants", "cifar-cpu-variants", "cifar-cpu",
-                           "cifar-smooth-variants", "cifar-jump-variants", "cifar-tau2-seeds",
-                           "cifar-airbench-wide",
-                           "cifar-airbench-wide-gains", "cifar-airbench-jump",
-                           "cifar-airbench-jump-gains", "cifar-airbench-jump1000",
-                           "cifar-airbench-tau2", "cifar-airbench-tau2-gains",
-                           "cifar-airbench-tau2-1000", "cifar-airbench-hour",
-                           "cifar-airbench-hour-gains", "cifar-airbench-hour-stages",
-                           "cifar-airbench-hour-rerun-stages", "cifar-airbench-sessions",
-                           "bench", "vibi-variants-judged", "counterfactual-sweep",
-                           "evaluation-encoding", "evaluation-cost", "counterfactual-measures",
-                           "counterfactual-measures-sweep", "counterfactual-measures-fashion",
-                           "cifar-airbench", "scaling", "shared-cores", "hosts",
-                           "bench-fp32", "bench-fp32-repeats", "cifar-probes",
-                           "cifar-airbench-chunk2", "cifar-fidelity", "cifar-judge-budgets",
-                           "cifar-judge-lr", "cifar-vibi-published", "cifar-smooth",
-                           "cifar-airbench-smooth", "cifar-judge-epochs",
-                           "cifar-smooth-run", "cifar-airbench-mirror",
-                           "cifar-mirror-run", "cifar-airbench-gain",
-                           "cifar-airbench-gain1000", "cifar-airbench-gain-clean",
-                           "cifar-airbench-gain-amx", "cifar-airbench-gain-amx-gains",
-                           "cifar-airbench-gain1000-amx"}
+                           "vibi-variants", "bench", "vibi-variants-judged",
+                           "counterfactual-sweep", "evaluation-encoding", "evaluation-cost",
+                           "counterfactual-measures", "counterfactual-measures-sweep",
+                           "counterfactual-measures-fashion", "scaling", "shared-cores", "hosts",
+                           "bench-fp32", "bench-fp32-repeats", "cifar10-cost", "cifar10-run",
+                           "cifar10-gains", "cifar10-limits", "cifar10-variants"}
 
 
-def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):
+def _record(source: Path, name: str = "cifar10_cpu_pipeline.json") -> tuple[Path, dict]:
+    path = source / "experiments" / name
+    return path, json.loads(path.read_text())
+
+
+def test_the_cifar10_run_block_follows_its_record(tmp_path):
     source = _copy_sources(tmp_path)
-    path = source / "experiments" / "cifar_cpu_pipeline.json"
-    run = json.loads(path.read_text())
-    run["stage_seconds"]["train_vibi"] = 4321.0
-    run["metrics"]["vibi"]["posthoc_accuracy"] = 0.654321
-    run["params"]["vibi"]["epochs"] = 17
-    path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-cpu"](source)
-    assert "| 4321 |" in changed and "0.654" in changed and "17 of VIBI" in changed
-
-
-def test_the_cifar_probes_block_follows_its_run(tmp_path):
-    source = _copy_sources(tmp_path)
-    path = source / "experiments" / "cifar_probes.json"
-    run = json.loads(path.read_text())
-    run["blackbox_accuracy"]["mirror"] = [0.987654, 0.9, 0.99]
-    run["judge_agreement"]["lr 0.0003, 5 epochs"]["k256"] = [0.876543, 0.8, 0.9]
-    path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-probes"](source)
-    assert "| the image and its mirror (2 passes) | 0.988 [0.900, 0.990] |" in changed
-    assert "| lr 0.0003, 5 epochs |" in changed and "0.877 [0.800, 0.900]" in changed
-
-
-def test_the_cifar_judge_budgets_block_follows_its_run(tmp_path):
-    source = _copy_sources(tmp_path)
-    path = source / "experiments" / "cifar_judge_budgets.json"
-    run = json.loads(path.read_text())
-    variant = list(run["judge_agreement"])[1]
-    run["judge_agreement"][variant]["k256"] = [0.876543, 0.8, 0.9]
-    run["judge_agreement"][variant]["train_seconds"] = 4321.2
-    path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-judge-budgets"](source)
-    assert f"| {variant} |" in changed and "0.877 [0.800, 0.900]" in changed
-    assert "| 4321 |" in changed and "training seconds" in changed
-
-
-def test_the_cifar_vibi_published_block_follows_its_run(tmp_path):
-    source = _copy_sources(tmp_path)
-    path = source / "experiments" / "cifar_vibi_published.json"
-    run = json.loads(path.read_text())
-    run["vibi"]["posthoc_accuracy"] = 0.0654321
-    run["history"][-1]["val_approximator_fidelity"] = 0.987654
-    path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-vibi-published"](source)
-    assert "keeps its prediction on 0.065" in changed and "| 0.988 |" in changed
-
-
-def test_a_resumed_runs_block_counts_the_stages_it_did_not_rerun_at_the_first_runs_seconds(
-        tmp_path):
-    """The wide run re-ran L2X, VIBI, render and evaluate on a kept run: its other stages' seconds
-    (DVC's check alone) must not count, the first run's must; a change to either shows."""
-    source = _copy_sources(tmp_path)
-    wide = source / "experiments" / "cifar_airbench_wide_pipeline.json"
-    first = source / "experiments" / "cifar_airbench_gain_amx_pipeline.json"
-    run, base = json.loads(wide.read_text()), json.loads(first.read_text())
-    assert "train_blackbox" not in run["resumed"]["stages_run"]
-    run["stage_seconds"]["train_blackbox"] = 9999.0  # not re-run: must not count
-    run["stage_seconds"]["train_vibi"] = 4321.0  # re-run: counts
-    base["stage_seconds"]["train_blackbox"] = 1234.0
-    wide.write_text(json.dumps(run))
-    first.write_text(json.dumps(base))
-    total = sum(base["stage_seconds"][s] for s in base["stage_seconds"]
-                if s not in run["resumed"]["stages_run"]) + sum(
-        run["stage_seconds"][s] for s in run["resumed"]["stages_run"])
-    changed = BLOCKS["cifar-airbench-wide"](source)
-    assert f"{total / 60:.1f} min in all" in changed
-    assert "| 1234 |" in changed and "| 4321 |" in changed and "9999" not in changed
-    assert "count at its seconds, the others at those of the run it resumed" in changed
-    with pytest.raises(ValueError, match="resumed_from"):
-        BLOCKS["cifar-airbench"](source, results="experiments/cifar_airbench_wide_pipeline.json")
-
-
-def test_a_run_resumed_from_a_resumed_run_counts_each_kept_stage_where_it_last_ran(tmp_path):
-    """The jump run resumed the wide run, which resumed the gain run: L2X (last run by the wide
-    run) and the black box (last run by the gain run) count at those runs' seconds."""
-    source = _copy_sources(tmp_path)
-    experiments = source / "experiments"
-    paths = [experiments / f"cifar_airbench_{name}_pipeline.json"
-             for name in ("jump", "wide", "gain_amx")]
-    jump, wide, first = (json.loads(path.read_text()) for path in paths)
-    assert "train_l2x" in wide["resumed"]["stages_run"]
-    assert "train_l2x" not in jump["resumed"]["stages_run"]
-    assert "train_blackbox" not in wide["resumed"]["stages_run"] + jump["resumed"]["stages_run"]
-    wide["stage_seconds"]["train_l2x"] = 4321.0
-    wide["stage_seconds"]["train_blackbox"] = 9999.0  # kept by the wide run: must not count
-    first["stage_seconds"]["train_blackbox"] = 1234.0
-    for path, run in zip(paths, (jump, wide, first)):
-        path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-airbench-jump"](source)
-    assert "| 1234 |" in changed and "| 4321 |" in changed and "9999" not in changed
-    assert "itself composed with `experiments/cifar_airbench_gain_amx_pipeline.json`" in changed
-
-
-def test_the_cifar_airbench_block_follows_its_pipeline_run(tmp_path):
-    source = _copy_sources(tmp_path)
-    path = source / "experiments" / "cifar_airbench_pipeline.json"
-    run = json.loads(path.read_text())
+    path, run = _record(source)
     run["metrics"]["judge"]["test_agreement_k256"] = 0.876543
-    run["metrics"]["evaluation_differences"]["random"]["fidelity_k64"]["ci_low"] = 0.0123456
+    run["metrics"]["evaluation_differences"]["random"]["fidelity_road_k64"]["ci_low"] = 0.0123456
     run["metrics"]["blackbox"]["test_accuracy"] = 0.987654
-    path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-airbench"](source)
-    assert "| 0.877 |" in changed and "+0.012" in changed and "0.9877" in changed
-
-
-def test_the_cifar_chunk2_block_counts_chunks_and_follows_its_run(tmp_path):
-    source = _copy_sources(tmp_path)
-    path = source / "experiments" / "cifar_airbench_chunk2_pipeline.json"
-    run = json.loads(path.read_text())
-    run["metrics"]["judge"]["test_agreement_k64"] = 0.876543
-    path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-airbench-chunk2"](source)
-    assert "| 0.877 |" in changed and "of 256 chunks of 2x2 = 1024 pixels" in changed
-    assert "k = 16 (16 chunks of 2x2 = 64 pixels)" in changed
-
-
-def test_an_airbench_block_with_road_budgets_shows_both_fills(tmp_path):
-    source = _copy_sources(tmp_path)
-    path = source / "experiments" / "cifar_airbench_pipeline.json"
-    run = json.loads(path.read_text())
-    run["params"]["evaluate"]["road_budgets"] = True
-    run["params"]["vibi"]["fill"] = "smooth"
-    for row in run["metrics"]["evaluation"]["methods"].values():
-        for measure in ("posthoc_accuracy", "fidelity"):
-            row.update({f"{measure}_road_k64{s}": 0.5 for s in ("", "_ci_low", "_ci_high")})
     run["metrics"]["evaluation"]["methods"]["vibi"]["posthoc_accuracy_road_k64"] = 0.654321
-    for row in run["metrics"]["evaluation_differences"].values():
-        row["fidelity_road_k64"] = {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
-    run["metrics"]["evaluation_differences"]["random"]["fidelity_road_k64"]["ci_low"] = 0.0456789
     path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-airbench"](source)
+    changed = BLOCKS["cifar10-run"](source)
+    assert "| 0.877 |" in changed and "+0.012" in changed and "0.9877" in changed
     assert "| posthoc_accuracy_k64 | fidelity_k64 | posthoc_accuracy_road_k64 | fidelity_road_k64 |" \
-        in changed and "0.654 [0.500, 0.500]" in changed
-    assert "VIBI minus each method, fidelity_k64" in changed
-    assert "VIBI minus each method, fidelity_road_k64" in changed and "+0.046" in changed
-    assert "fill `smooth`" in changed and "0-filled chunks" not in changed
+        in changed and "| 0.654 [" in changed and "fill `smooth`" in changed
 
 
-@pytest.mark.parametrize("block, results, table, budget, kept", [
-    ("cifar-fidelity", "cifar_fidelity_probe.json", "fidelity", "k16",
-     "16 chunks of 2x2 = 64 pixels kept"),
-    ("cifar-smooth", "cifar_smooth_probe.json", "fidelity_road", "k64", "64 pixels kept")])
-def test_the_cifar_fidelity_blocks_follow_their_runs(tmp_path, block, results, table, budget,
-                                                      kept):
+def test_the_cifar10_gains_and_limits_follow_the_record(tmp_path):
     source = _copy_sources(tmp_path)
-    path = source / "experiments" / results
-    run = json.loads(path.read_text())
-    judge = next(iter(run[table]))
-    run[table][judge][budget]["lime"]["minus_random"] = [0.054321, 0.01, 0.09]
-    if "posthoc_road" in run:  # the black box's own answers, with ROAD's fill
-        run["posthoc_road"][budget]["random"]["accuracy"] = [0.123456, 0.1, 0.15]
+    path, run = _record(source)
+    lime = run["metrics"]["evaluation"]["methods"]["lime"]
+    lime.update({"fidelity_road_over_random_k64": 0.054321,
+                 "fidelity_road_over_random_k64_ci_low": 0.01,
+                 "fidelity_road_over_random_k64_ci_high": 0.09})
+    run["metrics"]["evaluation"]["methods"]["occlusion"]["deletion_auc_road"] = 0.1
     path.write_text(json.dumps(run))
-    changed = BLOCKS[block](source)
-    assert "| lime minus random |" in changed and "+0.054 [+0.010, +0.090]" in changed
-    assert kept in changed
-    if "posthoc_road" in run:
-        assert "| random chunks, accuracy |" in changed and "| 0.123 [0.100, 0.150] |" in changed
-        assert "the removed pixels ROAD-imputed" in changed and "The black box itself" in changed
+    assert "| lime | +0.054 [+0.010, +0.090] |" in BLOCKS["cifar10-gains"](source)
+    limits = BLOCKS["cifar10-limits"](source)
+    assert "are above random chunks with their whole interval (l2x, lime, vibi)" in limits
+    assert "the best method, occlusion, 0.100" in limits and "no method beats it" not in limits
+
+
+def test_the_cifar10_cost_block_counts_the_metrics_a_rerun_shares(tmp_path, monkeypatch):
+    """A rerun of the command beside the record: its seconds, and how many metric values are
+    equal to the bit; a value that moved lowers the count."""
+    source = _copy_sources(tmp_path)
+    _, record = _record(source)
+    rerun = source / "experiments" / "rerun.json"
+    rerun.write_text(json.dumps({**record, "total_seconds": 1234 * 60}))
+    monkeypatch.setattr("tools.docs.CIFAR_RERUNS", ("experiments/rerun.json",))
+    from tools.docs import cifar_cost_block, flatten
+
+    values = len(flatten(record["metrics"]))
+    block = cifar_cost_block(source)
+    assert "| 1234.0 |" in block and f"of {values} metric values, {values} are equal" in block
+    record["metrics"]["vibi"]["posthoc_accuracy"] = 0.5
+    rerun.write_text(json.dumps(record))
+    assert f"of {values} metric values, {values - 1} are equal" in cifar_cost_block(source)
+
+
+def test_the_cifar10_variants_table_has_one_row_per_run_with_what_it_changed(tmp_path):
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "cifar10_variants_pipelines.jsonl"
+    runs = [json.loads(line) for line in path.read_text().splitlines()]
+    table = BLOCKS["cifar10-variants"](source)
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == len(runs) + 1 + len(CIFAR_RERUNS)
+    assert rows[0].startswith("| cpu |") and "the first setting" in rows[0]
+    assert "| jump |" in table and "vibi: jump_start True |" in table
+    assert any(run.get("resumed") for run in runs) and "| resumed |" in table
+    runs[1]["params"]["vibi"]["beta"] = 0.123
+    path.write_text("".join(json.dumps(run) + "\n" for run in runs))
+    assert "beta 0.123" in BLOCKS["cifar10-variants"](source)
+
+
+def _pipelines(source: Path) -> tuple[Path, dict[str, dict]]:
+    path = source / "experiments" / "pipelines.jsonl"
+    return path, {run["name"]: run for run in map(json.loads, path.read_text().splitlines())}
 
 
 def test_the_hosts_block_compares_runs_from_one_machine(tmp_path):
     source = _copy_sources(tmp_path)
-    path = source / "experiments" / "fp32_pipeline.json"
-    run = json.loads(path.read_text())
-    run["total_seconds"] = 2 * json.loads(
-        (source / "experiments" / "default_pipeline.json").read_text())["total_seconds"]
-    path.write_text(json.dumps(run))
+    path, runs = _pipelines(source)
+    runs["fp32"]["total_seconds"] = 2 * runs["default"]["total_seconds"]
+    path.write_text("".join(json.dumps(run) + "\n" for run in runs.values()))
     assert "(2.00x)" in BLOCKS["hosts"](source)
-    run["host"] = {**run["host"], "cpu": "another CPU"}
-    path.write_text(json.dumps(run))
+    runs["fp32"]["host"] = {**runs["fp32"]["host"], "cpu": "another CPU"}
+    path.write_text("".join(json.dumps(run) + "\n" for run in runs.values()))
     with pytest.raises(ValueError, match="compare them from one machine"):
         BLOCKS["hosts"](source)
 
 
 def test_the_hosts_block_shows_other_hosts_runs_beside_the_committed_metrics(tmp_path):
     source = _copy_sources(tmp_path)
-    path = source / "experiments" / "default_pipeline_epyc.json"
-    run = json.loads(path.read_text())
-    run["total_seconds"] = 1234 * 60
-    run["metrics"]["vibi"]["posthoc_accuracy"] = 0.123456
-    path.write_text(json.dumps(run))
+    path, runs = _pipelines(source)
+    runs["default_epyc"]["total_seconds"] = 1234 * 60
+    runs["default_epyc"]["metrics"]["vibi"]["posthoc_accuracy"] = 0.123456
+    path.write_text("".join(json.dumps(run) + "\n" for run in runs.values()))
     block = BLOCKS["hosts"](source)
     assert "| `auto`: bf16 | 1234.0 min |" in block
     committed = json.loads((source / "metrics" / "vibi.json").read_text())["posthoc_accuracy"]
@@ -309,49 +216,15 @@ def test_the_bench_block_follows_the_committed_bench_runs(tmp_path):
 
 def test_the_repeated_bench_block_follows_each_run_and_refuses_two_hosts(tmp_path):
     shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
-    path = tmp_path / "experiments" / "bench_fp32_epyc_2.json"
-    run = json.loads(path.read_text())
-    run["cases"][0]["share_of_ceiling"] = 0.987
-    path.write_text(json.dumps(run))
+    path = tmp_path / "experiments" / "bench_fp32_epyc.json"
+    runs = json.loads(path.read_text())
+    runs[1]["cases"][0]["share_of_ceiling"] = 0.987
+    path.write_text(json.dumps(runs))
     assert " / 99% / " in BLOCKS["bench-fp32-repeats"](tmp_path)
-    run["host"]["cpu"] = "another CPU"
-    path.write_text(json.dumps(run))
+    runs[1]["host"]["cpu"] = "another CPU"
+    path.write_text(json.dumps(runs))
     with pytest.raises(ValueError, match="more than one host"):
         BLOCKS["bench-fp32-repeats"](tmp_path)
-
-
-def test_a_rerun_comparison_names_each_metric_that_moved(tmp_path):
-    """The same setting run twice: the block says every metric is equal, and names the one a
-    change moved (with no params changed, it says so)."""
-    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
-    block = BLOCKS["cifar-airbench-hour-rerun-stages"]
-    path = tmp_path / "experiments" / "cifar_airbench_hour_rerun_pipeline.json"
-    run = json.loads(path.read_text())
-    base = json.loads((tmp_path / "experiments" / "cifar_airbench_hour_pipeline.json").read_text())
-    run["metrics"], run["params"] = base["metrics"], base["params"]
-    path.write_text(json.dumps(run))
-    same = block(tmp_path)
-    assert "Params that differ: none." in same and "exactly equal." in same
-    assert "differing" not in same
-    run["metrics"]["blackbox"]["test_accuracy"] = 0.5
-    path.write_text(json.dumps(run))
-    assert "; differing: `blackbox.test_accuracy`." in block(tmp_path)
-
-
-def test_the_bench_sessions_block_follows_each_run(tmp_path):
-    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
-    path = tmp_path / "experiments" / "bench_cifar_airbench_hour_session_2.json"
-    run = json.loads(path.read_text())
-    run["ceiling_gflops"]["bf16"] = 1234.4
-    run["cases"][0]["images_per_second"] = 98765.4
-    path.write_text(json.dumps(run))
-    changed = BLOCKS["cifar-airbench-sessions"](tmp_path)
-    assert "| 1234 |" in changed and "| 98765 |" in changed
-    assert "| 98765 |" not in BLOCKS["cifar-airbench-sessions"](ROOT)
-    run["host"]["cpu"] = "another CPU"
-    path.write_text(json.dumps(run))
-    with pytest.raises(ValueError, match="more than one host"):
-        BLOCKS["cifar-airbench-sessions"](tmp_path)
 
 
 def _git(cwd: Path, *args: str) -> None:

@@ -34,72 +34,39 @@ if __package__ in (None, ""):  # run as `python tools/docs.py`: the repository o
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xai.devices import NATIVE_BF16_FLAGS  # noqa: E402
+from xai.evaluation import counterfactual_measures  # noqa: E402
 from xai.evaluation.table import construction_note, interval_cell, markdown  # noqa: E402
+from xai.evaluation.uncertainty import Interval  # noqa: E402
 from xai.models.explainers import CHUNK_SIZE  # noqa: E402
-from xai.pipeline.bench import percent  # noqa: E402
+from xai.pipeline import bench  # noqa: E402
+from xai.pipeline.bench import host_label  # noqa: E402
 from xai.pipeline.config import flatten  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the blocks read; `snapshot` takes these from git.
 SOURCES = ("metrics", "timings", "experiments", "params.yaml")
-VARIANTS = {"vibi-variants": "experiments/vibi_variants.jsonl",
-            "cifar-variants": "experiments/cifar_variants.jsonl",
-            "cifar-cpu-variants": "experiments/cifar_cpu_variants.jsonl",
-            "cifar-smooth-variants": "experiments/cifar_smooth_variants.jsonl",
-            "cifar-jump-variants": "experiments/cifar_jump_variants.jsonl",
-            "cifar-tau2-seeds": "experiments/cifar_tau2_seeds.jsonl"}
+VARIANTS = "experiments/vibi_variants.jsonl"
 JUDGED_VARIANTS = "experiments/vibi_variants_judged.jsonl"
-CIFAR_CPU = "experiments/cifar_cpu_pipeline.json"
-CIFAR_AIRBENCH = "experiments/cifar_airbench_pipeline.json"
-CIFAR_CHUNK2 = "experiments/cifar_airbench_chunk2_pipeline.json"
-CIFAR_SMOOTH_PIPELINE = "experiments/cifar_airbench_smooth_pipeline.json"
-CIFAR_MIRROR_PIPELINE = "experiments/cifar_airbench_mirror_pipeline.json"
-CIFAR_GAIN_PIPELINE = "experiments/cifar_airbench_gain_pipeline.json"
-CIFAR_GAIN1000_PIPELINE = "experiments/cifar_airbench_gain1000_pipeline.json"
-CIFAR_GAIN_CLEAN_PIPELINE = "experiments/cifar_airbench_gain_clean_pipeline.json"
-CIFAR_GAIN_AMX_PIPELINE = "experiments/cifar_airbench_gain_amx_pipeline.json"
-CIFAR_GAIN1000_AMX_PIPELINE = "experiments/cifar_airbench_gain1000_amx_pipeline.json"
-CIFAR_WIDE_PIPELINE = "experiments/cifar_airbench_wide_pipeline.json"
-CIFAR_JUMP_PIPELINE = "experiments/cifar_airbench_jump_pipeline.json"
-CIFAR_TAU2_PIPELINE = "experiments/cifar_airbench_tau2_pipeline.json"
-CIFAR_TAU2_1000_PIPELINE = "experiments/cifar_airbench_tau2_1000_pipeline.json"
-CIFAR_HOUR_PIPELINE = "experiments/cifar_airbench_hour_pipeline.json"
-CIFAR_HOUR_RERUN_PIPELINE = "experiments/cifar_airbench_hour_rerun_pipeline.json"
-CIFAR_AIRBENCH_SESSIONS = {
-    "the reference, in the session of the gain setting's AMX run":
-        "experiments/bench_cifar_airbench.json",
-    "after the hour run": "experiments/bench_cifar_airbench_hour_session_1.json",
-    "after the hour run, again": "experiments/bench_cifar_airbench_hour_session_2.json",
-    "before the hour re-run": "experiments/bench_cifar_airbench_hour_rerun_session.json",
-    "after the hour re-run": "experiments/bench_cifar_airbench_hour_rerun_session_after.json"}
-CIFAR_JUMP1000_PIPELINE = "experiments/cifar_airbench_jump1000_pipeline.json"
-#: The runs the tau2 run resumed, newest first (`_stage_seconds` composes its seconds from them).
-CIFAR_TAU2_RESUMED_FROM = (CIFAR_JUMP1000_PIPELINE, CIFAR_JUMP_PIPELINE, CIFAR_WIDE_PIPELINE,
-                           CIFAR_GAIN_AMX_PIPELINE)
-CIFAR_PROBES = "experiments/cifar_probes.json"
-CIFAR_FIDELITY = "experiments/cifar_fidelity_probe.json"
-CIFAR_SMOOTH = "experiments/cifar_smooth_probe.json"
-CIFAR_SMOOTH_RUN = "experiments/cifar_smooth_run_probe.json"
-CIFAR_MIRROR_RUN = "experiments/cifar_mirror_run_probe.json"
-CIFAR_JUDGE_BUDGETS = "experiments/cifar_judge_budgets.json"
-CIFAR_JUDGE_LR = "experiments/cifar_judge_lr.json"
-CIFAR_JUDGE_EPOCHS = "experiments/cifar_judge_epochs.json"
-CIFAR_VIBI_PUBLISHED = "experiments/cifar_vibi_published.json"
-FP32_PIPELINE = "experiments/fp32_pipeline.json"
-#: The defaults' `auto` runs on other kinds of host (`experiments/pipeline_timing.py`).
-OTHER_HOST_PIPELINES = ["experiments/default_pipeline_epyc.json"]
 #: Headline metrics compared across hosts: (metrics file, key, what the table calls it).
 HOST_HEADLINES = (("blackbox", "test_accuracy", "black box test accuracy"),
                   ("judge", "test_agreement_k12", "judge agreement, 12 of 49 chunks"),
                   ("vibi", "posthoc_accuracy", "VIBI post-hoc accuracy"),
                   ("invertible", "image_test_accuracy", "invertible classifier test accuracy"),
                   ("counterfactuals", "runner_up_im1_normalised", "normalised IM1, runner-up"))
-BENCH_FP32 = {"before": "experiments/bench_fp32_before.json", "after": "experiments/bench_fp32.json"}
+#: The bench with `XAI_CPU_BF16=0` before and after a change (`{"before": run, "after": run}`).
+BENCH_FP32 = "experiments/bench_fp32.json"
 #: The same bench three times in a row on a second host, whose fp32 ceiling is near an AVX2 laptop's.
-BENCH_FP32_REPEATS = [f"experiments/bench_fp32_epyc_{i}.json" for i in (1, 2, 3)]
+BENCH_FP32_REPEATS = "experiments/bench_fp32_epyc.json"
+#: Whole-pipeline runs of `experiments/pipeline_timing.py` on MNIST, one per line, by name.
+PIPELINES = "experiments/pipelines.jsonl"
+#: The CIFAR-10 hour command's record (on the host kind that made the page's numbers), the same
+#: command on other hosts, and every CIFAR-10 setting run before it.
+CIFAR_RECORD = "experiments/cifar10_cpu_pipeline.json"
+CIFAR_RERUNS: tuple[str, ...] = ()
+CIFAR_VARIANTS = "experiments/cifar10_variants_pipelines.jsonl"
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
-           "The CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json",
-           "airbench's black box (the CIFAR-10 airbench settings)":
+           "The first CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json",
+           "airbench's black box (the `cifar10_cpu` recipe's)":
                "experiments/bench_cifar_airbench.json"}
 
 
@@ -115,14 +82,9 @@ def experiment_module(root: Path, name: str) -> ModuleType:
     return module
 
 
-def _interval(mean: float, low: float, high: float, fmt: str = ".3f") -> str:
-    """`mean [low, high]`, every number in `fmt`."""
-    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
-
-
 def _counterfactual_row(cf: dict) -> str:
     def ci(key: str, fmt: str) -> str:
-        return _interval(cf[key], cf[key + "_low"], cf[key + "_high"], fmt)
+        return Interval(cf[key], cf[key + "_low"], cf[key + "_high"]).text(fmt)
 
     posthoc = {key.split("_posthoc")[0].removeprefix("image_"): (key.rsplit("_k", 1)[1], v)
                for key, v in cf.items() if "_posthoc_accuracy_k" in key}
@@ -190,281 +152,6 @@ def evaluation_block(root: Path) -> str:
                                       params["vibi"]["fill"])).rstrip("\n")
 
 
-def _runs_by_variant(root: Path, results: str) -> dict[str, list[dict]]:
-    """The JSON lines of `experiments/vibi_variants.py` in `results`, grouped by variant in
-    their order."""
-    by_variant: dict[str, list[dict]] = {}
-    for line in (root / results).read_text().splitlines():
-        if line:
-            run = json.loads(line)
-            by_variant.setdefault(run["variant"], []).append(run)
-    return by_variant
-
-
-def variants_block(root: Path, results: str) -> str:
-    """VIBI training variants (`experiments/vibi_variants.py` results in `results`): one row per
-    variant, the mean over its seeds with the range when there are several."""
-    by_variant = _runs_by_variant(root, results)
-
-    def cell(rows: list[dict], key: str) -> str:
-        values = [r[key] for r in rows]
-        mean = sum(values) / len(values)
-        return f"{mean:.3f}" if len(values) == 1 else \
-            f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
-
-    lines = ["| variant | changes from the base | seeds | post-hoc accuracy (black box) | own "
-             "approximator's agreement | class from mask position |", "|---|---|---|---|---|---|"]
-    for name, rows in by_variant.items():
-        changes = ", ".join(f"{k} {v}" for k, v in rows[0]["settings"].items())
-        seeds = ", ".join(str(r["seed"]) for r in rows)
-        lines.append(f"| {name} | {changes} | {seeds} | {cell(rows, 'posthoc_accuracy')} | "
-                     f"{cell(rows, 'approximator_fidelity')} | {cell(rows, 'class_from_mask')} |")
-    return "\n".join(lines)
-
-
-def judged_variants_block(root: Path) -> str:
-    """VIBI variants and reference methods measured as the evaluation measures
-    (`experiments/vibi_variants.py --measure-images N --references ...`): one row per variant
-    (mean over its seeds, with their range) or reference, and VIBI minus the reference with the
-    highest judge fidelity, paired over images: the union of the seeds' 95 % intervals, and on
-    how many seeds the interval excludes 0 on either side."""
-    rows = _runs_by_variant(root, JUDGED_VARIANTS)
-    refs = {name: rs[0] for name, rs in rows.items() if rs[0]["seed"] is None}
-    keys = list(next(iter(rows.values()))[0]["measures"])
-    fidelity = next(key for key in keys if key.startswith("fidelity_k"))
-    best = max(refs, key=lambda name: refs[name]["measures"][fidelity][0])
-
-    def cell(rs: list[dict], key: str) -> str:
-        values = [r["measures"][key] for r in rs]
-        if len(values) == 1:
-            return _interval(*values[0])
-        means = [v[0] for v in values]
-        return f"{sum(means) / len(means):.3f} ({min(means):.3f}-{max(means):.3f})"
-
-    def difference(rs: list[dict]) -> str:
-        if best not in rs[0].get("minus", {}):
-            return "-"
-        d = [r["minus"][best][fidelity] for r in rs]
-        below, above = sum(v[2] < 0 for v in d), sum(v[1] > 0 for v in d)
-        return (f"{sum(v[0] for v in d) / len(d):+.3f} [{min(v[1] for v in d):+.3f}, "
-                f"{max(v[2] for v in d):+.3f}]; significantly below on {below}, above on "
-                f"{above} of {len(d)}")
-
-    lines = ["| variant | changes from the base | seeds | " + " | ".join(keys)
-             + f" | VIBI minus {best}, {fidelity} | own approximator's agreement |",
-             "|---|---|---|" + "---|" * (len(keys) + 2)]
-    for name, rs in rows.items():
-        changes = ", ".join(f"{k} {v}" for k, v in rs[0]["settings"].items()) or "(reference)"
-        seeds = ", ".join(str(r["seed"]) for r in rs if r["seed"] is not None) or "-"
-        own = [r["approximator_fidelity"] for r in rs if "approximator_fidelity" in r]
-        lines.append(f"| {name} | {changes} | {seeds} | "
-                     + " | ".join(cell(rs, key) for key in keys)
-                     + f" | {difference(rs)} | "
-                     + (f"{sum(own) / len(own):.3f}" if own else "-") + " |")
-    return "\n".join(lines)
-
-
-def _stage_seconds(root: Path, run: dict, resumed_from: tuple[str, ...] = ()
-                   ) -> tuple[dict, str]:
-    """A run's seconds per stage and a sentence on how they were made: its own (no sentence), or
-    for a run that resumed a kept run (`pipeline_timing.py --resume`), the stages it re-ran at
-    its seconds and the others at those of the run it resumed, `resumed_from[0]` (composed in
-    turn from `resumed_from[1:]` when that run resumed another): what the whole pipeline at its
-    setting takes."""
-    seconds, resumed = run["stage_seconds"], run.get("resumed")
-    if resumed is None:
-        return seconds, ""
-    if not resumed_from:  # its kept stages' seconds are DVC's check alone: no total
-        raise ValueError(f"a resumed run's block needs `resumed_from`: the run it resumed "
-                         f"(from commit {resumed['from_commit'][:7]})")
-    first, *earlier = resumed_from
-    base, _ = _stage_seconds(root, _json(root, first), tuple(earlier))
-    ran = resumed["stages_run"]
-    composed = "".join(f", itself composed with `{path}`" for path in earlier)
-    return ({s: seconds[s] if s in ran else base[s] for s in seconds},
-            " The stages this run re-ran (" + ", ".join(f"`{s}`" for s in ran) + ") count at "
-            f"its seconds, the others at those of the run it resumed (`{first}`{composed}).")
-
-
-def stage_comparison_block(root: Path, results: str, baseline: str,
-                           baseline_resumed_from: tuple[str, ...] = (),
-                           metrics: bool = False) -> str:
-    """Two runs' seconds stage by stage (`baseline` composed as `_stage_seconds` does), the ratio
-    of each stage and of the totals, and the params in which the runs differ: what a setting's
-    change saved and what the host's speed moved, side by side. With `metrics`, also which of
-    the runs' metrics differ (a re-run of one setting: does it rebuild every number?)."""
-    run, base = _json(root, results), _json(root, baseline)
-    seconds, _ = _stage_seconds(root, run)
-    before, _ = _stage_seconds(root, base, baseline_resumed_from)
-    flat_run, flat_base = flatten(run["params"]), flatten(base["params"])
-    changed = sorted(key for key in flat_run.keys() | flat_base.keys()
-                     if flat_run.get(key) != flat_base.get(key) and key != "data.root")
-    lines = [f"| stage | `{baseline}` | `{results}` | ratio |", "|---|---|---|---|"]
-    for stage, t in seconds.items():
-        lines.append(f"| `{stage}` | {before[stage]:.0f} | {t:.0f} | {t / before[stage]:.2f} |")
-    total, total_before = sum(seconds.values()), sum(before.values())
-    lines += [f"| all (minutes) | {total_before / 60:.1f} | {total / 60:.1f} | "
-              f"{total / total_before:.2f} |", "",
-              "Params that differ: " + (", ".join(
-                  f"`{key}` {_shown(flat_base, key)} -> {_shown(flat_run, key)}"
-                  for key in changed) or "none") + "."]
-    if metrics:
-        lines += ["", _metrics_compared(run["metrics"], base["metrics"])]
-    return "\n".join(lines)
-
-
-def _metrics_compared(run: dict, base: dict) -> str:
-    """One sentence: how many metric values two runs share exactly, and the keys of the others."""
-    flat_run, flat_base = flatten(run), flatten(base)
-    keys = flat_run.keys() | flat_base.keys()
-    differ = sorted(key for key in keys if flat_run.get(key) != flat_base.get(key))
-    return (f"Metrics compared: {len(keys)} values in `metrics/*.json`, "
-            f"{len(keys) - len(differ)} exactly equal"
-            + (f"; differing: {', '.join(f'`{key}`' for key in differ)}." if differ else "."))
-
-
-def _shown(params: dict[str, object], key: str) -> str:
-    """A param's value as a table shows it, or `absent` where the run's params lacked the key."""
-    return repr(params[key]) if key in params else "absent"
-
-
-def cifar_cpu_block(root: Path, results: str = CIFAR_CPU, resumed_from: tuple[str, ...] = ()
-                    ) -> str:
-    """A CIFAR-10 setting's whole-pipeline run (`experiments/pipeline_timing.py`): wall seconds
-    per stage (for a resumed run, as `_stage_seconds` composes them), then every method's
-    post-hoc accuracy and judge fidelity at `vibi.k` (also with ROAD's fill where the run
-    measured it); sorted by post-hoc accuracy, or by the judge's fidelity with ROAD's fill where
-    there is one (it favours no method by construction)."""
-    run = _json(root, results)
-    m, params = run["metrics"], run["params"]
-    seconds, made = _stage_seconds(root, run, resumed_from)
-    v = params["vibi"]
-    k = v["k"]
-    posthoc = f"posthoc_accuracy_k{k}"
-    columns = _headline_columns(params)
-    summary = (f"On {run['host']['cores']} cores of an {run['host']['cpu']}: "
-               f"{sum(seconds.values()) / 60:.1f} min in all ({v['l2x_epochs']} epochs of L2X, "
-               f"{v['epochs']} of VIBI"
-               f"{' started from that L2X' if v.get('jump_start') else ''}, "
-               f"{params['judge']['epochs']} of the judge, "
-               f"{params['evaluate']['num_images']} evaluation images); black box test accuracy "
-               f"{m['blackbox']['test_accuracy']:.4f}; VIBI's post-hoc accuracy at k = {k} "
-               f"({_chunks(_chunk_size(params), k)}) on "
-               f"the test set {m['vibi']['posthoc_accuracy']:.3f} "
-               f"(L2X {m['l2x']['posthoc_accuracy']:.3f})." + made)
-    header = (f"| method (evaluation, {params['evaluate']['num_images']} test images) | "
-              "explains | " + " | ".join(columns) + " |")
-    lines = [summary, "",
-             "| stage | " + " | ".join(f"`{s}`" for s in seconds) + " |",
-             "|---|" + "---|" * len(seconds),
-             "| seconds | " + " | ".join(f"{t:.0f}" for t in seconds.values()) + " |", "",
-             construction_note(v["objective"], k, v.get("fill", "zero")), "",
-             header, "|---|---|" + "---|" * len(columns)]
-    methods = m["evaluation"]["methods"]
-    road_fidelity = f"fidelity_road_k{k}"
-    order = road_fidelity if road_fidelity in columns else posthoc
-    for name, row in sorted(methods.items(), key=lambda item: -item[1][order]):
-        lines.append(f"| {name} | {row['explains']} | "
-                     + " | ".join(interval_cell(row, c) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def _headline_columns(params: dict) -> list[str]:
-    """A CIFAR-10 run's post-hoc accuracy and judge fidelity at `vibi.k`, and the same with ROAD's
-    fill where its evaluation measured them (`evaluate.road_budgets`)."""
-    k = params["vibi"]["k"]
-    fills = ("", "_road") if params["evaluate"].get("road_budgets", False) else ("",)
-    return [f"{measure}{fill}_k{k}" for fill in fills
-            for measure in ("posthoc_accuracy", "fidelity")]
-
-
-def cifar_probes_block(root: Path, results: str = CIFAR_PROBES) -> str:
-    """`experiments/cifar_probes.py`'s output: the black box with test-time augmentation, and the
-    judge's agreement by budget for the run's judge and each variant (with its training seconds
-    where the file has them)."""
-    run = _json(root, results)
-    views = {"none": "the image alone", "mirror": "the image and its mirror (2 passes)",
-             "airbench": "airbench's six views (6 passes)"}
-    lines = [f"On {_host(run['host'])}, {run['test_images']:,} test images, 95 % intervals:", "",
-             "| black box answers from | test accuracy |", "|---|---|"]
-    lines += [f"| {views[v]} | {_interval(*ci)} |" for v, ci in run["blackbox_accuracy"].items()]
-    rows = run["judge_agreement"]
-    budgets = [b for b in next(iter(rows.values())) if b.startswith("k")]
-    timed = any("train_seconds" in row for row in rows.values())
-    lines += ["", "| judge | " + " | ".join(f"agreement, {b.removeprefix('k')} pixels kept"
-                                           for b in budgets)
-              + (" | training seconds |" if timed else " |"),
-              "|---|" + "---|" * (len(budgets) + timed)]
-    for name, row in rows.items():
-        seconds = f" {row['train_seconds']:.0f} |" if "train_seconds" in row else " |"
-        lines.append(f"| {name} | " + " | ".join(_interval(*row[b]) for b in budgets) + " |"
-                     + (seconds if timed else ""))
-    return "\n".join(lines)
-
-
-def cifar_vibi_published_block(root: Path) -> str:
-    """`experiments/cifar_vibi_published.json`: VIBI trained with the published objective, its
-    approximator's agreement with the black box against the black box's own on the same pixels."""
-    run = _json(root, CIFAR_VIBI_PUBLISHED)
-    v, history = run["vibi"], run["history"]
-    return "\n".join([
-        f"On {_host(run['host'])}, {len(history)} epochs ({run['train_seconds']:.0f} s), k = "
-        f"{v['k']} of {v['num_chunks']} pixels, test set: the approximator agrees with the black "
-        f"box on {v['approximator_fidelity']:.3f} of the images; the black box itself, shown the "
-        f"same {v['k']} pixels (the rest 0), keeps its prediction on "
-        f"{v['posthoc_accuracy']:.3f}.", "",
-        "| epoch | " + " | ".join(str(row["epoch"]) for row in history) + " |",
-        "|---|" + "---|" * len(history),
-        "| approximator's agreement, validation | "
-        + " | ".join(f"{row['val_approximator_fidelity']:.3f}" for row in history) + " |"])
-
-
-def cifar_fidelity_block(root: Path, results: str = CIFAR_FIDELITY) -> str:
-    """`experiments/cifar_fidelity_probe.py`'s output: per judge (and the black box itself, when
-    measured) and per fill of the removed pixels, random chunks' agreement with the black box and
-    every method minus random, by budget, paired 95 % intervals over the images."""
-    run = _json(root, results)
-    c = run["chunk"]
-    fills = {"": "the removed pixels 0", "_road": "the removed pixels ROAD-imputed"}
-
-    def kept(budget: str) -> str:
-        return f"{_chunks(c, int(budget.removeprefix('k')))} kept"
-
-    def table(title: str, by_budget: dict, measure: str) -> list[str]:
-        budgets = list(by_budget)
-        methods = [m for m in by_budget[budgets[0]] if m != "random"]
-        return ["", title, "",
-                "| | " + " | ".join(kept(b) for b in budgets) + " |",
-                "|---|" + "---|" * len(budgets),
-                f"| random chunks, {measure} | " + " | ".join(
-                    _interval(*by_budget[b]["random"][measure]) for b in budgets) + " |",
-                *(f"| {m} minus random | " + " | ".join(
-                    _interval(*by_budget[b][m]["minus_random"], fmt="+.3f") for b in budgets)
-                  + " |" for m in methods)]
-
-    lines = [f"The run at workspace commit `{run['workspace_commit'][:7]}`, on "
-             f"{_host(run['host'])}; {run['images']:,} test images, "
-             f"{'single pixels' if c == 1 else f'{c}x{c}-pixel chunks'}, LIME "
-             f"and KernelSHAP with {run['samples']} samples; how often random chunks keep the "
-             "black box's prediction, as the judge (fidelity) or the black box itself (post-hoc "
-             "accuracy) reads them, and each method minus random (paired 95 % intervals over the "
-             "images):"]
-    if run.get("vibi_fill", "zero") != "zero":
-        r = run["run"]
-        lines[0] = (f"VIBI and L2X trained with the removed pixels filled `{run['vibi_fill']}` "
-                    f"({r['train_seconds']['vibi']:.0f} s and {r['train_seconds']['l2x']:.0f} s); "
-                    "the black box, shown their pixels so filled, keeps its prediction on "
-                    f"{r['posthoc_accuracy']['vibi']:.3f} and {r['posthoc_accuracy']['l2x']:.3f} "
-                    "of the test images (as their stage measures it). " + lines[0])
-    for suffix, fill in fills.items():
-        for judge, by_budget in run.get(f"fidelity{suffix}", {}).items():
-            lines += table(f"Judge: {judge}; {fill}.", by_budget, "fidelity")
-    for suffix, fill in fills.items():
-        if f"posthoc{suffix}" in run:
-            lines += table(f"The black box itself; {fill}.", run[f"posthoc{suffix}"], "accuracy")
-    return "\n".join(lines)
-
-
 def _chunks(c: int, count: int | None = None) -> str:
     """What a budget counts in a run whose chunks are c x c pixels: pixels, or chunks (`count`
     of them)."""
@@ -479,329 +166,23 @@ def _chunk_size(params: dict) -> int:
     return CHUNK_SIZE[params["vibi"]["explainer_type"]]
 
 
-def cifar_airbench_block(root: Path, results: str = CIFAR_AIRBENCH,
-                         resumed_from: tuple[str, ...] = ()) -> str:
-    """A CIFAR-10 airbench setting's pipeline run: the black box, the judge's agreement with it
-    by budget, the stage seconds and the methods' table (as `cifar_cpu_block`, `resumed_from`
-    as there), and every method's paired difference to VIBI at `vibi.k`."""
-    run = _json(root, results)
-    m, params = run["metrics"], run["params"]
-    judge, c = m["judge"], _chunk_size(params)
-    d = int(judge["num_chunks"])
-    budgets = sorted(int(key.rsplit("_k", 1)[1]) for key in judge
-                     if key.startswith("test_agreement_k"))
-    lines = [f"Run at commit `{run['commit'][:7]}`. The judge's agreement with the black box on "
-             f"random subsets of the test images ({params['judge']['epochs']} epochs"
-             f"{', mirrored' if params['judge'].get('mirror') else ''}; of "
-             f"{_chunks(c, d)}):", "",
-             f"| kept {_chunks(c)} | " + " | ".join(str(b) for b in budgets) + " |",
-             "|---|" + "---|" * len(budgets),
-             "| 0-filled | " + " | ".join(f"{judge[f'test_agreement_k{b}']:.3f}"
-                                         for b in budgets) + " |",
-             "| ROAD-imputed | " + " | ".join(f"{judge[f'test_agreement_imputed_k{b}']:.3f}"
-                                             for b in budgets) + " |", "",
-             cifar_cpu_block(root, results, resumed_from)]
-    k = params["vibi"]["k"]
-    for fidelity in (col for col in _headline_columns(params) if col.startswith("fidelity")):
-        lines += ["", f"VIBI minus each method, {fidelity} ({_chunks(c, k)}), paired 95 % "
-                  "interval over the same images:", "", "| method | difference | interval |",
-                  "|---|---|---|"]
-        for name, row in sorted(m["evaluation_differences"].items(),
-                                key=lambda item: -item[1][fidelity]["difference"]):
-            cell = row[fidelity]
-            lines.append(f"| {name} | {cell['difference']:+.3f} | [{cell['ci_low']:+.3f}, "
-                         f"{cell['ci_high']:+.3f}] |")
-    return "\n".join(lines)
-
-
-def cifar_gain_block(root: Path, results: str = CIFAR_GAIN_PIPELINE) -> str:
-    """A CIFAR-10 run's gains over random chunks (`evaluate.random_draws`): every method's judge
-    fidelity minus random chunks' expected fidelity on the same image, at `vibi.k` and at a
-    quarter of the image, each fill, best first by the gain at `vibi.k` (ROAD's fill where
-    measured, as the run's table sorts); with the stages a resumed run re-ran and their seconds."""
-    run = _json(root, results)
-    params, rows = run["params"], run["metrics"]["evaluation"]["methods"]
-    c, k, draws = _chunk_size(params), params["vibi"]["k"], params["evaluate"]["random_draws"]
-    quarter = int(run["metrics"]["judge"]["num_chunks"]) // 4
-    fills = ("_road", "") if params["evaluate"].get("road_budgets", False) else ("",)
-    gains = [(f"fidelity{fill}_over_random_k{b}", b, fill) for b in (k, quarter)
-             for fill in fills]
-    ran = f"Run at commit `{run['commit'][:7]}`"
-    if resumed := run.get("resumed"):
-        ran += (f", resuming the run made at commit `{resumed['from_commit'][:7]}`: only "
-                + ", ".join(f"`{s}` ({run['stage_seconds'][s]:.0f} s)"
-                            for s in resumed["stages_run"]) + " ran again")
-    lines = [ran + f"; {len(rows)} methods on "
-             f"{params['evaluate']['num_images']} test images, random chunks' expected fidelity "
-             f"from {draws} draws per image. Random chunks' expected fidelity (mean over the "
-             "images): " + ", ".join(
-                 f"{_chunks(c, b)}{' ROAD fill' if fill else ' 0-filled'} "
-                 f"{rows['random'][f'fidelity{fill}_k{b}'] - rows['random'][key]:.3f}"
-                 for key, b, fill in gains) + ".", "",
-             "Each method's judge fidelity minus random chunks' expected fidelity on the same "
-             "image; mean [95 % interval over images]:", "",
-             "| method | " + " | ".join(f"{_chunks(c, b)}, {'ROAD fill' if fill else '0-filled'}"
-                                      for _, b, fill in gains) + " |",
-             "|---|" + "---|" * len(gains)]
-    for name, row in sorted(rows.items(), key=lambda item: -item[1][gains[0][0]]):
-        lines.append(f"| {name} | " + " | ".join(interval_cell(row, key, signed=True)
-                                                  for key, _, _ in gains) + " |")
-    return "\n".join(lines)
-
-
-def bench_block(root: Path) -> str:
-    """`python -m xai.pipeline.bench --out ...` runs (`BENCHES`): one table per params file."""
-    lines = []
-    for title, name in BENCHES.items():
-        run = _json(root, name)
-        ceiling = ", ".join(f"{k} {v:.0f}" for k, v in run["ceiling_gflops"].items())
-        gemms = any(c.get("gemm_share_of_ceiling") is not None for c in run["cases"])
-        lines += [f"{title} (`{name}`; {run['device']}, {run['threads']} threads; matmul ceiling "
-                  f"GFLOP/s: {ceiling}):", "",
-                  "| case | batch | precision | img/s | MFLOP/img | GFLOP/s | of ceiling |"
-                  + (" its GEMMs alone | time in GEMMs |" if gemms else ""),
-                  "|---|---|---|---|---|---|---|" + ("---|---|" if gemms else "")]
-        lines += [f"| {c['name']} | {c['batch']} | {c['precision']} | "
-                  f"{c['images_per_second']:.0f} | {c['mflop_per_image']:.3g} | "
-                  f"{c['gflops']:.1f} | {c['share_of_ceiling']:.0%} |"
-                  + (f" {percent(c.get('gemm_share_of_ceiling'))} | "
-                     f"{percent(c.get('gemm_time_share'))} |" if gemms else "")
-                  for c in run["cases"]]
-        lines.append("")
-    return "\n".join(lines[:-1])
-
-
-def _host(host: dict) -> str:
-    """A run's host as the tables name it: CPU, cores and the instruction sets recorded."""
-    flags = ", ".join(host.get("flags", [])) or "flags not recorded"
-    return f"{host['cpu']}, {host['cores']} cores ({flags})"
-
-
-def _one_host(runs: list[dict], names: list[str]) -> str:
-    """The host that ran every one of `runs` (files `names`), as `_host` names it; runs from
-    several kinds of host cannot be read as one host's spread."""
-    hosts = {_host(run["host"]) for run in runs}
-    if len(hosts) != 1:
-        raise ValueError(f"{', '.join(names)} come from more than one host: {hosts}")
-    return hosts.pop()
-
-
-def bench_fp32_block(root: Path) -> str:
-    """The bench with `XAI_CPU_BF16=0` before and after a change (`BENCH_FP32`): each case's share
-    of the fp32 ceiling, with the host's instruction sets."""
-    before, after = (_json(root, BENCH_FP32[k]) for k in ("before", "after"))
-    host = after["host"]
-    shares = {c["name"]: c["share_of_ceiling"] for c in before["cases"]}
-    lines = [f"{_host(host)}, {after['threads']} threads; fp32 matmul ceiling "
-             f"{after['ceiling_gflops']['fp32']:.0f} GFLOP/s:", "",
-             "| case | batch | img/s | GFLOP/s | of ceiling before | of ceiling after | "
-             "its GEMMs alone | time in GEMMs |",
-             "|---|---|---|---|---|---|---|---|"]
-    for c in after["cases"]:
-        if c["mflop_per_image"] == 0:
-            continue  # no counted FLOPs: no share of a ceiling
-        lines.append(f"| {c['name']} | {c['batch']} | {c['images_per_second']:.0f} | "
-                     f"{c['gflops']:.1f} | {shares[c['name']]:.0%} | "
-                     f"{c['share_of_ceiling']:.0%} | {percent(c.get('gemm_share_of_ceiling'))} | "
-                     f"{percent(c.get('gemm_time_share'))} |")
-    return "\n".join(lines)
-
-
-def bench_fp32_repeats_block(root: Path) -> str:
-    """`BENCH_FP32_REPEATS`: each case's share of the fp32 ceiling and its GEMMs' share, run by
-    run, so the spread between runs on one host is read beside the shares."""
-    runs = [_json(root, path) for path in BENCH_FP32_REPEATS]
-    ceilings = " / ".join(f"{run['ceiling_gflops']['fp32']:.0f}" for run in runs)
-    lines = [f"{_one_host(runs, BENCH_FP32_REPEATS)}, {runs[0]['threads']} threads; fp32 matmul ceiling {ceilings} "
-             f"GFLOP/s in runs {' / '.join(str(i) for i in range(1, len(runs) + 1))}:", "",
-             "| case | batch | of ceiling, run by run | its GEMMs alone, run by run |",
-             "|---|---|---|---|"]
-    for i, case in enumerate(runs[0]["cases"]):
-        if case["mflop_per_image"] == 0:
-            continue  # no counted FLOPs: no share of a ceiling
-        cases = [run["cases"][i] for run in runs]
-        lines.append(f"| {case['name']} | {case['batch']} | "
-                     f"{' / '.join(percent(c['share_of_ceiling']) for c in cases)} | "
-                     f"{' / '.join(percent(c.get('gemm_share_of_ceiling')) for c in cases)} |")
-    return "\n".join(lines)
-
-
-def bench_sessions_block(root: Path, runs: dict[str, str]) -> str:
-    """One bench command's runs on one kind of host in several sessions (`runs`: what each was,
-    its file): the matmul ceilings and each case's images per second, so a pipeline's seconds
-    can be read beside the speed its session's host had."""
-    benches = {title: _json(root, path) for title, path in runs.items()}
-    cases = [c["name"] for c in next(iter(benches.values()))["cases"]]
-    lines = [f"{_one_host(list(benches.values()), list(runs.values()))}:", "",
-             "| run | bf16 ceiling GFLOP/s | fp32 ceiling GFLOP/s | "
-             + " | ".join(f"{name}, img/s" for name in cases) + " |",
-             "|---|---|---|" + "---|" * len(cases)]
-    for title, run in benches.items():
-        speed = {c["name"]: c["images_per_second"] for c in run["cases"]}
-        lines.append(f"| {title} (`{runs[title]}`) | {run['ceiling_gflops']['bf16']:.0f} | "
-                     f"{run['ceiling_gflops']['fp32']:.0f} | "
-                     + " | ".join(f"{speed[name]:.0f}" for name in cases) + " |")
-    return "\n".join(lines)
-
-
-def counterfactual_sweep_block(root: Path) -> str:
-    """`experiments/counterfactual_sweep.jsonl`: the image flow's counterfactuals by direction and
-    margin on validation images, each measure with its 95 % interval."""
-    runs = [json.loads(line) for line in
-            (root / "experiments/counterfactual_sweep.jsonl").read_text().splitlines() if line]
-
-    lines = ["| direction | margin | validity (black box) | pixels out of range | bits/dim minus "
-             "the real images' | L1 |", "|---|---|---|---|---|---|"]
-    for r in runs:
-        lines.append(f"| {r['direction']} | {r['margin']:g} | {_interval(*r['validity'])} | "
-                     f"{_interval(*r['out_of_range'], '.4f')} | "
-                     f"{_interval(*r['bits_per_dim_gap'], '+.2f')} | "
-                     f"{_interval(*r['l1'], '.1f')} |")
-    return "\n".join(lines)
-
-
-#: Hvilshoj, Iosifidis and Assent (2021), "On Quantitative Evaluations of Counterfactuals",
-#: MNIST, about 10,000 counterfactuals per method: IM1, IM2, FID, oracle validity.
-PUBLISHED_COUNTERFACTUALS = (("gradient-based", 0.994, 0.0055, 50.2, 0.734),
-                             ("GL", 0.993, 0.0053, 308.4, 0.377),
-                             ("generative (GEN)", 0.884, 0.0017, 90.7, 0.931))
-
-
-_MEASURES_HEADER = [("| counterfactuals | IM1 | normalised IM1 | IM2 | FID (vs inputs) | FID (vs "
-                     "real target-class images) | oracle validity | black-box validity | pixels "
-                     "out of range | L1 | images |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
-
-
-def _measures_rows(cf: dict) -> list[str]:
-    """The rows of `evaluate_counterfactuals`' literature measures in `cf`: runner-up crossings,
-    crossings to the named target where measured, each beside its two reference rows."""
-    def ci(key: str, fmt: str) -> str:
-        return _interval(cf[key], cf[key + "_low"], cf[key + "_high"], fmt)
-
-    target = cf.get("target_class")
-    groups = [("runner_up", "runner-up crossings")]
-    if target is not None:
-        groups.append(("target", f"crossings to class {target:g}"))
-    lines = []
-    for prefix, title in groups:
-        for row, label in ((prefix, f"this project: {title}"),
-                           (f"{prefix}_real", (f"reference: real test images of the target "
-                                               f"class ({title})")),
-                           (f"{prefix}_unchanged", f"reference: the unchanged input ({title})")):
-            normalised = ci(f"{prefix}_im1_normalised", ".2f") if row == prefix else ""
-            lines.append(
-                f"| {label} | {ci(row + '_im1', '.3f')} | {normalised} | "
-                f"{ci(row + '_im2', '.4f')} | {ci(row + '_fid', '.1f')} | "
-                f"{ci(row + '_fid_real', '.1f')} | {ci(row + '_oracle_validity', '.3f')} | "
-                f"{ci(row + '_blackbox_validity', '.3f')} | {ci(row + '_out_of_range', '.4f')} | "
-                f"{ci(row + '_l1', '.1f')} | {cf[prefix + '_images']:,.0f} |")
-    return lines
-
-
-def counterfactual_measures_block(root: Path) -> str:
-    """`metrics/counterfactuals.json`'s literature measures (IM1, IM2, FID, oracle validity, with
-    the normalised IM1 and the reference rows), for the runner-up crossings and the crossings to
-    the named target, beside the published MNIST rows."""
-    lines = list(_MEASURES_HEADER)
-    for name, im1, im2, fid, oracle in PUBLISHED_COUNTERFACTUALS:
-        lines.append(f"| published: {name} | {im1:.3f} | | {im2:.4f} | {fid:.1f} | | "
-                     f"{oracle:.3f} | | | | ~10,000 |")
-    return "\n".join(lines + _measures_rows(_json(root, "metrics/counterfactuals.json")))
-
-
-def fashion_counterfactuals_block(root: Path) -> str:
-    """`experiments/fashion_counterfactuals.json`: the same measures on Fashion-MNIST at the
-    defaults, with the accuracies of the models they come from."""
-    run = _json(root, "experiments/fashion_counterfactuals.json")
-    m = run["metrics"]
-    return "\n".join([
-        (f"Fashion-MNIST at the defaults (`experiments/fashion_counterfactuals.py`, commit "
-        f"`{run['commit'][:7]}`): black box test accuracy {m['blackbox']['test_accuracy']:.4f}, "
-        f"invertible classifier {m['invertible']['image_test_accuracy']:.4f}, oracle "
-        f"{m['measurement']['oracle_accuracy']:.4f} on validation images."), "",
-        *_MEASURES_HEADER, *_measures_rows(m["counterfactuals"])])
-
-
-def counterfactual_measures_sweep_block(root: Path) -> str:
-    """`experiments/counterfactual_measures_sweep.jsonl`: the literature's measures by direction
-    and margin on validation images."""
-    path = root / "experiments/counterfactual_measures_sweep.jsonl"
-    runs = [json.loads(line) for line in path.read_text().splitlines() if line]
-    pick = experiment_module(root, "counterfactual_measures_sweep").chosen(runs)
-    lines = [("| direction | neighbours | margin | normalised IM1 | oracle validity | "
-              "black-box validity | pixels out of range | L1 | "
-              "FID (vs real target-class images) |"),
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        name = f"**{r['direction']} (chosen)**" if r is pick else r["direction"]
-        lines.append(f"| {name} | {r.get('neighbours', '')} | {r['margin']:g} | "
-                     f"{_interval(*r['im1_normalised'], '.2f')} | "
-                     f"{_interval(*r['oracle_validity'])} | {_interval(*r['blackbox_validity'])} | "
-                     f"{_interval(*r['out_of_range'], '.4f')} | {_interval(*r['l1'], '.1f')} | "
-                     f"{_interval(*r['fid_real'], '.1f')} |")
-    return "\n".join(lines)
-
-
-def reliability_block(root: Path) -> str:
-    """`experiments/reliability.json` (`experiments/reliability.py`): cases tried per test."""
-    results = _json(root, "experiments/reliability.json")
-    lines = ["| test | cases tried | failures |", "|---|---|---|"]
-    for t in results["tests"]:
-        lines.append(f"| `{t['file']}::{t['test']}` | {t['cases']} | {t['failures']} |")
-    lines.append(f"| all | {results['cases']} | {results['failures']} |")
-    return "\n".join(lines)
-
-
-def scaling_block(root: Path) -> str:
-    """`experiments/scaling.json` (`experiments/scaling.py`): seconds per step of every main step
-    at the defaults, and the exponents of its time and of its FLOPs as the images per step, the
-    pixels per image and VIBI's k grow; a time exponent above 1.1 is marked super-linear."""
-    results = _json(root, "experiments/scaling.json")
-    axes, growth = results["axes"], results["exponents"]
-    sides = sorted(axes["size"], key=int)  # the file's keys are sorted as text
-    lines = [f"{_host(results['host'])}, {results['threads']} threads. Seconds per step at the "
-             "defaults; cost ~ x^e for x = images per step (x1, x2, x4), pixels per image "
-             f"({', '.join(f'{s}x{s}' for s in sides)}) and k "
-             f"({', '.join(sorted(axes['k'], key=int))}), "
-             "each cell the exponent of the time / of the FLOPs (- where the step has none "
-             f"counted); peak memory one step adds at {sides[0]} and {sides[-1]} px.", "",
-             "| step | seconds/step | e (images) | e (pixels) | e (k) | memory MB |",
-             "|---|---|---|---|---|---|"]
-
-    def cell(fit: dict[str, float] | None) -> str:
-        if not fit:
-            return ""
-        time = f"**{fit['seconds']:.2f}**" if fit["seconds"] > 1.1 else f"{fit['seconds']:.2f}"
-        flops = f"{fit['gflop']:.2f}" if "gflop" in fit else "-"
-        return f"{time} / {flops}"
-
-    base = axes["images"]["1"]
-    for name, e in growth.items():
-        memory = [axes["size"][s][name]["peak_memory_mb"] for s in (sides[0], sides[-1])]
-        lines.append(f"| {name} | {base[name]['seconds_per_step']:.3g} | {cell(e.get('images'))} "
-                     f"| {cell(e.get('size'))} | {cell(e.get('k'))} | "
-                     f"{memory[0]:.0f} -> {memory[1]:.0f} |")
-    return "\n".join(lines)
-
-
 def hosts_block(root: Path) -> str:
-    """What the default pipeline takes by kind of host: the committed `auto` run
-    (`experiments/default_pipeline.json`), the same host with every precision forced to fp32
-    (`experiments/fp32_pipeline.json`, what `auto` runs on a CPU without native bf16), and
-    `auto` runs on other kinds of host (`OTHER_HOST_PIPELINES`) with their headline metrics beside
-    the committed run's; a GPU is unverified until a run on one is committed."""
-    auto, fp32 = _json(root, "experiments/default_pipeline.json"), _json(root, FP32_PIPELINE)
+    """What the default pipeline takes by kind of host (`PIPELINES`): the committed `auto` run,
+    the same host with every precision forced to fp32 (what `auto` runs on a CPU without native
+    bf16), and `auto` runs on other kinds of host with their headline metrics beside the
+    committed run's; a GPU is unverified until a run on one is committed."""
+    auto, fp32 = pipeline(root, "default"), pipeline(root, "fp32")
     host = auto["host"]
     if fp32["host"] != host:
-        raise ValueError(f"{FP32_PIPELINE} ran on {fp32['host']}, the default run on {host}: "
+        raise ValueError(f"the fp32 run ran on {fp32['host']}, the default run on {host}: "
                          "compare them from one machine")
     minutes = auto["total_seconds"] / 60, fp32["total_seconds"] / 60
-    others = [_json(root, path) for path in OTHER_HOST_PIPELINES]
+    others = [pipeline(root, "default_epyc")]
     lines = ["| host | precision | the default pipeline, end to end |", "|---|---|---|",
-             f"| {_host(host)} | `auto`: bf16 | {minutes[0]:.1f} min |",
+             f"| {host_label(host)} | `auto`: bf16 | {minutes[0]:.1f} min |",
              f"| the same host, as one without native bf16 runs it | fp32 (forced) | "
              f"{minutes[1]:.1f} min ({minutes[1] / minutes[0]:.2f}x) |"]
-    lines += [f"| {_host(run['host'])} | `auto`: "
+    lines += [f"| {host_label(run['host'])} | `auto`: "
               f"{'bf16' if NATIVE_BF16_FLAGS & set(run['host']['flags']) else 'fp32'} | "
               f"{run['total_seconds'] / 60:.1f} min |" for run in others]
     lines.append("| a CUDA GPU | `auto`: bf16 | unverified: no GPU run is committed |")
@@ -815,22 +196,6 @@ def hosts_block(root: Path) -> str:
         lines += [f"| {label} | {committed[stage][key]:.4f} | " + " | ".join(
             f"{run['metrics'][stage][key]:.4f}" for run in others) + " |"
             for stage, key, label in HOST_HEADLINES]
-    return "\n".join(lines)
-
-
-def shared_cores_block(root: Path) -> str:
-    """`experiments/shared_cores.json` (`experiments/shared_cores.py`): the evaluate stage's
-    seconds alone and beside a busy 2-thread torch job, per code version."""
-    results = _json(root, "experiments/shared_cores.json")
-    lines = [f"{results['host']['cpu']}, {results['host']['cores']} cores; seconds the stage "
-             "reports (`evaluate_seconds`):", "",
-             "| code | alone | beside a busy 2-thread job | ratio |", "|---|---|---|---|"]
-    for label, runs in results["runs"].items():
-        alone, busy = (runs.get(c, {}).get("evaluate_seconds") for c in ("alone", "busy"))
-        ratio = f"{busy / alone:.2f}x" if alone and busy else "-"
-        env = " ".join(f"`{k}={v}`" for k, v in next(iter(runs.values()))["env"].items())
-        lines.append(f"| {label}{' ' + env if env else ''} | {alone or '-'} | {busy or '-'} | "
-                     f"{ratio} |")
     return "\n".join(lines)
 
 
@@ -865,8 +230,8 @@ def evaluation_encoding_block(root: Path) -> str:
                      key=lambda m: -methods[m].get("encoding", float("-inf")))]
     lines = ["| method | encoding (nats) | |", "|---|---|---|"]
     for name in order:
-        cell = _interval(*(methods[name][k] for k in
-                           ("encoding", "encoding_ci_low", "encoding_ci_high")), fmt="+.3f")
+        cell = Interval(*(methods[name][k] for k in
+                          ("encoding", "encoding_ci_low", "encoding_ci_high"))).text("+.3f")
         lines.append(f"| {name} | {cell} | {controls.get(name, '')} |")
     return "\n".join(lines)
 
@@ -896,75 +261,230 @@ def evaluation_cost_block(root: Path) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- whole pipelines
+
+
+def _records(root: Path, name: str) -> list[dict]:
+    """The records of `experiments/pipeline_timing.py` in `name`: one JSON file, or JSON lines."""
+    text = (root / name).read_text()
+    return [json.loads(line) for line in text.splitlines() if line] if name.endswith(".jsonl") \
+        else [json.loads(text)]
+
+
+def pipeline(root: Path, name: str) -> dict:
+    """The run called `name` in `PIPELINES`."""
+    found = [run for run in _records(root, PIPELINES) if run["name"] == name]
+    if len(found) != 1:
+        raise ValueError(f"{PIPELINES} holds {len(found)} runs called {name!r}, not one")
+    return found[0]
+
+
+def _pixels_key(params: dict, prefix: str, pixels: int) -> str:
+    """The key of a budget of `pixels` pixels in a run whose chunks are its explainer's."""
+    return f"{prefix}_k{pixels // _chunk_size(params) ** 2}"
+
+
+def cifar_cost_block(root: Path) -> str:
+    """What the hour command takes on each kind of host (`CIFAR_RECORD`, then `CIFAR_RERUNS`),
+    stage by stage, with every rerun's metrics compared to the record's."""
+    runs = [_json(root, CIFAR_RECORD), *(_json(root, name) for name in CIFAR_RERUNS)]
+    stages = list(runs[0]["stage_seconds"])
+    lines = ["| host | commit | minutes | " + " | ".join(f"`{s}`" for s in stages) + " |",
+             "|---|---|---|" + "---|" * len(stages)]
+    lines += [f"| {host_label(run['host'])} | `{run['commit'][:7]}` | {run['total_seconds'] / 60:.1f} "
+              "| " + " | ".join(f"{run['stage_seconds'].get(s, 0):.0f}" for s in stages) + " |"
+              for run in runs]
+    record = flatten(runs[0]["metrics"])
+    for name, run in zip(CIFAR_RERUNS, runs[1:]):
+        values = flatten(run["metrics"])
+        same = [k for k in record if values.get(k) == record[k]]
+        lines += ["", f"`{name}` beside the record: of {len(record)} metric values, {len(same)} "
+                  "are equal to the bit."]
+    headlines = [("black box test accuracy", "blackbox", "test_accuracy"),
+                 ("judge agreement, 256 pixels kept, ROAD-imputed", "judge",
+                  _pixels_key(runs[0]["params"], "test_agreement_imputed", 256)),
+                 ("L2X post-hoc accuracy", "l2x", "posthoc_accuracy"),
+                 ("VIBI post-hoc accuracy", "vibi", "posthoc_accuracy")]
+    lines += ["", "| | " + " | ".join(f"`{run['commit'][:7]}`, {run['host']['cpu']}"
+                                      for run in runs) + " |", "|---|" + "---|" * len(runs)]
+    lines += [f"| {label} | " + " | ".join(f"{run['metrics'][stage][key]:.4f}" for run in runs)
+              + " |" for label, stage, key in headlines]
+    return "\n".join(lines)
+
+
+def _headline_columns(params: dict) -> list[str]:
+    """A run's post-hoc accuracy and judge fidelity at `vibi.k`, and the same with ROAD's fill
+    where its evaluation measured them (`evaluate.road_budgets`)."""
+    k = params["vibi"]["k"]
+    fills = ("", "_road") if params["evaluate"].get("road_budgets", False) else ("",)
+    return [f"{measure}{fill}_k{k}" for fill in fills
+            for measure in ("posthoc_accuracy", "fidelity")]
+
+
+def run_block(root: Path, results: str) -> str:
+    """A pipeline run's results: the judge's agreement with the black box by budget, then every
+    method's post-hoc accuracy and judge fidelity at `vibi.k` with ROAD's fill where measured
+    (best first by the judge, with ROAD's fill where there is one: it favours no method by
+    construction), and VIBI minus each method with paired intervals."""
+    run = _json(root, results)
+    m, params = run["metrics"], run["params"]
+    judge, c, v = m["judge"], _chunk_size(params), params["vibi"]
+    k, images = v["k"], params["evaluate"]["num_images"]
+    budgets = sorted(int(key.rsplit("_k", 1)[1]) for key in judge
+                     if key.startswith("test_agreement_k"))
+    columns = _headline_columns(params)
+    order = columns[-1]
+    lines = [f"Black box test accuracy {m['blackbox']['test_accuracy']:.4f}. The judge's "
+             f"agreement with it on random subsets of the test images ({params['judge']['epochs']}"
+             f" epochs{', mirrored' if params['judge'].get('mirror') else ''}; of "
+             f"{_chunks(c, int(judge['num_chunks']))}):", "",
+             f"| kept {_chunks(c)} | " + " | ".join(str(b) for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets),
+             "| 0-filled | " + " | ".join(f"{judge[f'test_agreement_k{b}']:.3f}"
+                                         for b in budgets) + " |",
+             "| ROAD-imputed | " + " | ".join(f"{judge[f'test_agreement_imputed_k{b}']:.3f}"
+                                             for b in budgets) + " |", "",
+             construction_note(v["objective"], k, v.get("fill", "zero")), "",
+             f"| method ({images} test images) | explains | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for name, row in sorted(m["evaluation"]["methods"].items(), key=lambda i: -i[1][order]):
+        lines.append(f"| {name} | {row['explains']} | "
+                     + " | ".join(interval_cell(row, col) for col in columns) + " |")
+    lines += ["", f"VIBI minus each method, `{order}`, paired 95 % interval over the same "
+              "images:", "", "| method | difference |", "|---|---|"]
+    for name, row in sorted(m["evaluation_differences"].items(),
+                            key=lambda item: -item[1][order]["difference"]):
+        cell = row[order]
+        lines.append(f"| {name} | {cell['difference']:+.3f} [{cell['ci_low']:+.3f}, "
+                     f"{cell['ci_high']:+.3f}] |")
+    return "\n".join(lines)
+
+
+def _gains(params: dict, judge: dict) -> list[tuple[str, int, str]]:
+    """(key, budget, fill) of a run's gains over random chunks: at `vibi.k` and at a quarter of
+    the chunks, with ROAD's fill first where measured."""
+    k, quarter = params["vibi"]["k"], int(judge["num_chunks"]) // 4
+    fills = ("_road", "") if params["evaluate"].get("road_budgets", False) else ("",)
+    return [(f"fidelity{fill}_over_random_k{b}", b, fill) for b in (k, quarter) for fill in fills]
+
+
+def gains_block(root: Path, results: str) -> str:
+    """A run's gains over random chunks (`evaluate.random_draws`): every method's judge fidelity
+    minus random chunks' expected fidelity on the same image, best first by the first gain."""
+    run = _json(root, results)
+    params, rows = run["params"], run["metrics"]["evaluation"]["methods"]
+    c, gains = _chunk_size(params), _gains(params, run["metrics"]["judge"])
+    lines = [f"Random chunks' expected fidelity from {params['evaluate']['random_draws']} draws "
+             "per image: " + ", ".join(
+                 f"{_chunks(c, b)}{', ROAD fill' if fill else ', 0-filled'} "
+                 f"{rows['random'][f'fidelity{fill}_k{b}'] - rows['random'][key]:.3f}"
+                 for key, b, fill in gains) + ". Each method's judge fidelity minus that, on "
+             "the same image; mean [95 % interval over images]:", "",
+             "| method | " + " | ".join(f"{_chunks(c, b)}, {'ROAD fill' if fill else '0-filled'}"
+                                      for _, b, fill in gains) + " |",
+             "|---|" + "---|" * len(gains)]
+    for name, row in sorted(rows.items(), key=lambda item: -item[1][gains[0][0]]):
+        lines.append(f"| {name} | " + " | ".join(interval_cell(row, key, signed=True)
+                                                  for key, _, _ in gains) + " |")
+    return "\n".join(lines)
+
+
+def limits_block(root: Path, results: str) -> str:
+    """What a run does not show, from its own table: where the fixed central selection beats every
+    method under ROAD deletion, and which methods' gain over random chunks at `vibi.k` is below 0
+    with its whole interval."""
+    run = _json(root, results)
+    params, rows = run["params"], run["metrics"]["evaluation"]["methods"]
+    c, k = _chunk_size(params), params["vibi"]["k"]
+    methods = {n: r for n, r in rows.items() if not n.startswith("control_") and n != "random"}
+    best = min(methods, key=lambda n: methods[n]["deletion_auc_road"])
+    fixed = rows["control_fixed"]["deletion_auc_road"]
+    lines = [f"- Under ROAD deletion (area under the curve, lower is better) the fixed central "
+             f"selection scores {interval_cell(rows['control_fixed'], 'deletion_auc_road')}; "
+             f"the best method, {best}, {interval_cell(methods[best], 'deletion_auc_road')}"
+             + (": no method beats it." if fixed < methods[best]["deletion_auc_road"] else ".")]
+    for key, b, fill in _gains(params, run["metrics"]["judge"]):
+        if b != k:
+            continue
+        above, below = ([n for n, r in sorted(methods.items()) if side * r[f"{key}_ci_{end}"] > 0]
+                        for side, end in ((1, "low"), (-1, "high")))
+        lines.append(f"- Under the judge at {_chunks(c, b)}{', ROAD fill' if fill else ', 0-filled'}"
+                     f", {len(above)} of {len(methods)} methods are above random chunks with their "
+                     f"whole interval ({', '.join(above) or 'none'}) and {len(below)} below "
+                     f"({', '.join(below) or 'none'}).")
+    return "\n".join(lines)
+
+
+def cifar_variants_block(root: Path) -> str:
+    """Every CIFAR-10 setting run end to end (`CIFAR_VARIANTS`, then the record and its reruns):
+    one row each, with what it changed from the row above and its headline numbers."""
+    runs = [*_records(root, CIFAR_VARIANTS),
+            {"name": "hour command", **_json(root, CIFAR_RECORD)},
+            *({"name": "hour command", **_json(root, name)} for name in CIFAR_RERUNS)]
+    defaults = flatten(yaml.safe_load((root / "params.yaml").read_text()))
+    lines = ["| variant | host | changed from the row above | minutes | evaluation images | "
+             "black box | judge, 256 px, ROAD | L2X post-hoc | VIBI post-hoc | VIBI over random "
+             "at k (ROAD fill where measured) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    before: dict = {}
+    for run in runs:
+        params, m = run["params"], run["metrics"]
+        flat = flatten(params)
+        changed: dict[str, list[str]] = {}  # by section; a key new to the code shows if not default
+        for key in sorted(flat):
+            was = before.get(key, defaults.get(key))
+            if key != "data.root" and flat[key] != was:
+                section, _, name = key.rpartition(".")
+                changed.setdefault(section, []).append(f"{name} {flat[key]}")
+        changed_text = "; ".join(f"{s}: {', '.join(v)}" for s, v in changed.items()) or "none"
+        minutes = "resumed" if "resumed" in run else f"{run['total_seconds'] / 60:.1f}"
+        judge = m["judge"].get(_pixels_key(params, "test_agreement_imputed", 256))
+        key, _, _ = _gains(params, m["judge"])[0]
+        gain = interval_cell(m["evaluation"]["methods"]["vibi"], key, signed=True)
+        lines.append(f"| {run['name']} | {run['host']['cpu'].split(' Processor')[0]} | "
+                     f"{changed_text if before else 'the first setting'} | {minutes} | "
+                     f"{params['evaluate']['num_images']} | {m['blackbox']['test_accuracy']:.3f} | "
+                     f"{'-' if judge is None else f'{judge:.3f}'} | "
+                     f"{m['l2x']['posthoc_accuracy']:.3f} | {m['vibi']['posthoc_accuracy']:.3f} | "
+                     f"{gain} |")
+        before = flat
+    return "\n".join(lines)
+
+
+def _table(script: str, read: Callable[[Path, str], object], results: str
+           ) -> Callable[[Path], str]:
+    """A block drawn by `experiments/<script>.py`'s own `markdown` from its `results` file."""
+    return lambda root: experiment_module(root, script).markdown(read(root, results))
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "stages": stages_block, "evaluation-headline": evaluation_headline_block,
     "evaluation-cost": evaluation_cost_block, "evaluation-encoding": evaluation_encoding_block,
-    "evaluation": evaluation_block,
-    "reliability": reliability_block, "cifar-cpu": cifar_cpu_block, "bench": bench_block,
-    "scaling": scaling_block, "shared-cores": shared_cores_block, "hosts": hosts_block,
-    "bench-fp32": bench_fp32_block,
-    "bench-fp32-repeats": bench_fp32_repeats_block,
-    "cifar-airbench": cifar_airbench_block,
-    "cifar-airbench-chunk2": functools.partial(cifar_airbench_block, results=CIFAR_CHUNK2),
-    "cifar-airbench-smooth": functools.partial(cifar_airbench_block,
-                                               results=CIFAR_SMOOTH_PIPELINE),
-    "cifar-airbench-mirror": functools.partial(cifar_airbench_block,
-                                               results=CIFAR_MIRROR_PIPELINE),
-    "cifar-airbench-gain": cifar_gain_block,
-    "cifar-airbench-gain1000": functools.partial(cifar_gain_block,
-                                                 results=CIFAR_GAIN1000_PIPELINE),
-    "cifar-airbench-gain-clean": functools.partial(cifar_airbench_block,
-                                                   results=CIFAR_GAIN_CLEAN_PIPELINE),
-    "cifar-airbench-gain-amx": functools.partial(cifar_airbench_block,
-                                                 results=CIFAR_GAIN_AMX_PIPELINE),
-    "cifar-airbench-gain-amx-gains": functools.partial(cifar_gain_block,
-                                                       results=CIFAR_GAIN_AMX_PIPELINE),
-    "cifar-airbench-gain1000-amx": functools.partial(cifar_gain_block,
-                                                     results=CIFAR_GAIN1000_AMX_PIPELINE),
-    "cifar-airbench-wide": functools.partial(cifar_airbench_block, results=CIFAR_WIDE_PIPELINE,
-                                             resumed_from=(CIFAR_GAIN_AMX_PIPELINE,)),
-    "cifar-airbench-wide-gains": functools.partial(cifar_gain_block,
-                                                   results=CIFAR_WIDE_PIPELINE),
-    "cifar-airbench-jump": functools.partial(
-        cifar_airbench_block, results=CIFAR_JUMP_PIPELINE,
-        resumed_from=(CIFAR_WIDE_PIPELINE, CIFAR_GAIN_AMX_PIPELINE)),
-    "cifar-airbench-jump-gains": functools.partial(cifar_gain_block,
-                                                   results=CIFAR_JUMP_PIPELINE),
-    "cifar-airbench-jump1000": functools.partial(cifar_gain_block,
-                                                 results=CIFAR_JUMP1000_PIPELINE),
-    "cifar-airbench-tau2": functools.partial(
-        cifar_airbench_block, results=CIFAR_TAU2_PIPELINE,
-        resumed_from=CIFAR_TAU2_RESUMED_FROM),
-    "cifar-airbench-tau2-gains": functools.partial(cifar_gain_block,
-                                                   results=CIFAR_TAU2_PIPELINE),
-    "cifar-airbench-tau2-1000": functools.partial(cifar_gain_block,
-                                                  results=CIFAR_TAU2_1000_PIPELINE),
-    "cifar-airbench-hour": functools.partial(cifar_airbench_block, results=CIFAR_HOUR_PIPELINE),
-    "cifar-airbench-hour-gains": functools.partial(cifar_gain_block,
-                                                   results=CIFAR_HOUR_PIPELINE),
-    "cifar-airbench-hour-stages": functools.partial(
-        stage_comparison_block, results=CIFAR_HOUR_PIPELINE, baseline=CIFAR_TAU2_PIPELINE,
-        baseline_resumed_from=CIFAR_TAU2_RESUMED_FROM),
-    "cifar-airbench-hour-rerun-stages": functools.partial(
-        stage_comparison_block, results=CIFAR_HOUR_RERUN_PIPELINE, baseline=CIFAR_HOUR_PIPELINE,
-        metrics=True),
-    "cifar-airbench-sessions": functools.partial(bench_sessions_block,
-                                                 runs=CIFAR_AIRBENCH_SESSIONS),
-    "cifar-probes": cifar_probes_block,
-    "cifar-judge-budgets": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_BUDGETS),
-    "cifar-judge-lr": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_LR),
-    "cifar-judge-epochs": functools.partial(cifar_probes_block, results=CIFAR_JUDGE_EPOCHS),
-    "cifar-vibi-published": cifar_vibi_published_block,
-    "cifar-fidelity": cifar_fidelity_block,
-    "cifar-smooth": lambda root: cifar_fidelity_block(root, CIFAR_SMOOTH),
-    "cifar-smooth-run": lambda root: cifar_fidelity_block(root, CIFAR_SMOOTH_RUN),
-    "cifar-mirror-run": lambda root: cifar_fidelity_block(root, CIFAR_MIRROR_RUN),
-    "vibi-variants-judged": judged_variants_block,
-    "counterfactual-sweep": counterfactual_sweep_block,
-    "counterfactual-measures": counterfactual_measures_block,
-    "counterfactual-measures-sweep": counterfactual_measures_sweep_block,
-    "counterfactual-measures-fashion": fashion_counterfactuals_block,
-    **{name: functools.partial(variants_block, results=path) for name, path in VARIANTS.items()}}
+    "evaluation": evaluation_block, "hosts": hosts_block,
+    "bench": lambda root: "\n\n".join(bench.markdown(_json(root, name), f"{title} (`{name}`)")
+                                        for title, name in BENCHES.items()),
+    "bench-fp32": lambda root: bench.fp32_markdown(**_json(root, BENCH_FP32)),
+    "bench-fp32-repeats": lambda root: bench.repeats_markdown(_json(root, BENCH_FP32_REPEATS),
+                                                              BENCH_FP32_REPEATS),
+    "reliability": _table("reliability", _json, "experiments/reliability.json"),
+    "scaling": _table("scaling", _json, "experiments/scaling.json"),
+    "shared-cores": _table("shared_cores", _json, "experiments/shared_cores.json"),
+    "vibi-variants": lambda root: experiment_module(root, "vibi_variants").markdown(
+        root / VARIANTS),
+    "vibi-variants-judged": lambda root: experiment_module(root, "vibi_variants").judged_markdown(
+        root / JUDGED_VARIANTS),
+    "counterfactual-sweep": _table("counterfactual_sweep", _records,
+                                   "experiments/counterfactual_sweep.jsonl"),
+    "counterfactual-measures-sweep": _table("counterfactual_measures_sweep", _records,
+                                            "experiments/counterfactual_measures_sweep.jsonl"),
+    "counterfactual-measures": lambda root: counterfactual_measures.markdown(
+        _json(root, "metrics/counterfactuals.json"), published=True),
+    "counterfactual-measures-fashion": _table("fashion_counterfactuals", _json,
+                                              "experiments/fashion_counterfactuals.json"),
+    "cifar10-cost": cifar_cost_block,
+    "cifar10-run": functools.partial(run_block, results=CIFAR_RECORD),
+    "cifar10-gains": functools.partial(gains_block, results=CIFAR_RECORD),
+    "cifar10-limits": functools.partial(limits_block, results=CIFAR_RECORD),
+    "cifar10-variants": cifar_variants_block}
 
 #: A block's opening mark, on a line of its own (a mark quoted inside a line is text).
 _MARK = re.compile(r"^<!-- results:([\w-]+) -->$", re.M)

@@ -20,6 +20,10 @@ class Interval:
     low: float
     high: float
 
+    def text(self, fmt: str = ".3f") -> str:
+        """`mean [low, high]`, every number in `fmt` (how the docs' tables show an interval)."""
+        return f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
+
 
 def resample_indices(n: int, resamples: int, seed: int) -> torch.Tensor:
     """`resamples` x `n` image indices drawn with replacement (seeded, on the CPU)."""

@@ -422,6 +422,72 @@ def host() -> dict[str, object]:
     return {"cpu": name, "cores": psutil.cpu_count(), "flags": [f for f in SIMD_FLAGS if f in flags]}
 
 
+def host_label(host: dict) -> str:
+    """A run's host as the docs' tables name it: CPU, cores and the instruction sets recorded."""
+    flags = ", ".join(host.get("flags", [])) or "flags not recorded"
+    return f"{host['cpu']}, {host['cores']} cores ({flags})"
+
+
+def one_host_label(runs: list[dict], name: str) -> str:
+    """The host that ran every one of `runs` (of file `name`), as `host_label` names it; runs
+    from several kinds of host cannot be read as one host's spread."""
+    hosts = {host_label(run["host"]) for run in runs}
+    if len(hosts) != 1:
+        raise ValueError(f"the runs of {name} come from more than one host: {hosts}")
+    return hosts.pop()
+
+
+def markdown(run: dict, title: str) -> str:
+    """A bench run (`--out`'s file) as a table: each case's speed and share of the ceiling, and
+    where profiled, its GEMMs' share alone and their share of the step's time."""
+    ceiling = ", ".join(f"{k} {v:.0f}" for k, v in run["ceiling_gflops"].items())
+    gemms = any(c.get("gemm_share_of_ceiling") is not None for c in run["cases"])
+    lines = [f"{title}; {run['device']}, {run['threads']} threads; matmul ceiling GFLOP/s: "
+             f"{ceiling}:", "",
+             "| case | batch | precision | img/s | MFLOP/img | GFLOP/s | of ceiling |"
+             + (" its GEMMs alone | time in GEMMs |" if gemms else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if gemms else "")]
+    lines += [f"| {c['name']} | {c['batch']} | {c['precision']} | {c['images_per_second']:.0f} "
+              f"| {c['mflop_per_image']:.3g} | {c['gflops']:.1f} | {c['share_of_ceiling']:.0%} |"
+              + (f" {percent(c.get('gemm_share_of_ceiling'))} | "
+                 f"{percent(c.get('gemm_time_share'))} |" if gemms else "")
+              for c in run["cases"]]
+    return "\n".join(lines)
+
+
+def fp32_markdown(before: dict, after: dict) -> str:
+    """The bench with `XAI_CPU_BF16=0` before and after a change: each case's share of the fp32
+    ceiling, with the host's instruction sets."""
+    shares = {c["name"]: c["share_of_ceiling"] for c in before["cases"]}
+    lines = [f"{host_label(after['host'])}, {after['threads']} threads; fp32 matmul ceiling "
+             f"{after['ceiling_gflops']['fp32']:.0f} GFLOP/s:", "",
+             "| case | batch | img/s | GFLOP/s | of ceiling before | of ceiling after | "
+             "its GEMMs alone | time in GEMMs |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {c['name']} | {c['batch']} | {c['images_per_second']:.0f} | {c['gflops']:.1f} "
+              f"| {shares[c['name']]:.0%} | {c['share_of_ceiling']:.0%} | "
+              f"{percent(c.get('gemm_share_of_ceiling'))} | {percent(c.get('gemm_time_share'))} |"
+              for c in after["cases"] if c["mflop_per_image"]]  # no counted FLOPs: no share
+    return "\n".join(lines)
+
+
+def repeats_markdown(runs: list[dict], name: str) -> str:
+    """One bench repeated on one host (the runs of file `name`): each case's share of the fp32
+    ceiling and its GEMMs' share, run by run, so the spread between runs is read beside them."""
+    ceilings = " / ".join(f"{run['ceiling_gflops']['fp32']:.0f}" for run in runs)
+    lines = [f"{one_host_label(runs, name)}, {runs[0]['threads']} threads; fp32 matmul ceiling "
+             f"{ceilings} GFLOP/s in runs {' / '.join(str(i) for i in range(1, len(runs) + 1))}:",
+             "", "| case | batch | of ceiling, run by run | its GEMMs alone, run by run |",
+             "|---|---|---|---|"]
+    for i, case in enumerate(runs[0]["cases"]):
+        if case["mflop_per_image"] == 0:
+            continue  # no counted FLOPs: no share of a ceiling
+        cases = [run["cases"][i] for run in runs]
+        lines.append(f"| {case['name']} | {case['batch']} | "
+                     f"{' / '.join(percent(c['share_of_ceiling']) for c in cases)} | "
+                     f"{' / '.join(percent(c.get('gemm_share_of_ceiling')) for c in cases)} |")
+    return "\n".join(lines)
+
+
 def key_value(text: str) -> tuple[str, object]:
     """`key=value` with the value read as YAML (`vibi.k=8`, `blackbox.precision=fp32`)."""
     key, sep, value = text.partition("=")
