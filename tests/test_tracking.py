@@ -47,6 +47,9 @@ def test_stage_run_round_trip(tracked, tmp_path):
     assert stages["evaluate"].data.tags["mlflow.parentRunId"] == stages[None].info.run_id
     assert train.info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(train.info.run_id, "figures")] == ["figures/fig.png"]
+    for run in stages.values():  # the presets params.yaml was composed from, on every run
+        assert (run.data.tags["xai.data"], run.data.tags["xai.recipe"]) == ("mnist", "default")
+    assert stages[None].data.params["preset.recipe"] == "default"
 
 
 def test_failed_stage_marks_the_run_failed(tracked):
