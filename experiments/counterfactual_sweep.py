@@ -88,7 +88,8 @@ def markdown(runs: list[dict]) -> str:
              "the real images' | L1 |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['direction']} | {r['margin']:g} | {Interval(*r['validity']).text()} | "
               f"{Interval(*r['out_of_range']).text('.4f')} | "
-              f"{Interval(*r['bits_per_dim_gap']).text('+.2f')} | {Interval(*r['l1']).text('.1f')} |"
+              f"{Interval(*r['bits_per_dim_gap']).text('+.2f')} | "
+              f"{Interval(*r['l1']).text('.1f')} |"
               for r in runs]
     return "\n".join(lines)
 

@@ -88,8 +88,9 @@ def test_a_recipe_made_for_other_images_is_refused_naming_both_choices(data, rec
 def test_a_folders_images_are_checked_once_their_shape_is_known():
     _, cfg = compose(_pair("folder", "cifar10_cpu"), ROOT)  # unknown shape: accepted for now
     cfg.check_recipe((3, 32, 32))
-    with pytest.raises(ConfigError, match=r"recipe=cifar10_cpu is made for 3 x 32 x 32 images "
-                                          r"and data=folder \(data.dataset = folder\) has 1 x 28 x 28"):
+    refusal = (r"recipe=cifar10_cpu is made for 3 x 32 x 32 images and data=folder "
+               r"\(data.dataset = folder\) has 1 x 28 x 28")
+    with pytest.raises(ConfigError, match=refusal):
         cfg.check_recipe((1, 28, 28))
 
 

@@ -186,6 +186,10 @@ def hosts_block(root: Path) -> str:
               f"{'bf16' if NATIVE_BF16_FLAGS & set(run['host']['flags']) else 'fp32'} | "
               f"{run['total_seconds'] / 60:.1f} min |" for run in others]
     lines.append("| a CUDA GPU | `auto`: bf16 | unverified: no GPU run is committed |")
+    quick = pipeline(root, "quick")
+    lines += ["", f"`dvc exp run -S recipe=quick` (the whole pipeline on subsets, not results) "
+              f"from a fresh clone: {quick['total_seconds'] / 60:.1f} min on "
+              f"{host_label(quick['host'])}."]
     if others:
         committed = {stage: _json(root, f"metrics/{stage}.json") for stage, _, _ in HOST_HEADLINES}
         lines += ["", "Results are bit-identical only on the same kind of host. The committed "
@@ -261,14 +265,9 @@ def evaluation_cost_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- whole pipelines
-
-
 def _records(root: Path, name: str) -> list[dict]:
-    """The records of `experiments/pipeline_timing.py` in `name`: one JSON file, or JSON lines."""
-    text = (root / name).read_text()
-    return [json.loads(line) for line in text.splitlines() if line] if name.endswith(".jsonl") \
-        else [json.loads(text)]
+    """The JSON lines of `name` (records of `experiments/pipeline_timing.py`, sweeps)."""
+    return [json.loads(line) for line in (root / name).read_text().splitlines() if line]
 
 
 def pipeline(root: Path, name: str) -> dict:
@@ -291,15 +290,15 @@ def cifar_cost_block(root: Path) -> str:
     stages = list(runs[0]["stage_seconds"])
     lines = ["| host | commit | minutes | " + " | ".join(f"`{s}`" for s in stages) + " |",
              "|---|---|---|" + "---|" * len(stages)]
-    lines += [f"| {host_label(run['host'])} | `{run['commit'][:7]}` | {run['total_seconds'] / 60:.1f} "
-              "| " + " | ".join(f"{run['stage_seconds'].get(s, 0):.0f}" for s in stages) + " |"
+    lines += [f"| {host_label(run['host'])} | `{run['commit'][:7]}` | "
+              f"{run['total_seconds'] / 60:.1f} | "
+              + " | ".join(f"{run['stage_seconds'].get(s, 0):.0f}" for s in stages) + " |"
               for run in runs]
     record = flatten(runs[0]["metrics"])
     for name, run in zip(CIFAR_RERUNS, runs[1:]):
-        values = flatten(run["metrics"])
-        same = [k for k in record if values.get(k) == record[k]]
-        lines += ["", f"`{name}` beside the record: of {len(record)} metric values, {len(same)} "
-                  "are equal to the bit."]
+        same = sum(flatten(run["metrics"]).get(k) == v for k, v in record.items())
+        lines += ["", f"`{name}` beside the record: of {len(record)} metric values, {same} are "
+                  "equal to the bit."]
     headlines = [("black box test accuracy", "blackbox", "test_accuracy"),
                  ("judge agreement, 256 pixels kept, ROAD-imputed", "judge",
                   _pixels_key(runs[0]["params"], "test_agreement_imputed", 256)),
@@ -408,9 +407,10 @@ def limits_block(root: Path, results: str) -> str:
             continue
         above, below = ([n for n, r in sorted(methods.items()) if side * r[f"{key}_ci_{end}"] > 0]
                         for side, end in ((1, "low"), (-1, "high")))
-        lines.append(f"- Under the judge at {_chunks(c, b)}{', ROAD fill' if fill else ', 0-filled'}"
-                     f", {len(above)} of {len(methods)} methods are above random chunks with their "
-                     f"whole interval ({', '.join(above) or 'none'}) and {len(below)} below "
+        filled = ", ROAD fill" if fill else ", 0-filled"
+        lines.append(f"- Under the judge at {_chunks(c, b)}{filled}, {len(above)} of "
+                     f"{len(methods)} methods are above random chunks with their whole interval "
+                     f"({', '.join(above) or 'none'}) and {len(below)} below "
                      f"({', '.join(below) or 'none'}).")
     return "\n".join(lines)
 

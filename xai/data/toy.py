@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from sklearn.datasets import make_blobs, make_circles, make_moons
-from sklearn.model_selection import train_test_split
 
 from xai.data.prepared import Dataset, Split
 from xai.settings import SEED_MAX, bounded
@@ -32,6 +30,10 @@ BLOB_CENTERS = ((1.0, 1.0), (-1.0, -1.0), (1.0, -1.0))
 
 def make_toy(cfg: ToyConfig) -> Dataset:
     """Sample the toy set and split it as the reference does (sklearn, fixed random states)."""
+    # imported here: every stage reads ToyConfig with params.yaml, and sklearn takes seconds
+    from sklearn.datasets import make_blobs, make_circles, make_moons
+    from sklearn.model_selection import train_test_split
+
     noise = REFERENCE_NOISE[cfg.dataset] if cfg.noise is None else cfg.noise
     if cfg.dataset == "moons":
         x, y = make_moons(n_samples=cfg.n_samples, noise=noise, random_state=cfg.seed)
