@@ -15,7 +15,7 @@ that refuses the login, objects the remote does not have (named, with `dvc push`
 that made them as the fix) or holds damaged (rejected by the remote's `verify` setting).
 
 `server` checks that the database answers, then starts `mlflow server` on it with proxied
-artifact storage (MLflow itself retries a database that is down for minutes, with tracebacks).
+artifact storage (MLflow itself keeps retrying a database that is down, logging tracebacks).
 """
 
 from __future__ import annotations
