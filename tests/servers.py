@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(ready, what: str, timeout_s: float = 180, proc: subprocess.Popen | None = None,
-             log: Path | None = None) -> None:
+def wait_for(ready: Callable[[], bool], what: str, timeout_s: float = 180,
+             proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     """Poll `ready()` until it is true; fail naming `what` (and its log) when it never is."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -142,7 +143,7 @@ class Postgres:
                        check=True, capture_output=True)
         self.uri = f"postgresql://mlflow@127.0.0.1:{self.port}/mlflow"
 
-    def _as_owner(self, cmd: list) -> None:
+    def _as_owner(self, cmd: list[str | Path]) -> None:
         cmd = [str(c) for c in cmd]
         if ROOT_USER:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
