@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stages import prepare, prepare_toy
+from stages.raw_data import none_present
 from tests.conftest import ROOT, image_tree, write_tar
 from xai.data.prepared import load_dataset
 from xai.data.sources import load_images, read_folder
@@ -131,3 +132,14 @@ def test_toy_sets_match_the_reference_setup(params, tmp_path):
     assert blobs.num_classes == 3
     again = make_toy(load_config(params({"toy.dataset": "blobs"})).toy)
     assert torch.equal(blobs.train.x, again.train.x)
+
+
+def test_raw_files_none_of_which_are_here_are_no_change_but_some_missing_are():
+    recorded = {"dataset": "folder", "files": {"tree/a.png": "1a", "tree/b.png": "2b"}}
+    assert none_present({"dataset": "folder", "files": {"tree": None}}, recorded)
+    assert not none_present({"dataset": "folder", "files": {"tree/a.png": "1a",
+                                                            "tree/b.png": None}}, recorded)
+    assert not none_present({"dataset": "folder", "files": {"other": None}}, recorded)
+    assert not none_present({"dataset": "mnist", "files": {"MNIST/raw/x": None}}, recorded)
+    assert not none_present({"dataset": "folder", "files": {"tree": None}},
+                            {"dataset": "folder", "files": {}})

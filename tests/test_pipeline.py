@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from tests.conftest import ROOT, write_params
 
@@ -28,20 +29,30 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def project(tmp_path, folder_archive):
-    """A git+DVC copy of the project whose image data set is a tiny folder archive."""
-    repo = tmp_path / "repo"
+def new_project(repo: Path, archive: Path, overrides: dict | None = None,
+                stages: tuple[str, ...] = ()) -> Path:
+    """A git+DVC copy of the project at `repo` whose image data set is the folder archive
+    `archive`, with params overrides; with `stages`, a pipeline of only those stages."""
     repo.mkdir()
     for name in ("dvc.yaml", "stages", "xai", "blackboxes"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
-    write_params(repo / "params.yaml", {"data.dataset": "folder", "data.root": str(tmp_path),
-                                        "data.folder": folder_archive.name,
-                                        "data.val_fraction": 0.25})
+    if stages:
+        pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+        pipeline["stages"] = {k: v for k, v in pipeline["stages"].items() if k in stages}
+        (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    write_params(repo / "params.yaml", {"data.dataset": "folder", "data.root": str(archive.parent),
+                                        "data.folder": archive.name, "data.val_fraction": 0.25,
+                                        **(overrides or {})})
     run(["git", "init", "-q"], repo)
     run([DVC, "init", "-q"], repo)
     return repo
+
+
+@pytest.fixture
+def project(tmp_path, folder_archive):
+    """A git+DVC copy of the project whose image data set is a tiny folder archive."""
+    return new_project(tmp_path / "repo", folder_archive)
 
 
 def test_stage_reruns_only_when_its_params_change(project):
@@ -62,7 +73,8 @@ def test_stage_reruns_only_when_its_params_change(project):
 
 
 def test_changed_raw_data_reruns_prepare_and_an_equal_copy_does_not(project, tmp_path):
-    """raw_data fingerprints the raw files at every repro; prepare depends on the fingerprint."""
+    """raw_data fingerprints the raw files at every repro; prepare depends on the fingerprint,
+    which stays as it is when none of the raw files is there."""
     from tests.conftest import image_tree, write_tar
 
     out = run([DVC, "repro", "prepare"], project)
@@ -81,6 +93,12 @@ def test_changed_raw_data_reruns_prepare_and_an_equal_copy_does_not(project, tmp
     out = run([DVC, "repro", "prepare"], project)
     assert "Running stage 'prepare'" in out
     assert (project / "data/prepared/images.pt").read_bytes() != images
+
+    record = (project / "data/raw_fingerprint.json").read_bytes()
+    archive.unlink()  # no raw data here (a clone that pulled the prepared set): not a change
+    out = run([DVC, "repro", "prepare"], project)
+    assert "none of the raw files" in out and "Running stage 'prepare'" not in out
+    assert (project / "data/raw_fingerprint.json").read_bytes() == record
 
 
 def _stop_workers(project: Path) -> None:

@@ -24,17 +24,23 @@ from xai.errors import TrackingError, TrainingError
 from xai.io import JOURNAL_SUFFIX
 
 
-def test_sigterm_mid_training_leaves_no_output(tiny_images, params, tmp_path):
-    files = stage_files(tmp_path / "out")
-    p = params({**TINY, "blackbox.epochs": 10_000})
+def training(params_path: Path, data: Path,
+             files: dict[str, Path]) -> tuple[subprocess.Popen, str]:
+    """A `train_blackbox` stage on one thread, started and read until its second epoch (well
+    inside training); returns the process and what it said on stderr so far."""
     proc = subprocess.Popen([sys.executable, "-m", "stages.train_blackbox",
-                             *stage_args(p, tiny_images, files)], cwd=ROOT,
+                             *stage_args(params_path, data, files)], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    seen = ""
-    while "epoch 2/" not in seen and time.monotonic() < deadline:  # well inside training
+    seen, deadline = "", time.monotonic() + 120
+    while "epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += proc.stderr.read(1)
+    return proc, seen
+
+
+def test_sigterm_mid_training_leaves_no_output(tiny_images, params, tmp_path):
+    files = stage_files(tmp_path / "out")
+    proc, _ = training(params({**TINY, "blackbox.epochs": 10_000}), tiny_images, files)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -152,13 +158,7 @@ def test_a_tracking_server_lost_mid_stage_still_gives_the_stage_outputs(tiny_ima
         files = stage_files(tmp_path / "out")
         p = params({**TINY, "blackbox.epochs": 2, "tracking.enabled": True, "tracking.uri": uri,
                     "tracking.timeout_s": 5})
-        proc = subprocess.Popen([sys.executable, "-m", "stages.train_blackbox",
-                                 *stage_args(p, tiny_images, files)], cwd=ROOT,
-                                stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        seen, deadline = "", time.monotonic() + 120
-        while "epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:
-            seen += proc.stderr.read(1)
+        proc, seen = training(p, tiny_images, files)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
         _, err = proc.communicate(timeout=180)

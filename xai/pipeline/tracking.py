@@ -11,11 +11,14 @@ the project root as an absolute URI, so queued experiments in temporary folders 
 store; `tracking.uri` may name a server instead, which is probed first so an unreachable server
 fails within `tracking.timeout_s` instead of hanging.
 
-A store that fails once the stage has started (the server goes away mid-stage) does not fail the
-stage: the first failure prints one "tracking lost" warning, every later MLflow call is skipped,
-and the stage writes its DVC outputs and exits 0; its MLflow run is left unfinished. A store whose
-disk fills up counts the same: the sqlite store's "database or disk is full" (wrapped by MLflow or
-raw from sqlite3 or SQLAlchemy) and a file store's or artifact store's ENOSPC.
+A store that fails once the stage has started (the server goes away mid-stage, or the database
+behind a live server does) does not fail the stage: the first failure prints one "tracking lost"
+warning naming the run and what it no longer gets, every later MLflow call is skipped, and the
+stage writes its DVC outputs and exits 0; its MLflow run is left unfinished. A store whose disk
+fills up counts the same: the sqlite store's "database or disk is full" (wrapped by MLflow or raw
+from sqlite3 or SQLAlchemy) and a file store's or artifact store's ENOSPC. A server that answers
+with an error (its database down: HTTP 503) is asked once more for its own words, which the
+message quotes instead of the client's "too many 503 error responses".
 """
 
 from __future__ import annotations
@@ -98,6 +101,31 @@ def check_reachable(uri: str, timeout_s: float) -> None:
         ) from None
 
 
+def server_says(uri: str, timeout_s: float = 10) -> str:
+    """What an HTTP tracking server answers, in one line, when a request that reads its store
+    fails with a 5xx and MLflow's JSON error (e.g. "HTTP 503 TEMPORARILY_UNAVAILABLE:
+    (psycopg.OperationalError) connection failed: ..." when its database is down); "" when it
+    answers well, otherwise or not at all, or `uri` is not a server."""
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    try:
+        urllib.request.urlopen(url, timeout=timeout_s).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:  # 404: no such experiment, the store works; 401/403: auth's business
+            return ""
+        try:
+            answer = json.loads(exc.read().decode(errors="replace"))
+            words = f"{answer['error_code']}: {answer.get('message', '')}"
+        except (ValueError, TypeError, KeyError):
+            return ""  # not MLflow's words: the client's message says as much
+        line = " ".join(words.split()).split(" (Background on this error")[0][:300]
+        return f"HTTP {exc.code} {line}"
+    except (urllib.error.URLError, OSError):
+        return ""
+    return ""
+
+
 def now_ms() -> int:
     """Wall-clock time in milliseconds, MLflow's metric timestamp."""
     return int(time.time() * 1000)
@@ -127,6 +155,23 @@ def _log_metrics_to(client: Any, run_id: str,
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
+#: What a `Run` method logs, for the "tracking lost" warning: what the run no longer gets.
+LOGS = {"log_params": "params", "log_metrics": "metrics", "log_metric_steps": "metrics",
+        "log_headline": "result metrics", "set_tags": "tags", "log_artifact": "artifacts",
+        "log_image": "images", "tag_outputs": "output tags",
+        "log_to_producer": "artifacts for the run that made its input"}
+
+
+def _lost_what(name: str, args: tuple[Any, ...]) -> str:
+    """`LOGS[name]`, with the first step or file the failed call was logging."""
+    what = LOGS.get(name, name)
+    if name == "log_metric_steps" and args and args[0]:
+        what += f" from step {args[0][0][0]} on"
+    elif name == "log_artifact" and args:
+        what += f" from {Path(args[0]).as_posix()} on"
+    return what
+
+
 def _tolerant(method: _Method) -> _Method:
     """A `Run` method that, once the store has failed mid-stage, warns once and does nothing."""
     @functools.wraps(method)
@@ -137,7 +182,7 @@ def _tolerant(method: _Method) -> _Method:
             except Exception as exc:  # noqa: BLE001 - only store failures are swallowed
                 if not _store_failure(exc):
                     raise
-                self.lose(exc)
+                self.lose(exc, _lost_what(method.__name__, args))
         return False if method.__name__ == "log_to_producer" else None
     return call  # type: ignore[return-value]
 
@@ -153,14 +198,18 @@ class Run:
         self.stage = stage
         self.lost: str | None = None  # why the store stopped answering mid-stage
 
-    def lose(self, exc: BaseException) -> None:
-        """Stop tracking after a store failure, with one warning on stderr."""
+    def lose(self, exc: BaseException, what: str) -> None:
+        """Stop tracking after a store failure, with one warning on stderr naming the run and
+        `what` it no longer gets (everything after that is skipped too)."""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        self.lost = first
         uri = getattr(self._client, "tracking_uri", "")
+        first = server_says(uri, timeout_s=5) or first
+        self.lost = first
+        name = f"run {self.run_id}" + (f" (stage {self.stage})" if self.stage else "")
         print(f"warning: tracking lost: the MLflow store {uri} failed mid-stage ({first[:300]}); "
-              "the stage goes on without it and writes its DVC outputs, its MLflow run stays "
-              "unfinished", file=sys.stderr, flush=True)
+              f"not logged: {what} of {name} and everything after (the run stays unfinished); "
+              "the stage goes on without it and writes its DVC outputs",
+              file=sys.stderr, flush=True)
 
     @_tolerant
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -408,6 +457,11 @@ def _open_run(cfg: TrackingConfig, stage: str, params: Mapping[str, Any],
         if not _store_failure(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        says = server_says(tracking_uri(cfg), min(cfg.timeout_s, 10))
+        if says:
+            raise TrackingError(f"MLflow tracking server {tracking_uri(cfg)} answers but its store "
+                                f"fails: {says}; start the server's database, or set "
+                                "tracking.enabled: false to run without tracking") from None
         raise TrackingError(f"MLflow tracking store {tracking_uri(cfg)} failed: {first}; fix "
                             "tracking.uri or set tracking.enabled: false") from None
     return client, run, parent
@@ -456,7 +510,7 @@ def _terminate(run: Run, client: Any, run_ids: list[str], status: str) -> None:
         except Exception as exc:  # noqa: BLE001 - only store failures are swallowed
             if not _store_failure(exc):
                 raise
-            run.lose(exc)
+            run.lose(exc, "the end status")
 
 
 def find_producer(client: Any, output: str | Path) -> Any | None:
