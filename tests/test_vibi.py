@@ -14,7 +14,7 @@ from xai.data.imputation import smooth_fill
 from xai.data.prepared import Split
 from xai.errors import CheckpointError, ConfigError
 from xai.io import save_torch
-from xai.models.explainers import CHUNK_SIZE, build_explainer
+from xai.models.explainers import CHUNK_SIZE, StridedPointwise, build_explainer
 from xai.models.vibi import (
     VibiModel,
     VibiSpec,
@@ -375,3 +375,19 @@ def test_a_warm_up_as_long_as_training_is_rejected_before_training(params):
         train(tiny_model(settings), settings, position_task(512, 0), position_task(64, 1),
               seed=0, history=History(), show_progress=False)
     assert str(param_error(raised.value)).startswith("vibi.warmup_steps = 16")  # as stages say it
+
+
+@pytest.mark.parametrize("c_in", [4, 8])
+def test_the_strided_shortcut_is_the_strided_1x1_convolution(c_in):
+    """Its values and gradients are a strided 1x1 convolution's, over few channels (computed on
+    the strided input, where oneDNN's own backward crashes on CPUs without AVX-512) and many."""
+    torch.manual_seed(0)
+    conv = StridedPointwise(c_in, 6, 2)
+    x = torch.randn(5, c_in, 9, 8).to(memory_format=torch.channels_last).requires_grad_(True)
+    reference = x.detach().contiguous().requires_grad_(True)
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    conv(x).square().sum().backward()
+    F.conv2d(reference, weight, stride=2).square().sum().backward()
+    assert torch.allclose(conv(x), F.conv2d(reference, weight, stride=2), atol=1e-6)
+    assert torch.allclose(x.grad, reference.grad, atol=1e-5)
+    assert torch.allclose(conv.weight.grad, weight.grad, atol=1e-5)

@@ -69,6 +69,22 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out))
 
 
+class StridedPointwise(nn.Conv2d):
+    """A strided 1x1 convolution (no bias): the residual shortcut's. Over fewer than 8 input
+    channels it is computed as a 1x1 convolution of the strided input, the same products: there
+    oneDNN's backward pass of the strided form in channels-last corrupts the heap on CPUs without
+    AVX-512 (torch 2.14.1), which only small explainers (width_multiplier < 0.5) reach."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels >= 8:
+            return super().forward(x)
+        rows, cols = self.stride
+        return F.conv2d(x[:, :, ::rows, ::cols], self.weight)
+
+
 class ResidualBlock(nn.Module):
     """Two 3x3 conv-BN layers plus a shortcut (a strided 1x1 conv when the shape changes)."""
 
@@ -77,7 +93,7 @@ class ResidualBlock(nn.Module):
         self.body = nn.Sequential(conv_bn(c_in, c_out, stride), nn.ReLU(inplace=True),
                                   conv_bn(c_out, c_out))
         self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+            StridedPointwise(c_in, c_out, stride), nn.BatchNorm2d(c_out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + self.shortcut(x))
