@@ -91,7 +91,7 @@ def test_a_missing_or_doubled_block_is_named():
                            "cifar-mirror-run", "cifar-airbench-gain",
                            "cifar-airbench-gain1000", "cifar-airbench-gain-clean",
                            "cifar-airbench-gain-amx", "cifar-airbench-gain-amx-gains",
-                           "cifar-airbench-gain1000-amx"}
+                           "cifar-airbench-gain1000-amx", "serving-bench", "serving-answer"}
 
 
 def test_the_cifar_cpu_block_follows_its_pipeline_run(tmp_path):

@@ -1076,5 +1076,109 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
     return 0
 
 
+
+# ----------------------------------------------------------------------------- serving (issue 53)
+# The served explainer (docs/serving.md): `experiments/serving_bench.py`'s record. A section of its
+# own, registered into BLOCKS here.
+
+SERVING_BENCH = "experiments/serving_bench.json"
+#: The benchmark's cases as the table names them.
+SERVING_CASES = {"batch_1_json": "batch 1, JSON", "batch_1_csv": "batch 1, CSV row",
+                 "batch_64_json": "batch 64, JSON", "batch_64_csv": "batch 64, CSV rows"}
+SERVING_GOALS = {"batch_64_per_second": 1000, "batch_1_p99_ms": 50}
+SERVING_COMPARED = {"vibi": "VIBI", "integrated_gradients": "integrated gradients",
+                    "kernel_shap": "KernelSHAP"}
+
+
+def _served_row(name: str, case: dict) -> str:
+    latency = case["latency_ms"]
+    return (f"| {name} | {case['clients']} | {case['requests']} | "
+            f"{case['explanations_per_second']:,.0f} | {latency['p50']:.1f} ms | "
+            f"{latency['p99']:.1f} ms | {case['errors']} |")
+
+
+def serving_bench_block(root: Path) -> str:
+    """The served explainer's rates and latencies beside the same program in-process and the
+    evaluation's in-process cost of the compared methods, with the goals met or not."""
+    run = _json(root, SERVING_BENCH)
+    served, inside = run["served"], run["in_process"]["explanations_per_second"]
+    load = served["load_test"]
+    clients = ("the same cores" if run["host"]["cores"] <= len(run["server_cores"].split(","))
+               else "the others")
+    lines = [f"`{run['model']}` served by `mlflow models serve` with {run['workers']} workers "
+             f"pinned to cores {run['server_cores']} of {_host(run['host'])}, the clients on "
+             f"{clients}; load average {run['load_average_before'][0]:.1f} before, "
+             f"{run['load_average_after'][0]:.1f} after (`{SERVING_BENCH}`).", "",
+             "| case | clients | requests | explanations/s | p50 latency | p99 latency | errors |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [_served_row(label, served[key]) for key, label in SERVING_CASES.items()]
+    load_row = {**load, "explanations_per_second": load["requests_per_second"]}
+    lines.append(_served_row("load test: batch 1, JSON, every answer checked", load_row))
+    b64 = max(served["batch_64_json"]["explanations_per_second"],
+              served["batch_64_csv"]["explanations_per_second"])
+    p99 = served["batch_1_json"]["latency_ms"]["p99"]
+    met = {True: "met", False: "not met"}
+    lines += ["", f"Goals on 2 cores: at least {SERVING_GOALS['batch_64_per_second']:,} "
+              f"explanations/s at batch 64: {met[b64 >= SERVING_GOALS['batch_64_per_second']]} "
+              f"({b64:,.0f}); p99 under {SERVING_GOALS['batch_1_p99_ms']} ms at batch 1: "
+              f"{met[p99 < SERVING_GOALS['batch_1_p99_ms']]} ({p99:.1f} ms). The load test ended "
+              f"with {load['errors']} errors and the server "
+              f"{'still answering' if load.get('answering_after') else 'not answering'}.", ""]
+    sizes, work = run["request_bytes"], run["server_work_ms"]
+    json64 = served["batch_64_json"]["explanations_per_second"]
+    steps = work["batch_64_json"]
+    largest = max(steps, key=steps.get)
+    lines += [f"In-process on one thread, the served program explains {inside['batch_1']:,.0f} "
+              f"images/s one at a time and {inside['batch_64']:,.0f} images/s in batches of 64; "
+              f"served, the batches of 64 come at {json64 / inside['batch_64']:.0%} of that. What "
+              "the scoring server does with one request of 64 images, step by step on one thread "
+              "(milliseconds):", "",
+              "| body | size | parse | predict | write the answer |", "|---|---|---|---|---|"]
+    for key, form in (("batch_64_json", "JSON"), ("batch_64_csv", "CSV rows")):
+        row = work[key]
+        lines.append(f"| {form} | {sizes[key] / 1e6:.2f} MB | {row['parse']:.1f} | "
+                     f"{row['predict']:.1f} | {row['write']:.1f} |")
+    lines += ["", f"The largest step of a JSON request is `{largest}`"
+              + (" (MLflow reads the JSON body into nested lists, copies them and makes an array "
+                 "of them): the JSON input is the bound of the server's own work; CSV rows "
+                 f"parse in {work['batch_64_csv']['parse'] / steps['parse']:.0%} of its time"
+                 if largest == "parse" else "") + ".", ""]
+    costs = run["evaluation_seconds_per_image"]
+    lines += [f"Served at batch 64, the explainer's {json64:,.0f} explanations/s are "
+              f"{json64 * costs['integrated_gradients']:.0f}x integrated gradients' and "
+              f"{json64 * costs['kernel_shap']:.0f}x KernelSHAP's in-process rates, as "
+              "`timings/evaluate.json` (the committed evaluation's host) has them:", "",
+              "| method | seconds per image in-process | explanations/s in-process |",
+              "|---|---|---|"]
+    for key, name in SERVING_COMPARED.items():
+        lines.append(f"| {name} | {costs[key]:.2e} | {1 / costs[key]:,.0f} |")
+    stages = run.get("model_log_seconds", {})
+    if stages:
+        lines += ["", "Logging the explainer as an MLflow Model in its training stage (export, "
+                  "save, log, register) took " + ", ".join(
+                      f"{seconds:.1f} s in `{stage}`" for stage, seconds in stages.items())
+                  + " on the run that trained the served models."]
+    return "\n".join(lines)
+
+
+def serving_answer_block(root: Path) -> str:
+    """The served answer for one MNIST test image (the benchmark's first request), as a reader
+    reads it: class and probability, the kept chunks with p(z | x), the mask rows."""
+    example = _json(root, SERVING_BENCH)["example"]
+    answer = example["answer"]
+    p_z = [v for channel in answer["p_z"] for row in channel for v in row]
+    chunks = ", ".join(f"{c} (p = {p_z[c]:.3f})" for c in answer["chunks"])
+    mask = [row for channel in answer["mask"] for row in channel]
+    return "\n".join([
+        f"Test image {example['index']} (true class {example['true_class']}): `class` "
+        f"{answer['class']} (`label` \"{answer['label']}\"), probability "
+        f"{answer['probabilities'][answer['class']]:.4f}; `chunks` {chunks}, of "
+        f"{len(p_z)} chunks whose p(z | x) sums to 1 (uniform: {1 / len(p_z):.3f}); `mask`, "
+        "one string per pixel row, 1 where a kept chunk lies:", "", "```",
+        *mask, "```"])
+
+
+BLOCKS |= {"serving-bench": serving_bench_block, "serving-answer": serving_answer_block}
+
 if __name__ == "__main__":
     sys.exit(main())
