@@ -120,20 +120,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, cores: str, workers: int, log: Path) -> tuple[subprocess.Popen,
-                                                                          str]:
-    """`mlflow models serve` of `model` on 127.0.0.1 at a free port, pinned to `cores`, in a
-    process group of its own; returns once /ping answers."""
+def start_server(model: str, log: Path, cores: str | None = None, workers: int = 1,
+                 env: dict[str, str] | None = None, timeout_s: float = 300
+                 ) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve` of `model` on 127.0.0.1 at a free port (pinned to `cores` when
+    given, with `env` added to the environment), in a process group of its own; returns once
+    /ping answers."""
     port = _free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model,
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
                "--workers", str(workers)]
-    out = log.open("w")
-    proc = subprocess.Popen(["taskset", "-c", cores, *command], stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    with log.open("w") as out:
+        proc = subprocess.Popen((["taskset", "-c", cores] if cores else []) + command,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                                     **(env or {})})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_server(proc)
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         "request_bytes": {"batch_1_json": len(one), "batch_64_json": len(batch),
                           "batch_64_csv": len(csv_body(images))}}
     log = Path(tempfile.gettempdir()) / "serving_bench_server.log"
-    proc, url = start_server(args.model, args.cores, args.workers, log)
+    proc, url = start_server(args.model, log, args.cores, args.workers)
     try:
         example = urllib.request.urlopen(urllib.request.Request(
             url + "/invocations", one.encode(), {"Content-Type": JSON}), timeout=60).read()

@@ -8,12 +8,6 @@ temporary folder) and one server serve every check of the module."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,13 +37,6 @@ NAME = "tiny-vibi"
 MAX_BATCH = 16
 SERVED = {**VIBI, **TINY_EVAL, "serving.registered_model": NAME,
           "serving.max_batch": MAX_BATCH}
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -90,34 +77,15 @@ def server(pipeline):
     """`mlflow models serve -m models:/NAME@champion --env-manager local` on 127.0.0.1 at a free
     port, in its own process group (stopped with it), where `import xai` fails (the served model
     needs neither this repository nor params.yaml: tests/shims/sitecustomize.py)."""
-    port = _free_port()
-    log = (pipeline["root"] / "server.log").open("w")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": pipeline["uri"], "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": str(ROOT / "tests" / "shims"), "XAI_TEST_NO_XAI": "1"}
-    proc = subprocess.Popen([MLFLOW, "models", "serve", "-m", f"models:/{NAME}@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=pipeline["root"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    bench = experiment("serving_bench")
+    env = {"MLFLOW_TRACKING_URI": pipeline["uri"], "PYTHONPATH": str(ROOT / "tests" / "shims"),
+           "XAI_TEST_NO_XAI": "1"}
+    proc, url = bench.start_server(f"models:/{NAME}@champion", pipeline["root"] / "server.log",
+                                   env=env, timeout_s=180)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (pipeline["root"] / "server.log").read_text()
-            assert time.monotonic() < deadline, (pipeline["root"] / "server.log").read_text()
-            try:
-                urllib.request.urlopen(url + "/ping", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        bench.stop_server(proc)
 
 
 def _post(url: str, body: bytes | str, content_type: str = "application/json"
@@ -202,8 +170,8 @@ BAD_REQUESTS = {
             "128 values are NaN or infinite"),
     "an empty batch": (json.dumps({"inputs": []}), "the batch is empty"),
     "a batch over the limit": (json.dumps({"inputs": np.zeros((MAX_BATCH + 1, 1, 8, 8)).tolist()}),
-                               f"the batch holds 17 images, over this model's limit of "
-                               f"{MAX_BATCH} per request"),
+                               (f"the batch holds {MAX_BATCH + 1} images, over this model's "
+                                f"limit of {MAX_BATCH} per request")),
     "a body that is not JSON": ("{'inputs': not json", "Ensure that input is a valid JSON"),
     "not numbers": (json.dumps({"inputs": [[["a"]]]}), "images must be numbers"),
 }
@@ -350,3 +318,24 @@ def test_logging_the_explainer_draws_no_random_number_and_does_nothing_with_trac
         else:
             assert logged["model_id"] is None and logged["version"] is None
             assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_the_serving_pages_blocks_follow_the_benchmarks_record(tmp_path):
+    """docs/serving.md's numbers come from experiments/serving_bench.json: a goal missed there
+    reads as missed, and the answer shown is the recorded one."""
+    from tests.test_readme import _copy_sources
+    from tools.docs import BLOCKS
+
+    source = _copy_sources(tmp_path)
+    path = source / "experiments" / "serving_bench.json"
+    run = json.loads(path.read_text())
+    for case in ("batch_64_json", "batch_64_csv"):
+        run["served"][case]["explanations_per_second"] = 987.6
+    run["served"]["batch_1_json"]["latency_ms"]["p99"] = 51.25
+    run["example"]["answer"]["chunks"] = [5, 6]
+    run["example"]["answer"]["mask"] = [["01" * 14] * 28]
+    path.write_text(json.dumps(run))
+    bench = BLOCKS["serving-bench"](source)
+    assert "at batch 64: not met (988)" in bench and "at batch 1: not met (51.2 ms)" in bench
+    answer = BLOCKS["serving-answer"](source)
+    assert "`chunks` 5 (p = " in answer and "\n" + "01" * 14 + "\n" in answer

@@ -1152,12 +1152,11 @@ def serving_bench_block(root: Path) -> str:
               "|---|---|---|"]
     for key, name in SERVING_COMPARED.items():
         lines.append(f"| {name} | {costs[key]:.2e} | {1 / costs[key]:,.0f} |")
-    stages = run.get("model_log_seconds", {})
-    if stages:
-        lines += ["", "Logging the explainer as an MLflow Model in its training stage (export, "
-                  "save, log, register) took " + ", ".join(
-                      f"{seconds:.1f} s in `{stage}`" for stage, seconds in stages.items())
-                  + " on the run that trained the served models."]
+    lines += ["", "Logging the explainer as an MLflow Model in its training stage (export, save, "
+              "log, register) took " + ", ".join(
+                  f"{seconds:.1f} s in `{stage}`"
+                  for stage, seconds in run["model_log_seconds"].items())
+              + " on the run that trained the served models."]
     return "\n".join(lines)
 
 
@@ -1179,6 +1178,7 @@ def serving_answer_block(root: Path) -> str:
 
 
 BLOCKS |= {"serving-bench": serving_bench_block, "serving-answer": serving_answer_block}
+
 
 if __name__ == "__main__":
     sys.exit(main())

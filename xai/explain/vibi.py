@@ -208,7 +208,7 @@ def export(model: VibiModel, blackbox: nn.Module, path: str | Path) -> None:
     if Path(path).suffix != EXPORT_SUFFIX[fmt]:
         raise ValueError(f"{path}: this black box exports as {fmt}; name the file "
                          f"*{EXPORT_SUFFIX[fmt]}")
-    # copies in eval mode on the CPU, the explainer in the layout it was trained and is loaded in
+    # copies in eval mode on the CPU; each weight keeps its memory layout
     module = ExplainedPrediction(copy.deepcopy(model).cpu().eval(),
                                  copy.deepcopy(blackbox).cpu().eval())
     spec = model.spec

@@ -3,13 +3,14 @@ model `xai.pipeline.serving` logs and runs it where the model is loaded or serve
 torch, numpy and mlflow only, never `xai`, and the model runs without this repository.
 
 The model is one program (`xai.explain.vibi.export`: the black box and its VIBI explainer) and a
-config (`input_shape`, `max_batch`, the class names, torch's `threads`). `predict` takes images N x C x H x W, floats in [0, 1]
-(`input_shape`; MLflow's input schema is left out, so that every refusal comes from here and
-names its problem), refuses what the program must not see with a 400 (not numbers, an empty
-batch, another shape or channel count, more than `max_batch` images, NaN or infinite values,
-values outside [0, 1]) and answers one record per image: the
-black box's class, its label and probabilities, the k chunks the explainer keeps (most probable
-first), their pixel mask (C x H rows of "0" and "1") and p(z | x) on the chunk grid.
+config: `input_shape`, `max_batch`, the class names, `threads` (torch's threads, which loading
+the model sets for its whole process: one per request suits a server). `predict` takes images
+N x C x H x W, floats in [0, 1] (MLflow's input schema is left out, so that every refusal comes
+from here and names its problem), refuses with a 400 what the program must not see (not numbers,
+an empty batch, another shape or channel count, more than `max_batch` images, NaN or infinite
+values, values outside [0, 1]) and answers one record per image: the black box's class, its
+label and probabilities, the k chunks the explainer keeps (most probable first), their pixel mask
+(C x H rows of "0" and "1") and p(z | x) on the chunk grid.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def bad_request(message: str) -> MlflowException:
 
 def images(model_input: Any, shape: tuple[int, int, int], max_batch: int) -> np.ndarray:
     """The request's images as float32 N x C x H x W, or a 400 naming what is wrong with them.
-    Rows of C * H * W pixels (a CSV or parquet table, one image per row) are accepted too."""
+    Rows of C * H * W pixels (a CSV table, one image per row) are accepted too."""
     try:
         x = np.asarray(model_input, dtype=np.float32)
     except (TypeError, ValueError) as exc:

@@ -5,7 +5,8 @@ registered, promoted by a rule, and the request body that asks a served model to
   makes an explainer a model): the program `xai.explain.vibi.export` writes (the black box and the
   explainer in one, torch alone runs it), `served_explainer.py` as the model's code (it checks
   every request), an output signature, a test image as the input example, pinned pip
-  requirements, and its config: the input shape, the class names, `max_batch`. Neither loading nor serving it needs this repository or params.yaml.
+  requirements, and its config: the input shape, the class names, `max_batch`, `threads`.
+  Neither loading nor serving it needs this repository or params.yaml.
 - `log_explainer`: `train_l2x` and `train_vibi` log it as a model of their stage run (MLflow 3's
   logged models); `train_vibi` also registers it as a new version of `serving.registered_model`,
   tagged with what it explains (data set, input shape, k), so every pipeline adds a version.
@@ -206,17 +207,19 @@ def _decision(client: Any, name: str, version: Any, key: str, metric: str, value
         return f"{CHAMPION} already ({metric} = {value:.4f})", ""
     champion = client.get_model_version(name, current)
     differ = [f"{what} {version.tags.get(tag)} vs {champion.tags.get(tag)}"
-              for tag, what in COMPARABLE.items() if version.tags.get(tag) != champion.tags.get(tag)]
+              for tag, what in COMPARABLE.items()
+              if version.tags.get(tag) != champion.tags.get(tag)]
     if differ or key not in champion.tags:
         why = ", ".join(differ) or f"the champion has no {metric}"
-        return (f"not compared with the {CHAMPION}, version {current} ({why}): a registered model "
-                "serves one kind of input; give this data set a name of its own "
-                "(serving.registered_model)", "")
+        return (f"not compared with the {CHAMPION}, version {current} ({why}): a registered "
+                "model serves one kind of input; give this data set a name of its own "
+                "(serving.registered_model)"), ""
     best = float(champion.tags[key])
     if value >= best:
         return (f"{CHAMPION}: {metric} = {value:.4f} >= version {current}'s {best:.4f}",
                 f"version {current} ({metric} = {best:.4f})")
-    return f"not promoted: {metric} = {value:.4f} < the {CHAMPION}'s (version {current}) {best:.4f}", ""
+    return (f"not promoted: {metric} = {value:.4f} < the {CHAMPION}'s (version {current}) "
+            f"{best:.4f}"), ""
 
 
 def request_body(images: torch.Tensor) -> str:
