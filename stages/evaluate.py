@@ -38,7 +38,7 @@ from xai.models.explainers import evaluation_budgets
 from xai.models.invertible import IMAGE_KIND, load_classifier
 from xai.models.judge import load_judge
 from xai.models.vibi import load_vibi
-from xai.pipeline import cli, tracking
+from xai.pipeline import cli, serving, tracking
 from xai.pipeline.config import CHUNK_KEYS, SHAP_BASELINES, flatten, load_config
 from xai.tensors import bf16_passes, to_unit
 from xai.train.loop import seed_everything
@@ -189,7 +189,14 @@ def main(argv: list[str] | None = None) -> None:
         run.log_metrics({k: v for k, v in means.items() if k not in headline})
         run.log_metrics({f"judge.{k}": v for k, v in results["judge"].items()
                          if not k.endswith(("_ci_low", "_ci_high"))})
+        # the registered version made from this models/vibi.pt: champion or not (docs/serving.md)
+        promoting = time.perf_counter()
+        decision = serving.promote(run, cfg.serving.registered_model, args.vibi, fidelity,
+                                   results["methods"]["vibi"][fidelity])
+        run.log_metrics({"promotion_seconds": time.perf_counter() - promoting})
     print(tables)
+    if decision is not None:
+        print(f"evaluate: {decision}")
 
 
 if __name__ == "__main__":

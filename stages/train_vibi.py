@@ -14,8 +14,9 @@ from xai.errors import CheckpointError, ConfigError, DataError
 from xai.io import check_writable, file_md5, save_json, save_torch, transaction
 from xai.models.blackbox import load_blackbox, load_probabilities
 from xai.models.vibi import VibiModel, explain_split, load_vibi, save_vibi
-from xai.pipeline import cli, grids, tracking
+from xai.pipeline import cli, grids, serving, tracking
 from xai.pipeline.config import flatten, load_config
+from xai.tensors import to_unit
 from xai.train.loop import (
     History,
     distributed_device,
@@ -119,6 +120,13 @@ def main(argv: list[str] | None = None) -> None:
                    "train_images_per_second": round(sum(rates) / max(len(rates), 1), 1),
                    # drawing and logging the explanation grids, on top of train_seconds
                    "grid_seconds": round(grid_seconds, 2)}
+        # the explainer as an MLflow Model of this run (train_vibi: a version of the registered
+        # model too), on top of the rest: exporting, saving, logging and registering it
+        logged = serving.log_stage_explainer(
+            run, model, args.blackbox, data.classes, to_unit(data.test.x[:1]), cfg.serving,
+            serving.explainer_tags(data.name, spec, settings.beta, args.method),
+            registered=args.method == "vibi")
+        timings["model_log_seconds"] = logged["model_log_seconds"]
         save_json(metrics, args.metrics)
         save_json(timings, args.timings)
         outputs.commit()
@@ -130,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{metrics['approximator_fidelity']:.4f}, post-hoc accuracy "
           f"{metrics['posthoc_accuracy']:.4f}, mean KL {metrics['mean_kl']:.3f}, "
           f"{train_seconds:.0f} s training")
+    if logged["version"] is not None:
+        print(f"{stage}: registered as {cfg.serving.registered_model} version "
+              f"{logged['version']} ({logged['model_log_seconds']:.1f} s to log and register)")
 
 
 if __name__ == "__main__":

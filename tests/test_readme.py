@@ -90,7 +90,8 @@ def test_a_missing_or_doubled_block_is_named():
                            "counterfactual-measures", "counterfactual-measures-sweep",
                            "counterfactual-measures-fashion", "scaling", "shared-cores", "hosts",
                            "bench-fp32", "bench-fp32-repeats", "cifar10-cost", "cifar10-run",
-                           "cifar10-gains", "cifar10-limits", "cifar10-variants"}
+                           "cifar10-gains", "cifar10-limits", "cifar10-variants",
+                           "serving-bench", "serving-answer"}
 
 
 def _record(source: Path, name: str = "cifar10_cpu_pipeline.json") -> tuple[Path, dict]:

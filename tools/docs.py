@@ -39,7 +39,6 @@ from xai.evaluation.table import construction_note, interval_cell, markdown  # n
 from xai.evaluation.uncertainty import Interval  # noqa: E402
 from xai.models.explainers import CHUNK_SIZE  # noqa: E402
 from xai.pipeline import bench  # noqa: E402
-from xai.pipeline.bench import host_label  # noqa: E402
 from xai.pipeline.config import flatten  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +63,7 @@ PIPELINES = "experiments/pipelines.jsonl"
 CIFAR_RECORD = "experiments/cifar10_cpu_pipeline.json"
 CIFAR_RERUNS: tuple[str, ...] = ()
 CIFAR_VARIANTS = "experiments/cifar10_variants_pipelines.jsonl"
+SERVING = "experiments/serving_bench.json"  # the served explainer's benchmark
 BENCHES = {"The defaults (MNIST)": "experiments/bench.json",
            "The first CIFAR-10 CPU setting, VIBI only": "experiments/bench_cifar_cpu.json",
            "airbench's black box (the `cifar10_cpu` recipe's)":
@@ -121,14 +121,11 @@ def stages_block(root: Path) -> str:
                                    f"reconstruction error {toy['max_reconstruction_error']:.1e},"
                                    f" max projection residual "
                                    f"{toy['max_projection_residual']:.1e}"),
-        ("`train_invertible`", f"test accuracy {inv['image_test_accuracy']:.4f}; max "
-                               f"reconstruction error "
-                               f"{inv['image_max_reconstruction_error']:.1e}, max "
-                               f"projection residual "
-                               f"{inv['image_max_projection_residual']:.1e}; training "
+        ("`train_invertible`", f"test accuracy {inv['image_test_accuracy']:.4f}; max reconstruction"
+                               f" error {inv['image_max_reconstruction_error']:.1e}, max projection"
+                               f" residual {inv['image_max_projection_residual']:.1e}; training "
                                f"{inv['image_train_bits_per_dim']:.2f} bits/dim"),
-        ("`evaluate_counterfactuals`", _counterfactual_row(cf)),
-    ]
+        ("`evaluate_counterfactuals`", _counterfactual_row(cf))]
     for name, m, epochs in (("l2x", l2x, v["l2x_epochs"]), ("vibi", vibi, v["epochs"])):
         rows.append((f"`train_{name}` (objective `{v['objective']}`, beta {m['beta']}, "
                      f"{epochs} epochs)",
@@ -179,17 +176,17 @@ def hosts_block(root: Path) -> str:
     minutes = auto["total_seconds"] / 60, fp32["total_seconds"] / 60
     others = [pipeline(root, "default_epyc")]
     lines = ["| host | precision | the default pipeline, end to end |", "|---|---|---|",
-             f"| {host_label(host)} | `auto`: bf16 | {minutes[0]:.1f} min |",
+             f"| {bench.host_label(host)} | `auto`: bf16 | {minutes[0]:.1f} min |",
              f"| the same host, as one without native bf16 runs it | fp32 (forced) | "
              f"{minutes[1]:.1f} min ({minutes[1] / minutes[0]:.2f}x) |"]
-    lines += [f"| {host_label(run['host'])} | `auto`: "
+    lines += [f"| {bench.host_label(run['host'])} | `auto`: "
               f"{'bf16' if NATIVE_BF16_FLAGS & set(run['host']['flags']) else 'fp32'} | "
               f"{run['total_seconds'] / 60:.1f} min |" for run in others]
     lines.append("| a CUDA GPU | `auto`: bf16 | unverified: no GPU run is committed |")
     quick = pipeline(root, "quick")
     lines += ["", f"`dvc exp run -S recipe=quick` (the whole pipeline on subsets, not results) "
               f"from a fresh clone: {quick['total_seconds'] / 60:.1f} min on "
-              f"{host_label(quick['host'])}."]
+              f"{bench.host_label(quick['host'])}."]
     if others:
         committed = {stage: _json(root, f"metrics/{stage}.json") for stage, _, _ in HOST_HEADLINES}
         lines += ["", "Results are bit-identical only on the same kind of host. The committed "
@@ -290,7 +287,7 @@ def cifar_cost_block(root: Path) -> str:
     stages = list(runs[0]["stage_seconds"])
     lines = ["| host | commit | minutes | " + " | ".join(f"`{s}`" for s in stages) + " |",
              "|---|---|---|" + "---|" * len(stages)]
-    lines += [f"| {host_label(run['host'])} | `{run['commit'][:7]}` | "
+    lines += [f"| {bench.host_label(run['host'])} | `{run['commit'][:7]}` | "
               f"{run['total_seconds'] / 60:.1f} | "
               + " | ".join(f"{run['stage_seconds'].get(s, 0):.0f}" for s in stages) + " |"
               for run in runs]
@@ -450,10 +447,10 @@ def cifar_variants_block(root: Path) -> str:
     return "\n".join(lines)
 
 
-def _table(script: str, read: Callable[[Path, str], object], results: str
-           ) -> Callable[[Path], str]:
-    """A block drawn by `experiments/<script>.py`'s own `markdown` from its `results` file."""
-    return lambda root: experiment_module(root, script).markdown(read(root, results))
+def _table(script: str, read: Callable[[Path, str], object], results: str,
+           draw: str = "markdown") -> Callable[[Path], str]:
+    """A block drawn by `experiments/<script>.py`'s own `draw` function from its `results`."""
+    return lambda root: getattr(experiment_module(root, script), draw)(read(root, results))
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
@@ -468,10 +465,9 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "reliability": _table("reliability", _json, "experiments/reliability.json"),
     "scaling": _table("scaling", _json, "experiments/scaling.json"),
     "shared-cores": _table("shared_cores", _json, "experiments/shared_cores.json"),
-    "vibi-variants": lambda root: experiment_module(root, "vibi_variants").markdown(
-        root / VARIANTS),
-    "vibi-variants-judged": lambda root: experiment_module(root, "vibi_variants").judged_markdown(
-        root / JUDGED_VARIANTS),
+    "vibi-variants": _table("vibi_variants", Path.joinpath, VARIANTS),
+    "vibi-variants-judged": _table("vibi_variants", Path.joinpath, JUDGED_VARIANTS,
+                                   "judged_markdown"),
     "counterfactual-sweep": _table("counterfactual_sweep", _records,
                                    "experiments/counterfactual_sweep.jsonl"),
     "counterfactual-measures-sweep": _table("counterfactual_measures_sweep", _records,
@@ -484,7 +480,9 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "cifar10-run": functools.partial(run_block, results=CIFAR_RECORD),
     "cifar10-gains": functools.partial(gains_block, results=CIFAR_RECORD),
     "cifar10-limits": functools.partial(limits_block, results=CIFAR_RECORD),
-    "cifar10-variants": cifar_variants_block}
+    "cifar10-variants": cifar_variants_block,
+    "serving-bench": _table("serving_bench", _json, SERVING),
+    "serving-answer": _table("serving_bench", _json, SERVING, "answer_markdown")}
 
 #: A block's opening mark, on a line of its own (a mark quoted inside a line is text).
 _MARK = re.compile(r"^<!-- results:([\w-]+) -->$", re.M)
@@ -594,6 +592,7 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return 0
+
 
 
 if __name__ == "__main__":

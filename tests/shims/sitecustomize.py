@@ -9,12 +9,19 @@ PYTHONPATH, so Python imports it at start-up; without the variables below it doe
 - `XAI_TEST_SQLITE_FULL=1`: a SQLAlchemy session that commits MLflow metrics fails as sqlite does
   when its disk is full ("database or disk is full"), inside MLflow's sqlite store; the run is
   created and its params logged first.
+- `XAI_TEST_NO_XAI=1`: `import xai` fails, as where this repository is not installed (what a
+  served MLflow Model must not need: tests/test_serving.py).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+
+if os.environ.get("XAI_TEST_NO_XAI"):
+    import sys
+
+    sys.modules["xai"] = None  # type: ignore[assignment]  # `import xai` raises ImportError
 
 _FULL = os.environ.get("XAI_TEST_FULL_DISK")
 _DENIED = os.environ.get("XAI_TEST_UNWRITABLE")

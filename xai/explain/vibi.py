@@ -15,6 +15,9 @@ queries it for the probabilities it explains.
 
 from __future__ import annotations
 
+import copy
+import io
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,9 +29,16 @@ from xai.data.prepared import Split
 from xai.devices import CONV_LAYOUT
 from xai.errors import DataError
 from xai.explain.attribution import ExplainerDistribution
-from xai.io import load_torch
+from xai.io import load_torch, write_bytes
 from xai.models.explainers import check_fits
-from xai.models.vibi import KIND, VibiModel, VibiSpec, save_vibi, vibi_from_state
+from xai.models.vibi import (
+    KIND,
+    ExplainedPrediction,
+    VibiModel,
+    VibiSpec,
+    save_vibi,
+    vibi_from_state,
+)
 from xai.train.loop import History
 from xai.train.vibi import VibiConfig, train
 
@@ -36,6 +46,8 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 _DEFAULTS = VibiConfig()
 #: What `VIBI.save` wrote before it wrote the pipeline's format (still loads).
 OLDER_KIND = "xai.api.vibi"
+#: The file suffix of each format `export` writes.
+EXPORT_SUFFIX = {"export": ".pt2", "torchscript": ".pt"}
 
 
 class _Callable(nn.Module):
@@ -144,6 +156,11 @@ class VIBI:
         loadable) with this explainer's settings and seed."""
         save_vibi(self._fitted(), path, settings=self.settings, seed=self.seed)
 
+    def export(self, path: str | Path) -> None:
+        """Write the black box and this explainer as one program that needs only torch to run
+        (`export`): what `xai.pipeline.serving` serves."""
+        export(self._fitted(), self.blackbox, path)
+
     @classmethod
     def load(cls, path: str | Path, blackbox: Model,
              device: torch.device | str | None = None) -> VIBI:
@@ -170,3 +187,48 @@ def _renamed(settings: dict[str, object]) -> dict[str, object]:
     """Settings saved under an older field name, in today's names."""
     return {("width_multiplier" if key == "width" else key): value
             for key, value in settings.items()}
+
+
+def export_format(blackbox: nn.Module) -> str:
+    """`export` (a torch.export program), or `torchscript` when the black box holds a TorchScript
+    program, which torch.export cannot trace through."""
+    scripted = any(isinstance(m, torch.jit.ScriptModule) for m in blackbox.modules())
+    return "torchscript" if scripted else "export"
+
+
+def export(model: VibiModel, blackbox: nn.Module, path: str | Path) -> None:
+    """Write `ExplainedPrediction(model, blackbox)` on the CPU as a program that runs with torch
+    alone (no xai, no Python source): a torch.export program with a dynamic batch size (`.pt2`),
+    or a TorchScript trace (`.pt`) when the black box is TorchScript (`export_format`; `path`
+    must carry that format's suffix, `EXPORT_SUFFIX`). `load_export` reads it back; it gives
+    the module's outputs to the bit on the same threads (the weights keep their memory layout:
+    `VIBI.fit` leaves the black box channels-last, `load_blackbox` gives it as saved). Draws
+    no random numbers."""
+    fmt = export_format(blackbox)
+    if Path(path).suffix != EXPORT_SUFFIX[fmt]:
+        raise ValueError(f"{path}: this black box exports as {fmt}; name the file "
+                         f"*{EXPORT_SUFFIX[fmt]}")
+    # copies in eval mode on the CPU; each weight keeps its memory layout
+    module = ExplainedPrediction(copy.deepcopy(model).cpu().eval(),
+                                 copy.deepcopy(blackbox).cpu().eval())
+    spec = model.spec
+    example = torch.zeros(2, spec.in_channels, spec.height, spec.width_px)
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # torch.export.save says so of every channels-last weight (its storage is not laid out
+        # as its shape), then saves it whole, as a test checks
+        warnings.filterwarnings("ignore", "No complete tensor found in the group")
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(module, example), buffer)
+        else:
+            batch = torch.export.Dim("batch")
+            torch.export.save(torch.export.export(module, (example,),
+                                                  dynamic_shapes=({0: batch},)), buffer)
+    write_bytes(path, buffer.getvalue(), staged=False)
+
+
+def load_export(path: str | Path) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """The program `export` wrote, by its suffix: images -> `ExplainedPrediction`'s outputs."""
+    if Path(path).suffix == EXPORT_SUFFIX["torchscript"]:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    return torch.export.load(str(path)).module()

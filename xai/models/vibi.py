@@ -214,6 +214,27 @@ class VibiModel(nn.Module):
         return logits, mask, predictor(self.masked(x, mask)).float()
 
 
+class ExplainedPrediction(nn.Module):
+    """The black box and its VIBI explainer as one module, what a server runs per request: images
+    N x C x H x W (floats in [0, 1]) -> (the black box's class N, its probabilities N x K, the k
+    chunks the explainer keeps N x k (most probable first), their pixel mask N x C x H x W (bool),
+    p(z | x) on the chunk grid N x xpl_channels x rows x columns). The mask is `VIBI.top_k`'s;
+    `VIBI.attribute` is p(z | x) spread evenly over each chunk's pixels."""
+
+    def __init__(self, vibi: VibiModel, blackbox: nn.Module) -> None:
+        super().__init__()
+        self.vibi, self.blackbox = vibi, blackbox
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        probs = self.blackbox(x).float().softmax(1)
+        logits = self.vibi.chunk_logits(x)
+        chunks = logits.topk(self.vibi.spec.k, dim=-1).indices
+        mask = self.vibi.pixel_mask(hard_top_k(logits, self.vibi.spec.k))
+        grid = (self.vibi.spec.xpl_channels, *self.vibi.spec.grid)
+        return (probs.argmax(1), probs, chunks, mask.expand(-1, x.shape[1], -1, -1).bool(),
+                logits.softmax(1).reshape(-1, *grid))
+
+
 def save_vibi(model: VibiModel, path: str | Path, **extra: Any) -> None:
     """Write the pair as {"kind", "spec", "state_dict", ...extra}: loadable with weights_only."""
     save_torch({"kind": KIND, "spec": model.spec.to_state(), "state_dict": state_dict_cpu(model),

@@ -163,6 +163,25 @@ def _shape(shape: tuple[int, ...]) -> str:
     return " x ".join(map(str, shape))
 
 
+@dataclass(frozen=True)
+class ServingConfig:
+    """The explainer as an MLflow Model (`xai.pipeline.serving`): the registered model the
+    `train_vibi` stage adds a version to, and what the logged model accepts. Like `tracking`,
+    MLflow's business: no stage re-runs when these change."""
+
+    registered_model: str
+    max_batch: int = bounded(ge=1)  # images per request; a larger batch gets a 400
+    threads: int = bounded(ge=1)    # torch threads per request of the served model
+
+    def __post_init__(self) -> None:
+        if not _REGISTERED_NAME.match(self.registered_model):
+            raise ConfigError(f"serving.registered_model = {self.registered_model!r} is not "
+                              "allowed; use letters, digits, '.', '_' and '-' (it goes into "
+                              "models:/<name>@champion)")
+
+
+_REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+
 #: The params.yaml keys of the explainer-chunk checks' settings (`check_fits`, `evaluation_budgets`).
 CHUNK_KEYS = {"k": "vibi.k", "xpl_channels": "vibi.xpl_channels", "budgets": "evaluate.budgets"}
 
@@ -191,6 +210,7 @@ class Config:
     judge: JudgeConfig
     render: RenderConfig
     evaluate: EvaluateConfig
+    serving: ServingConfig
 
     def __post_init__(self) -> None:
         if not _DEVICE.match(self.device):

@@ -153,6 +153,7 @@ def _log_metrics_to(client: Any, run_id: str,
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+_Result = TypeVar("_Result")
 
 
 #: What a `Run` method logs, for the "tracking lost" warning: what the run no longer gets.
@@ -272,6 +273,12 @@ class Run:
         self._client.log_artifact(producer.info.run_id, str(artifact), folder)
         return True
 
+    @_tolerant
+    def use_client(self, action: Callable[[Any, Run], _Result]) -> _Result | None:
+        """`action(client, run)` on this run's store, tolerant like every call here: what a
+        module of its own does with MLflow (`xai.pipeline.serving` logs and registers models)."""
+        return action(self._client, self)
+
 
 class NullRun(Run):
     """Stands in for a run when tracking is off: every call does nothing."""
@@ -306,6 +313,9 @@ class NullRun(Run):
 
     def log_to_producer(self, output: str | Path, artifact: str | Path, folder: str) -> bool:
         return False
+
+    def use_client(self, action: Callable[[Any, Run], _Result]) -> _Result | None:
+        return None
 
 
 class _NoStoreTracebacks(logging.Filter):
