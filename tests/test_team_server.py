@@ -14,13 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.conftest import ROOT, image_tree, write_tar
+from tests.conftest import ROOT, image_tree, separable, write_tar
 from tests.servers import MlflowServer, Postgres, free_port
 from tests.test_blackbox import TINY, stage_files
 from tests.test_pipeline import DVC, _env, new_project, run
 from tests.test_reliability import training
 from tests.test_train_invertible import TINY as TINY_INVERTIBLE
+from xai.models.blackbox import Architecture, load_blackbox, save_blackbox
+from xai.models.vibi import VibiModel, VibiSpec
+from xai.pipeline import serving, tracking
+from xai.pipeline.config import load_config
 from xai.pipeline.tracking import PIPELINE_TAG, ROLE_TAG, STAGE_TAG, VIEW_TAG
 
 #: the tiny pipeline each clone runs: a toy set and the invertible classifier on it, which logs
@@ -98,14 +103,41 @@ def test_two_clones_log_their_pipelines_at_once_to_one_server(team_server, tmp_p
     view = json.loads(client.get_experiment(exp.experiment_id).tags[VIEW_TAG])
     assert "params.`seed`" in view["selectedColumns"]
 
-    # the Model Registry lives in the same database (issue 53's served explainers register
-    # their models there: check them here)
-    source = by_name["alice"]
-    client.create_registered_model("xai-team-check")
-    version = client.create_model_version("xai-team-check", f"runs:/{source.info.run_id}/metrics",
-                                          run_id=source.info.run_id)
-    assert client.get_model_version("xai-team-check", version.version).run_id == \
-        source.info.run_id
+
+
+
+def test_a_stage_registers_its_explainer_through_the_server_and_it_loads_from_there(
+        team_server, params, tmp_path, monkeypatch):
+    """The served explainer (docs/serving.md) on the team's server: logged through its proxied
+    artifact store, registered in PostgreSQL, loaded back from the server by its models:/ URI,
+    answering as the module it was made from."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # nothing may land beside the clone
+    uri = team_server.mlflow.uri
+    cfg = load_config(params({"tracking.enabled": True, "tracking.uri": uri,
+                              "serving.registered_model": "xai-vibi-team"}))
+    spec = Architecture("small_cnn", 1, 2, 8, 4)
+    save_blackbox(spec.build(), spec, ("left", "right"), tmp_path / "blackbox.pt")
+    model = VibiModel(VibiSpec("ResNet_4x", 1, 0.25, 1, 8, 8, 2, 1))
+    images = separable(4, seed=3).x.float() / 255
+    with tracking.stage_run(cfg, "train_vibi", {}) as run:
+        logged = serving.log_stage_explainer(
+            run, model, tmp_path / "blackbox.pt", ("left", "right"), images[:1], cfg.serving,
+            serving.explainer_tags("tiny", model.spec, 0.01, "vibi"), registered=True)
+    assert logged["version"] == "1" and not (tmp_path / "mlartifacts").exists()
+    client = MlflowClient(uri)
+    version = client.get_model_version("xai-vibi-team", logged["version"])
+    assert client.get_run(version.run_id).data.tags["dvc.stage"] == "train_vibi"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model("models:/xai-vibi-team/1").predict(images.numpy())
+    with torch.inference_mode():
+        classes = load_blackbox(tmp_path / "blackbox.pt")(images).argmax(1)
+        mask = model.pixel_mask(model.explain(images)[1]).bool()
+    assert [p["class"] for p in served] == classes.tolist()
+    assert torch.equal(torch.tensor([[[[c == "1" for c in row] for row in channel]
+                                      for channel in p["mask"]] for p in served]), mask)
 
 
 def one_line(stderr: str) -> str:
