@@ -259,13 +259,14 @@ def markdown(run: dict) -> str:
     lines += [_served_row(label, served[key]) for key, label in CASES.items()]
     load_row = {**load, "explanations_per_second": load["requests_per_second"]}
     lines.append(_served_row("load test: batch 1, JSON, every answer checked", load_row))
-    b64 = max(served["batch_64_json"]["explanations_per_second"],
-              served["batch_64_csv"]["explanations_per_second"])
-    p99 = served["batch_1_json"]["latency_ms"]["p99"]
+    goal = GOALS["batch_64_per_second"]
     met = {True: "met", False: "not met"}
-    lines += ["", f"Goals on 2 cores: at least {GOALS['batch_64_per_second']:,} "
-              f"explanations/s at batch 64: {met[b64 >= GOALS['batch_64_per_second']]} "
-              f"({b64:,.0f}); p99 under {GOALS['batch_1_p99_ms']} ms at batch 1: "
+    forms = "; ".join(f"as {form} {met[rate >= goal]} ({rate:,.0f})" for form, rate in (
+        (form, served[key]["explanations_per_second"])
+        for form, key in (("JSON", "batch_64_json"), ("CSV rows", "batch_64_csv"))))
+    p99 = served["batch_1_json"]["latency_ms"]["p99"]
+    lines += ["", f"Goals on 2 cores: at least {goal:,} explanations/s at batch 64: {forms}. "
+              f"p99 under {GOALS['batch_1_p99_ms']} ms at batch 1 (JSON): "
               f"{met[p99 < GOALS['batch_1_p99_ms']]} ({p99:.1f} ms). The load test ended "
               f"with {load['errors']} errors and the server "
               f"{'still answering' if load.get('answering_after') else 'not answering'}.", ""]
@@ -292,7 +293,8 @@ def markdown(run: dict) -> str:
     lines += [f"Served at batch 64, the explainer's {json64:,.0f} explanations/s are "
               f"{json64 * costs['integrated_gradients']:.0f}x integrated gradients' and "
               f"{json64 * costs['kernel_shap']:.0f}x KernelSHAP's in-process rates, as "
-              "`timings/evaluate.json` (the committed evaluation's host) has them:", "",
+              "the served model's own evaluation measured them on the same host "
+              "(`timings/evaluate.json` of its pipeline):", "",
               "| method | seconds per image in-process | explanations/s in-process |",
               "|---|---|---|"]
     for key, name in COMPARED.items():

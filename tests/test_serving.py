@@ -329,13 +329,14 @@ def test_the_serving_pages_blocks_follow_the_benchmarks_record(tmp_path):
     source = _copy_sources(tmp_path)
     path = source / "experiments" / "serving_bench.json"
     run = json.loads(path.read_text())
-    for case in ("batch_64_json", "batch_64_csv"):
-        run["served"][case]["explanations_per_second"] = 987.6
+    run["served"]["batch_64_json"]["explanations_per_second"] = 987.6
+    run["served"]["batch_64_csv"]["explanations_per_second"] = 1234.4
     run["served"]["batch_1_json"]["latency_ms"]["p99"] = 51.25
     run["example"]["answer"]["chunks"] = [5, 6]
     run["example"]["answer"]["mask"] = [["01" * 14] * 28]
     path.write_text(json.dumps(run))
     bench = BLOCKS["serving-bench"](source)
-    assert "at batch 64: not met (988)" in bench and "at batch 1: not met (51.2 ms)" in bench
+    assert "at batch 64: as JSON not met (988); as CSV rows met (1,234)" in bench
+    assert "at batch 1 (JSON): not met (51.2 ms)" in bench
     answer = BLOCKS["serving-answer"](source)
     assert "`chunks` 5 (p = " in answer and "\n" + "01" * 14 + "\n" in answer
