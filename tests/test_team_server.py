@@ -129,7 +129,7 @@ def test_a_stage_registers_its_explainer_through_the_server_and_it_loads_from_th
     assert logged["version"] == "1" and not (tmp_path / "mlartifacts").exists()
     client = MlflowClient(uri)
     version = client.get_model_version("xai-vibi-team", logged["version"])
-    assert client.get_run(version.run_id).data.tags["dvc.stage"] == "train_vibi"
+    assert client.get_run(version.run_id).data.tags[STAGE_TAG] == "train_vibi"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     served = mlflow.pyfunc.load_model("models:/xai-vibi-team/1").predict(images.numpy())
     with torch.inference_mode():
