@@ -120,7 +120,7 @@ def test_a_stage_registers_its_explainer_through_the_server_and_it_loads_from_th
                               "serving.registered_model": "xai-vibi-team"}))
     spec = Architecture("small_cnn", 1, 2, 8, 4)
     save_blackbox(spec.build(), spec, ("left", "right"), tmp_path / "blackbox.pt")
-    model = VibiModel(VibiSpec("ResNet_4x", 1, 0.25, 1, 8, 8, 2, 1))
+    model = VibiModel(VibiSpec("ResNet_4x", 1, 0.25, 1, 8, 8, 2, 1)).eval()
     images = separable(4, seed=3).x.float() / 255
     with tracking.stage_run(cfg, "train_vibi", {}) as run:
         logged = serving.log_stage_explainer(
