@@ -344,12 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")
     test = load_dataset(args.data).test
     images = test.x[:64]
-    one, batch = request_body(images[:1]), request_body(images)
+    one, batch, csv64 = request_body(images[:1]), request_body(images), csv_body(images)
     record: dict[str, object] = {
         "model": args.model, "data": args.data, "host": host(), "server_cores": args.cores,
         "workers": args.workers, "load_average_before": os.getloadavg(),
         "request_bytes": {"batch_1_json": len(one), "batch_64_json": len(batch),
-                          "batch_64_csv": len(csv_body(images))}}
+                          "batch_64_csv": len(csv64)}}
     log = Path(tempfile.gettempdir()) / "serving_bench_server.log"
     proc, url = start_server(args.model, log, args.cores, args.workers)
     try:
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                              "answer": json.loads(example)["predictions"][0]}
         cases = {"batch_1_json": (one, JSON, 1, 500),
                  "batch_64_json": (batch, JSON, 4, 25),
-                 "batch_64_csv": (csv_body(images), CSV, 4, 25),
+                 "batch_64_csv": (csv64, CSV, 4, 25),
                  "batch_1_csv": (csv_body(images[:1]), CSV, 1, 500)}
         results = {}
         for name, (body, content_type, clients, requests) in cases.items():
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     record["served"] = results
     record["in_process"] = in_process(args.model, images, args.seconds)
     record["server_work_ms"] = server_work(args.model, {"batch_64_json": (batch, JSON),
-                                                        "batch_64_csv": (csv_body(images), CSV)})
+                                                        "batch_64_csv": (csv64, CSV)})
     record["evaluation_seconds_per_image"] = evaluation_costs(Path(args.evaluation_timings))
     record["model_log_seconds"] = {f"train_{Path(path).stem}": load_json(path)["model_log_seconds"]
                                    for path in args.stage_timings}

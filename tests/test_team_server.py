@@ -21,6 +21,7 @@ from tests.servers import MlflowServer, Postgres, free_port
 from tests.test_blackbox import TINY, stage_files
 from tests.test_pipeline import DVC, _env, new_project, run
 from tests.test_reliability import training
+from tests.test_serving import _served_masks
 from tests.test_train_invertible import TINY as TINY_INVERTIBLE
 from xai.models.blackbox import Architecture, load_blackbox, save_blackbox
 from xai.models.vibi import VibiModel, VibiSpec
@@ -136,8 +137,7 @@ def test_a_stage_registers_its_explainer_through_the_server_and_it_loads_from_th
         classes = load_blackbox(tmp_path / "blackbox.pt")(images).argmax(1)
         mask = model.pixel_mask(model.explain(images)[1]).bool()
     assert [p["class"] for p in served] == classes.tolist()
-    assert torch.equal(torch.tensor([[[[c == "1" for c in row] for row in channel]
-                                      for channel in p["mask"]] for p in served]), mask)
+    assert torch.equal(_served_masks(served), mask)
 
 
 def one_line(stderr: str) -> str:
